@@ -1,0 +1,299 @@
+//! Catalog: the SQLite index of tilesets, tiles and logs.
+//!
+//! SQLite is a derived index, not the truth (DESIGN.md decision 6): the
+//! filesystem is. A missing, corrupt or foreign database is moved aside and
+//! rebuilt from the disk with a warning. One writer connection belongs to the
+//! catalog worker thread; HTTP handlers read through a second connection on
+//! blocking threads (WAL lets them run side by side).
+
+mod logscan;
+mod reconcile;
+pub mod worker;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use serde::Serialize;
+
+pub use logscan::time_span;
+pub use reconcile::{classify, reconcile, tile_range_bounds, Entry, ReconcileStats, TILE_EXTENSIONS};
+
+/// Bump when the schema changes: an older database is rebuilt, not migrated,
+/// since everything in it can be read again from the disk.
+const SCHEMA_VERSION: i64 = 1;
+const DB_FILE: &str = "tessera.db";
+
+const SCHEMA: &str = "
+CREATE TABLE roots (
+    id    INTEGER PRIMARY KEY,
+    kind  TEXT NOT NULL,
+    path  TEXT NOT NULL UNIQUE
+);
+CREATE TABLE tiles (
+    root     INTEGER NOT NULL,
+    rel      TEXT NOT NULL,
+    tileset  TEXT NOT NULL,
+    z        INTEGER NOT NULL,
+    x        INTEGER NOT NULL,
+    y        INTEGER NOT NULL,
+    ext      TEXT NOT NULL,
+    size     INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    dev      INTEGER NOT NULL,
+    ino      INTEGER NOT NULL,
+    etag     TEXT NOT NULL,
+    PRIMARY KEY (root, rel)
+) WITHOUT ROWID;
+CREATE INDEX tiles_by_tileset ON tiles (root, tileset, z, x, y);
+CREATE TABLE tilesets (
+    root        INTEGER NOT NULL,
+    name        TEXT NOT NULL,
+    format      TEXT NOT NULL,
+    scheme      TEXT NOT NULL,
+    minzoom     INTEGER NOT NULL,
+    maxzoom     INTEGER NOT NULL,
+    west        REAL NOT NULL,
+    south       REAL NOT NULL,
+    east        REAL NOT NULL,
+    north       REAL NOT NULL,
+    tile_count  INTEGER NOT NULL,
+    max_mtime_ns INTEGER NOT NULL,
+    deleted_ns  INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (root, name)
+);
+CREATE TABLE logs (
+    root     INTEGER NOT NULL,
+    rel      TEXT NOT NULL,
+    device   TEXT NOT NULL,
+    file     TEXT NOT NULL,
+    size     INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    dev      INTEGER NOT NULL,
+    ino      INTEGER NOT NULL,
+    etag     TEXT NOT NULL,
+    first_ms INTEGER,
+    last_ms  INTEGER,
+    PRIMARY KEY (root, rel)
+) WITHOUT ROWID;
+CREATE INDEX logs_by_device ON logs (device, file);
+";
+
+/// Opens the catalog database in `state`, rebuilding it if it is missing,
+/// unreadable, corrupt or of another schema version.
+pub fn open(state: &Path) -> anyhow::Result<Connection> {
+    std::fs::create_dir_all(state)
+        .map_err(|e| anyhow::anyhow!("cannot create state directory {}: {e}", state.display()))?;
+    let path = state.join(DB_FILE);
+    if !path.exists() {
+        tracing::warn!(path = %path.display(), "catalog database missing; building it from the disk");
+        return create(&path);
+    }
+    match open_existing(&path) {
+        Ok(conn) => Ok(conn),
+        Err(reason) => {
+            tracing::warn!(path = %path.display(), %reason, "catalog database unusable; moving it aside and rebuilding from the disk");
+            move_aside(&path);
+            create(&path)
+        }
+    }
+}
+
+fn open_existing(path: &Path) -> Result<Connection, String> {
+    let conn = Connection::open(path).map_err(|e| e.to_string())?;
+    configure(&conn).map_err(|e| e.to_string())?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(|e| e.to_string())?;
+    if version != SCHEMA_VERSION {
+        return Err(format!("schema version {version}, expected {SCHEMA_VERSION}"));
+    }
+    let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(|e| e.to_string())?;
+    if check != "ok" {
+        return Err(format!("integrity check: {check}"));
+    }
+    Ok(conn)
+}
+
+fn create(path: &Path) -> anyhow::Result<Connection> {
+    let conn = Connection::open(path)?;
+    configure(&conn)?;
+    conn.execute_batch(SCHEMA)?;
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    Ok(conn)
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(())
+}
+
+/// Keeps a broken database for a post-mortem instead of deleting it.
+fn move_aside(path: &Path) {
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S");
+    let aside = path.with_extension(format!("db.broken-{stamp}"));
+    if let Err(e) = std::fs::rename(path, &aside) {
+        tracing::warn!(error = %e, "could not move the broken database aside; removing it");
+        let _ = std::fs::remove_file(path);
+    }
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
+
+/// A read-only connection for the HTTP handlers.
+pub fn open_reader(state: &Path) -> anyhow::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        state.join(DB_FILE),
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+    )?;
+    conn.busy_timeout(Duration::from_secs(2))?;
+    Ok(conn)
+}
+
+/// The database id of a root, creating its row if needed.
+pub fn root_id(conn: &Connection, kind: &str, path: &Path) -> rusqlite::Result<i64> {
+    let path = path.to_string_lossy();
+    if let Some(id) =
+        conn.query_row("SELECT id FROM roots WHERE path = ?1", [&path], |r| r.get::<_, i64>(0)).optional()?
+    {
+        conn.execute("UPDATE roots SET kind = ?2 WHERE id = ?1", params![id, kind])?;
+        return Ok(id);
+    }
+    conn.execute("INSERT INTO roots (kind, path) VALUES (?1, ?2)", params![kind, path])?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// A tileset as the catalog knows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Tileset {
+    pub name: String,
+    pub format: String,
+    pub scheme: String,
+    pub minzoom: u32,
+    pub maxzoom: u32,
+    /// west, south, east, north in degrees.
+    pub bounds: [f64; 4],
+    pub tile_count: u64,
+    /// RFC 3339: the newest tile's mtime, or the last deletion, whichever is later.
+    pub last_change: String,
+    #[serde(skip)]
+    pub last_change_ns: i64,
+    #[serde(skip)]
+    pub root: i64,
+}
+
+/// A log file as the catalog knows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogEntry {
+    pub device: String,
+    pub file: String,
+    pub url: String,
+    pub size: u64,
+    pub mtime: String,
+    pub first: Option<String>,
+    pub last: Option<String>,
+    pub etag: String,
+}
+
+/// Filter for the log listing: the logs whose time span overlaps [since, until].
+#[derive(Debug, Default, Clone)]
+pub struct LogFilter {
+    pub device: Option<String>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+}
+
+/// Tilesets in root order (`root_order` lists database root ids by
+/// configuration order); a name in an earlier root hides the same name later.
+pub fn tilesets(conn: &Connection, root_order: &[i64]) -> rusqlite::Result<Vec<Tileset>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT root, name, format, scheme, minzoom, maxzoom, west, south, east, north, tile_count,
+                MAX(max_mtime_ns, deleted_ns)
+         FROM tilesets ORDER BY name",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        let last_change_ns: i64 = r.get(11)?;
+        Ok(Tileset {
+            root: r.get(0)?,
+            name: r.get(1)?,
+            format: r.get(2)?,
+            scheme: r.get(3)?,
+            minzoom: r.get(4)?,
+            maxzoom: r.get(5)?,
+            bounds: [r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?],
+            tile_count: r.get(10)?,
+            last_change: rfc3339_ns(last_change_ns),
+            last_change_ns,
+        })
+    })?;
+    let mut all: Vec<Tileset> = rows.filter_map(Result::ok).filter(|t| root_order.contains(&t.root)).collect();
+    let rank = |t: &Tileset| root_order.iter().position(|r| *r == t.root).unwrap_or(usize::MAX);
+    all.sort_by(|a, b| a.name.cmp(&b.name).then(rank(a).cmp(&rank(b))));
+    all.dedup_by(|later, earlier| later.name == earlier.name);
+    Ok(all)
+}
+
+/// Logs matching `filter`, ordered by device and file.
+pub fn logs(conn: &Connection, root_order: &[i64], filter: &LogFilter) -> rusqlite::Result<Vec<LogEntry>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT root, device, file, size, mtime_ns, etag, first_ms, last_ms FROM logs
+         WHERE (?1 IS NULL OR device = ?1)
+           AND (?2 IS NULL OR last_ms IS NULL OR last_ms >= ?2)
+           AND (?3 IS NULL OR first_ms IS NULL OR first_ms <= ?3)
+         ORDER BY device, file",
+    )?;
+    let rows = stmt.query_map(params![filter.device, filter.since_ms, filter.until_ms], |r| {
+        let device: String = r.get(1)?;
+        let file: String = r.get(2)?;
+        Ok((
+            r.get::<_, i64>(0)?,
+            LogEntry {
+                url: format!("/logs/{}/{}", urlencode(&device), urlencode(&file)),
+                device,
+                file,
+                size: r.get(3)?,
+                mtime: rfc3339_ns(r.get(4)?),
+                etag: r.get(5)?,
+                first: r.get::<_, Option<i64>>(6)?.map(rfc3339_ms),
+                last: r.get::<_, Option<i64>>(7)?.map(rfc3339_ms),
+            },
+        ))
+    })?;
+    let mut out: Vec<LogEntry> = Vec::new();
+    for row in rows {
+        let (root, entry) = row?;
+        // A device/file pair in an earlier root hides the same pair later.
+        if root_order.contains(&root) && !out.iter().any(|e| e.device == entry.device && e.file == entry.file) {
+            out.push(entry);
+        }
+    }
+    Ok(out)
+}
+
+pub fn rfc3339_ns(ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
+pub fn rfc3339_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+        .unwrap_or_default()
+}
+
+/// Percent-encodes one URL path segment.
+pub fn urlencode(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// The database file's path in a state directory.
+pub fn db_path(state: &Path) -> PathBuf {
+    state.join(DB_FILE)
+}

@@ -1,0 +1,291 @@
+//! Reconcile: make the catalog match the disk under one path of one root.
+//!
+//! The same routine serves start-up (the whole root), watcher events (a file
+//! or a directory) and rescans after an overflow (the whole root again). It
+//! compares `stat` results with the stored validators and reads again only
+//! what changed, so a restart over an unchanged tree reads no file content.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection};
+use walkdir::WalkDir;
+
+use crate::cache::Validators;
+use crate::config::RootKind;
+use crate::roots::is_hidden;
+
+/// What one reconcile did.
+#[derive(Debug, Default, Clone)]
+pub struct ReconcileStats {
+    /// Entries that were new or whose stat changed, and so were read again.
+    pub rereads: u64,
+    pub deleted: u64,
+    pub unchanged: u64,
+}
+
+impl ReconcileStats {
+    pub fn add(&mut self, other: &ReconcileStats) {
+        self.rereads += other.rereads;
+        self.deleted += other.deleted;
+        self.unchanged += other.unchanged;
+    }
+
+    pub fn changes(&self) -> u64 {
+        self.rereads + self.deleted
+    }
+}
+
+/// What a path inside a root is, judged by its shape alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    Tile { tileset: String, z: u32, x: u32, y: u32, ext: String },
+    Log { device: String, file: String },
+}
+
+pub const TILE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "pbf", "mvt"];
+
+/// `{tileset}/{z}/{x}/{y}.{ext}` in a tiles root, `{device}/{file}` in a logs root.
+pub fn classify(kind: RootKind, rel: &str) -> Option<Entry> {
+    let parts: Vec<&str> = rel.split('/').collect();
+    match (kind, parts.as_slice()) {
+        (RootKind::Tiles, [tileset, z, x, file]) => {
+            let (y, ext) = file.split_once('.')?;
+            let (z, x, y) = (z.parse().ok()?, x.parse().ok()?, y.parse().ok()?);
+            let ext = ext.to_ascii_lowercase();
+            if z > 30 || !TILE_EXTENSIONS.contains(&ext.as_str()) || x >> z != 0 || y >> z != 0 {
+                return None;
+            }
+            Some(Entry::Tile { tileset: tileset.to_string(), z, x, y, ext })
+        }
+        (RootKind::Logs, [device, file]) => Some(Entry::Log { device: device.to_string(), file: file.to_string() }),
+        _ => None,
+    }
+}
+
+/// Brings the rows under `prefix` (relative to the root, "" for all of it) in
+/// line with the disk.
+pub fn reconcile(
+    conn: &mut Connection,
+    root_id: i64,
+    kind: RootKind,
+    root_path: &Path,
+    prefix: &str,
+) -> rusqlite::Result<ReconcileStats> {
+    let mut stats = ReconcileStats::default();
+    if is_hidden(Path::new(prefix)) {
+        return Ok(stats);
+    }
+    let table = table(kind);
+    let tx = conn.transaction()?;
+    let mut known = known_rows(&tx, table, root_id, prefix)?;
+    // tileset name -> whether a tile of it was deleted
+    let mut touched: BTreeMap<String, bool> = BTreeMap::new();
+
+    let start = if prefix.is_empty() { root_path.to_path_buf() } else { root_path.join(prefix) };
+    if start.symlink_metadata().is_ok() {
+        let walk = WalkDir::new(&start).follow_links(false).into_iter();
+        for item in walk.filter_entry(|e| e.depth() == 0 || !e.file_name().as_encoded_bytes().starts_with(b".")) {
+            let item = match item {
+                Ok(item) => item,
+                Err(e) => {
+                    tracing::debug!(error = %e, "skipping unreadable entry");
+                    continue;
+                }
+            };
+            if !item.file_type().is_file() {
+                continue;
+            }
+            let Some(rel) = item.path().strip_prefix(root_path).ok().and_then(|r| r.to_str()) else { continue };
+            let Some(entry) = classify(kind, rel) else { continue };
+            let Ok(meta) = item.metadata() else { continue };
+            let v = Validators::of(&meta);
+            if known.remove(rel) == Some(v) {
+                stats.unchanged += 1;
+                continue;
+            }
+            upsert(&tx, root_id, rel, &entry, &v, item.path())?;
+            stats.rereads += 1;
+            if let Entry::Tile { tileset, .. } = entry {
+                touched.entry(tileset).or_insert(false);
+            }
+        }
+    }
+
+    for rel in known.keys() {
+        tx.execute(&format!("DELETE FROM {table} WHERE root = ?1 AND rel = ?2"), params![root_id, rel])?;
+        stats.deleted += 1;
+        if kind == RootKind::Tiles {
+            let tileset = rel.split('/').next().unwrap_or_default().to_string();
+            touched.insert(tileset, true);
+        }
+    }
+    for (tileset, deleted) in &touched {
+        refresh_tileset(&tx, root_id, tileset, *deleted)?;
+    }
+    tx.commit()?;
+    Ok(stats)
+}
+
+fn table(kind: RootKind) -> &'static str {
+    match kind {
+        RootKind::Tiles => "tiles",
+        RootKind::Logs => "logs",
+    }
+}
+
+/// Stored validators of every row at or under `prefix`.
+fn known_rows(
+    conn: &Connection,
+    table: &str,
+    root_id: i64,
+    prefix: &str,
+) -> rusqlite::Result<HashMap<String, Validators>> {
+    // `rel >= p || '/' AND rel < p || '0'` is "starts with p/": '0' follows '/' in ASCII.
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT rel, size, mtime_ns, dev, ino FROM {table}
+         WHERE root = ?1 AND (?2 = '' OR rel = ?2 OR (rel >= ?2 || '/' AND rel < ?2 || '0'))"
+    ))?;
+    let rows = stmt.query_map(params![root_id, prefix], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            Validators {
+                len: r.get::<_, i64>(1)? as u64,
+                mtime_ns: r.get::<_, i64>(2)? as i128,
+                dev: r.get::<_, i64>(3)? as u64,
+                ino: r.get::<_, i64>(4)? as u64,
+            },
+        ))
+    })?;
+    rows.collect()
+}
+
+fn upsert(
+    conn: &Connection,
+    root_id: i64,
+    rel: &str,
+    entry: &Entry,
+    v: &Validators,
+    path: &Path,
+) -> rusqlite::Result<()> {
+    let (size, mtime, dev, ino) = (v.len as i64, v.mtime_ns as i64, v.dev as i64, v.ino as i64);
+    match entry {
+        Entry::Tile { tileset, z, x, y, ext } => {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO tiles (root, rel, tileset, z, x, y, ext, size, mtime_ns, dev, ino, etag)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )?
+            .execute(params![root_id, rel, tileset, z, x, y, ext, size, mtime, dev, ino, v.etag()])?;
+        }
+        Entry::Log { device, file } => {
+            let (first, last) = match super::time_span(path) {
+                Ok(span) => span,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "could not read log timestamps");
+                    (None, None)
+                }
+            };
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO logs (root, rel, device, file, size, mtime_ns, dev, ino, etag, first_ms, last_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?
+            .execute(params![root_id, rel, device, file, size, mtime, dev, ino, v.etag(), first, last])?;
+        }
+    }
+    Ok(())
+}
+
+/// Recomputes a tileset's summary row from its tiles.
+fn refresh_tileset(conn: &Connection, root_id: i64, tileset: &str, deleted: bool) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT z, MIN(x), MAX(x), MIN(y), MAX(y), COUNT(*), MAX(mtime_ns) FROM tiles
+         WHERE root = ?1 AND tileset = ?2 GROUP BY z",
+    )?;
+    let levels: Vec<(u32, u32, u32, u32, u32, i64, i64)> = stmt
+        .query_map(params![root_id, tileset], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    if levels.is_empty() {
+        conn.execute("DELETE FROM tilesets WHERE root = ?1 AND name = ?2", params![root_id, tileset])?;
+        return Ok(());
+    }
+    let format: String = conn.query_row(
+        "SELECT ext FROM tiles WHERE root = ?1 AND tileset = ?2 GROUP BY ext ORDER BY COUNT(*) DESC, ext LIMIT 1",
+        params![root_id, tileset],
+        |r| r.get(0),
+    )?;
+    let minzoom = levels.iter().map(|l| l.0).min().unwrap_or(0);
+    let maxzoom = levels.iter().map(|l| l.0).max().unwrap_or(0);
+    let count: i64 = levels.iter().map(|l| l.5).sum();
+    let max_mtime = levels.iter().map(|l| l.6).max().unwrap_or(0);
+    let mut bounds = [f64::MAX, f64::MAX, f64::MIN, f64::MIN];
+    for &(z, x0, x1, y0, y1, _, _) in &levels {
+        let b = tile_range_bounds(z, x0, x1, y0, y1);
+        bounds = [bounds[0].min(b[0]), bounds[1].min(b[1]), bounds[2].max(b[2]), bounds[3].max(b[3])];
+    }
+    let deleted_ns = if deleted { now_ns() } else { 0 };
+    conn.prepare_cached(
+        "INSERT INTO tilesets (root, name, format, scheme, minzoom, maxzoom, west, south, east, north, tile_count, max_mtime_ns, deleted_ns)
+         VALUES (?1, ?2, ?3, 'xyz', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+         ON CONFLICT (root, name) DO UPDATE SET
+            format = excluded.format, minzoom = excluded.minzoom, maxzoom = excluded.maxzoom,
+            west = excluded.west, south = excluded.south, east = excluded.east, north = excluded.north,
+            tile_count = excluded.tile_count, max_mtime_ns = excluded.max_mtime_ns,
+            deleted_ns = MAX(deleted_ns, excluded.deleted_ns)",
+    )?
+    .execute(params![
+        root_id, tileset, normalise_format(&format), minzoom, maxzoom,
+        bounds[0], bounds[1], bounds[2], bounds[3], count, max_mtime, deleted_ns
+    ])?;
+    Ok(())
+}
+
+fn normalise_format(ext: &str) -> &str {
+    match ext {
+        "jpeg" => "jpg",
+        "mvt" => "pbf",
+        other => other,
+    }
+}
+
+/// West, south, east, north of the XYZ tiles x0..=x1, y0..=y1 at zoom z.
+pub fn tile_range_bounds(z: u32, x0: u32, x1: u32, y0: u32, y1: u32) -> [f64; 4] {
+    let n = f64::from(1u32 << z);
+    let lon = |x: f64| x / n * 360.0 - 180.0;
+    let lat = |y: f64| (std::f64::consts::PI * (1.0 - 2.0 * y / n)).sinh().atan().to_degrees();
+    [lon(f64::from(x0)), lat(f64::from(y1) + 1.0), lon(f64::from(x1) + 1.0), lat(f64::from(y0))]
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_tiles_and_logs_by_shape() {
+        assert_eq!(
+            classify(RootKind::Tiles, "world/2/1/3.png"),
+            Some(Entry::Tile { tileset: "world".into(), z: 2, x: 1, y: 3, ext: "png".into() })
+        );
+        assert_eq!(classify(RootKind::Tiles, "world/2/4/0.png"), None, "x outside the zoom level");
+        assert_eq!(classify(RootKind::Tiles, "world/2/1/1.txt"), None);
+        assert_eq!(classify(RootKind::Tiles, "world/metadata.json"), None);
+        assert_eq!(
+            classify(RootKind::Logs, "pump/2026.csv"),
+            Some(Entry::Log { device: "pump".into(), file: "2026.csv".into() })
+        );
+        assert_eq!(classify(RootKind::Logs, "loose.log"), None);
+    }
+
+    #[test]
+    fn whole_world_at_zoom_zero() {
+        let b = tile_range_bounds(0, 0, 0, 0, 0);
+        assert!((b[0] + 180.0).abs() < 1e-9 && (b[2] - 180.0).abs() < 1e-9);
+        assert!((b[3] - 85.051_128_779_806_6).abs() < 1e-9 && (b[1] + 85.051_128_779_806_6).abs() < 1e-9);
+    }
+}

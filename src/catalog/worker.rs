@@ -1,0 +1,139 @@
+//! The catalog worker: one thread that owns the writer connection, runs the
+//! start-up reconcile, then applies the watcher's changes in small batches.
+//!
+//! SQLite work is blocking, so it never runs on the async executor's threads
+//! (DESIGN.md decision 6). Events are batched for a few milliseconds and
+//! collapsed (a directory covers the paths under it), so a burst of writes
+//! to one file becomes one reconcile of that file.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+
+use super::{reconcile, ReconcileStats};
+use crate::metrics::Metrics;
+use crate::roots::Root;
+
+/// Work for the catalog worker.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Job {
+    /// Something changed at this absolute path in root `.0`.
+    Path(usize, PathBuf),
+    /// Nobody knows what changed in root `.0`: reconcile all of it.
+    Rescan(usize),
+}
+
+const BATCH_WINDOW: Duration = Duration::from_millis(15);
+const BATCH_MAX: usize = 10_000;
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+pub struct Worker {
+    pub conn: Connection,
+    pub roots: Arc<Vec<Root>>,
+    /// Database id of each root, by root index.
+    pub root_ids: Vec<i64>,
+    pub metrics: Arc<Metrics>,
+    /// Set once the start-up reconcile is done (`/readyz`).
+    pub ready: Arc<AtomicBool>,
+}
+
+impl Worker {
+    /// Reconciles every root once, then serves jobs until every sender is gone.
+    pub fn run(mut self, jobs: Receiver<Job>) {
+        let started = Instant::now();
+        let stats = self.reconcile_all();
+        self.metrics.reconcile_rereads.inc_by(stats.rereads);
+        tracing::info!(
+            reread = stats.rereads,
+            unchanged = stats.unchanged,
+            removed = stats.deleted,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "catalog reconciled with the disk"
+        );
+        self.ready.store(true, Ordering::Release);
+
+        let mut retry: BTreeSet<Job> = BTreeSet::new();
+        loop {
+            let wait = if retry.is_empty() { Duration::from_secs(3600) } else { RETRY_AFTER };
+            let mut batch: BTreeSet<Job> = std::mem::take(&mut retry);
+            match jobs.recv_timeout(wait) {
+                Ok(job) => {
+                    batch.insert(job);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            let deadline = Instant::now() + BATCH_WINDOW;
+            while batch.len() < BATCH_MAX {
+                match jobs.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(job) => {
+                        batch.insert(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            retry = self.apply(batch);
+        }
+    }
+
+    /// Reconciles every root whole; returns the summed statistics.
+    pub fn reconcile_all(&mut self) -> ReconcileStats {
+        let mut total = ReconcileStats::default();
+        for index in 0..self.roots.len() {
+            match self.reconcile(index, "") {
+                Ok(stats) => total.add(&stats),
+                Err(e) => tracing::warn!(root = %self.roots[index].path().display(), error = %e, "reconcile failed"),
+            }
+        }
+        total
+    }
+
+    fn reconcile(&mut self, index: usize, rel: &str) -> rusqlite::Result<ReconcileStats> {
+        let root = &self.roots[index];
+        let stats = reconcile(&mut self.conn, self.root_ids[index], root.kind(), root.path(), rel)?;
+        self.metrics.catalog_changes.inc_by(stats.changes());
+        Ok(stats)
+    }
+
+    /// Applies one batch; returns the jobs that failed, to be retried.
+    fn apply(&mut self, batch: BTreeSet<Job>) -> BTreeSet<Job> {
+        let rescans: BTreeSet<usize> =
+            batch.iter().filter_map(|j| if let Job::Rescan(i) = j { Some(*i) } else { None }).collect();
+        // BTreeSet order puts a directory right before the paths under it,
+        // so one pass drops every path already covered by an earlier one.
+        let mut covered: Option<(usize, PathBuf)> = None;
+        let mut failed = BTreeSet::new();
+        for job in batch {
+            let result = match &job {
+                Job::Rescan(index) => {
+                    tracing::warn!(root = %self.roots[*index].path().display(), "rescanning root");
+                    self.reconcile(*index, "").map(|_| ())
+                }
+                Job::Path(index, path) => {
+                    if rescans.contains(index)
+                        || covered.as_ref().is_some_and(|(i, c)| i == index && path.starts_with(c))
+                    {
+                        continue;
+                    }
+                    covered = Some((*index, path.clone()));
+                    let Some(rel) = path.strip_prefix(self.roots[*index].path()).ok().and_then(|r| r.to_str()) else {
+                        continue;
+                    };
+                    let rel = rel.to_string();
+                    self.reconcile(*index, &rel).map(|_| ())
+                }
+            };
+            if let Err(e) = result {
+                self.metrics.catalog_errors.inc();
+                tracing::warn!(error = %e, ?job, "catalog update failed; will retry");
+                failed.insert(job);
+            }
+        }
+        failed
+    }
+}

@@ -1,0 +1,417 @@
+//! Configuration: the command line, the TOML file, and their merge into one
+//! validated [`Config`].
+//!
+//! Every setting of the file has a command-line twin for the common cases.
+//! A root given on the command line replaces the file's roots of that kind,
+//! so `--tiles DIR` always means "serve exactly this".
+//!
+//! Errors in the file name the file, the 1-based line and the reason, the way
+//! `apachectl configtest` does, so that `tessera check` can refuse a bad edit
+//! before it replaces a working server.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(name = "tessera", version, about = "Telemetry tile server: tiles and telemetry logs over HTTP")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Index the roots, watch them and serve them over HTTP (the default).
+    Serve(ConfigArgs),
+    /// Bring the SQLite index up to date with the disk, print what changed, and exit.
+    Index(ConfigArgs),
+    /// Validate a configuration and exit non-zero naming the line and the reason.
+    Check(ConfigArgs),
+}
+
+/// The flags shared by every subcommand; they override the configuration file.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ConfigArgs {
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on, for example 127.0.0.1:8080 or [::]:80.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// A tiles root (repeatable); replaces the configuration file's tile roots.
+    #[arg(long, value_name = "DIR")]
+    pub tiles: Vec<PathBuf>,
+    /// A logs root (repeatable); replaces the configuration file's log roots.
+    #[arg(long, value_name = "DIR")]
+    pub logs: Vec<PathBuf>,
+    /// Directory that holds the SQLite index.
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    /// Delivery path for every root: auto, sendfile or buffered.
+    #[arg(long, value_name = "MODE")]
+    pub delivery: Option<Delivery>,
+}
+
+/// How file bodies travel (DESIGN.md decision 2). The buffered path is the
+/// only one until the sendfile connection driver lands; the setting is
+/// already carried per root so that the driver only has to read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivery {
+    /// sendfile on local storage, buffered on shared storage.
+    #[default]
+    Auto,
+    Sendfile,
+    Buffered,
+}
+
+/// How a root is watched for changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchMode {
+    /// inotify on local storage, polling on shared storage.
+    #[default]
+    Auto,
+    Inotify,
+    Poll,
+    /// No watcher: only start-up reconcile (and per-request revalidation).
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootKind {
+    Tiles,
+    Logs,
+}
+
+impl fmt::Display for RootKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RootKind::Tiles => "tiles",
+            RootKind::Logs => "logs",
+        })
+    }
+}
+
+/// One directory tree that tessera indexes and serves.
+#[derive(Debug, Clone)]
+pub struct RootSpec {
+    pub kind: RootKind,
+    /// Absolute, canonical path.
+    pub path: PathBuf,
+    pub delivery: Delivery,
+    pub watch: WatchMode,
+    pub poll_interval: Duration,
+    pub cache_control: String,
+}
+
+/// Limits of the descriptor cache.
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    /// Most open files kept in the descriptor cache.
+    pub max_open_files: usize,
+    /// A cached descriptor older than this is re-checked with one `stat` of its
+    /// path before use: a safety net for a lost watcher event, not the
+    /// mechanism that keeps content fresh (the watcher is).
+    pub revalidate_after: Duration,
+}
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub state: PathBuf,
+    pub roots: Vec<RootSpec>,
+    pub cache: CacheSettings,
+    /// Where the configuration came from, for messages.
+    pub source: Option<PathBuf>,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_TILES_CACHE_CONTROL: &str = "public, max-age=60";
+pub const DEFAULT_LOGS_CACHE_CONTROL: &str = "no-cache";
+const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// A configuration error, with the place it was found when there is one.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: Option<PathBuf>,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.file, self.line) {
+            (Some(file), Some(line)) => write!(f, "{}:{}: {}", file.display(), line, self.message),
+            (Some(file), None) => write!(f, "{}: {}", file.display(), self.message),
+            (None, _) => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// ---- the file as written ----------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<Spanned<String>>,
+    state: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    tiles: Vec<FileRoot>,
+    #[serde(default)]
+    logs: Vec<FileRoot>,
+    cache: Option<FileCache>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRoot {
+    path: Spanned<PathBuf>,
+    delivery: Option<Delivery>,
+    watch: Option<WatchMode>,
+    poll_interval_ms: Option<Spanned<u64>>,
+    cache_control: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCache {
+    max_open_files: Option<Spanned<usize>>,
+    revalidate_after_ms: Option<u64>,
+}
+
+/// Maps byte offsets of the file to 1-based line numbers.
+struct Lines<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Lines<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
+    }
+
+    fn error(&self, span: Option<Range<usize>>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: Some(self.file.to_path_buf()),
+            line: span.map(|s| self.line_of(s.start)),
+            message: message.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Builds the configuration from the command line and, if given, the file.
+    pub fn load(args: &ConfigArgs) -> Result<Config, ConfigError> {
+        let mut config = Config {
+            listen: DEFAULT_LISTEN.parse().expect("default listen address"),
+            state: default_state_dir(),
+            roots: Vec::new(),
+            cache: CacheSettings { max_open_files: 1024, revalidate_after: Duration::from_secs(2) },
+            source: args.config.clone(),
+        };
+        if let Some(path) = &args.config {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+                file: Some(path.clone()),
+                line: None,
+                message: format!("cannot read: {e}"),
+            })?;
+            let lines = Lines { file: path, text: &text };
+            let file = parse_file(&lines)?;
+            let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+            config.apply_file(&file, &base, &lines)?;
+        }
+        config.apply_args(args)?;
+        if config.roots.is_empty() {
+            config.roots = default_roots()?;
+        }
+        config.check_roots()?;
+        Ok(config)
+    }
+
+    fn apply_file(&mut self, file: &FileConfig, base: &Path, lines: &Lines<'_>) -> Result<(), ConfigError> {
+        if let Some(listen) = &file.listen {
+            self.listen = listen.get_ref().parse().map_err(|e| {
+                lines.error(
+                    Some(listen.span()),
+                    format!("listen: `{}` is not an address like 127.0.0.1:8080 ({e})", listen.get_ref()),
+                )
+            })?;
+        }
+        if let Some(state) = &file.state {
+            self.state = base.join(state.get_ref());
+        }
+        for (kind, roots) in [(RootKind::Tiles, &file.tiles), (RootKind::Logs, &file.logs)] {
+            for root in roots {
+                self.roots.push(file_root(kind, root, base, lines)?);
+            }
+        }
+        if let Some(cache) = &file.cache {
+            if let Some(max) = &cache.max_open_files {
+                if *max.get_ref() == 0 {
+                    return Err(lines.error(Some(max.span()), "cache.max_open_files must be at least 1"));
+                }
+                self.cache.max_open_files = *max.get_ref();
+            }
+            if let Some(ms) = cache.revalidate_after_ms {
+                self.cache.revalidate_after = Duration::from_millis(ms);
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_args(&mut self, args: &ConfigArgs) -> Result<(), ConfigError> {
+        if let Some(listen) = args.listen {
+            self.listen = listen;
+        }
+        if let Some(state) = &args.state {
+            self.state = state.clone();
+        }
+        for (kind, dirs) in [(RootKind::Tiles, &args.tiles), (RootKind::Logs, &args.logs)] {
+            if dirs.is_empty() {
+                continue;
+            }
+            self.roots.retain(|r| r.kind != kind);
+            for dir in dirs {
+                let path = canonical_dir(dir).map_err(|message| ConfigError {
+                    file: None,
+                    line: None,
+                    message: format!("--{kind} {}: {message}", dir.display()),
+                })?;
+                self.roots.push(RootSpec::new(kind, path));
+            }
+        }
+        if let Some(delivery) = args.delivery {
+            for root in &mut self.roots {
+                root.delivery = delivery;
+            }
+        }
+        Ok(())
+    }
+
+    /// Roots may not overlap: one file must belong to exactly one root, or
+    /// the watcher and the catalog would disagree about what it is.
+    fn check_roots(&self) -> Result<(), ConfigError> {
+        for (i, a) in self.roots.iter().enumerate() {
+            for b in &self.roots[i + 1..] {
+                if a.path.starts_with(&b.path) || b.path.starts_with(&a.path) {
+                    return Err(ConfigError {
+                        file: self.source.clone(),
+                        line: None,
+                        message: format!(
+                            "roots overlap: {} root {} and {} root {}",
+                            a.kind,
+                            a.path.display(),
+                            b.kind,
+                            b.path.display()
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The roots of one kind, in configuration order (which is lookup order).
+    pub fn roots_of(&self, kind: RootKind) -> impl Iterator<Item = &RootSpec> {
+        self.roots.iter().filter(move |r| r.kind == kind)
+    }
+}
+
+impl RootSpec {
+    pub fn new(kind: RootKind, path: PathBuf) -> RootSpec {
+        RootSpec {
+            kind,
+            path,
+            delivery: Delivery::Auto,
+            watch: WatchMode::Auto,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            cache_control: match kind {
+                RootKind::Tiles => DEFAULT_TILES_CACHE_CONTROL,
+                RootKind::Logs => DEFAULT_LOGS_CACHE_CONTROL,
+            }
+            .to_string(),
+        }
+    }
+}
+
+fn parse_file(lines: &Lines<'_>) -> Result<FileConfig, ConfigError> {
+    toml::from_str::<FileConfig>(lines.text).map_err(|e| lines.error(e.span(), e.message().trim().to_string()))
+}
+
+fn file_root(kind: RootKind, root: &FileRoot, base: &Path, lines: &Lines<'_>) -> Result<RootSpec, ConfigError> {
+    let path = base.join(root.path.get_ref());
+    let path = canonical_dir(&path)
+        .map_err(|m| lines.error(Some(root.path.span()), format!("{kind} path {}: {m}", path.display())))?;
+    let mut spec = RootSpec::new(kind, path);
+    spec.delivery = root.delivery.unwrap_or_default();
+    spec.watch = root.watch.unwrap_or_default();
+    if let Some(ms) = &root.poll_interval_ms {
+        if *ms.get_ref() < 10 {
+            return Err(lines.error(Some(ms.span()), "poll_interval_ms must be at least 10"));
+        }
+        spec.poll_interval = Duration::from_millis(*ms.get_ref());
+    }
+    if let Some(cc) = &root.cache_control {
+        if axum::http::HeaderValue::from_str(cc.get_ref()).is_err() {
+            return Err(lines.error(Some(cc.span()), "cache_control is not a valid header value"));
+        }
+        spec.cache_control = cc.get_ref().clone();
+    }
+    Ok(spec)
+}
+
+fn canonical_dir(path: &Path) -> Result<PathBuf, String> {
+    let canonical = std::fs::canonicalize(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => "does not exist".to_string(),
+        _ => e.to_string(),
+    })?;
+    if !canonical.is_dir() {
+        return Err("is not a directory".to_string());
+    }
+    Ok(canonical)
+}
+
+/// `$STATE_DIRECTORY` under systemd, otherwise `.tessera` in the working directory.
+fn default_state_dir() -> PathBuf {
+    match std::env::var_os("STATE_DIRECTORY") {
+        // systemd may pass several, separated by colons: the first is ours.
+        Some(dirs) => PathBuf::from(dirs.to_string_lossy().split(':').next().unwrap_or(".tessera")),
+        None => PathBuf::from(".tessera"),
+    }
+}
+
+/// With no roots configured, serve the repository's sample data: `tiles/` and
+/// `logs/` of the working directory if present, else of the source tree the
+/// binary was built from (so `cargo run -- serve` works from anywhere in it).
+fn default_roots() -> Result<Vec<RootSpec>, ConfigError> {
+    let candidates = [PathBuf::from("."), PathBuf::from(env!("CARGO_MANIFEST_DIR"))];
+    for base in &candidates {
+        let (tiles, logs) = (base.join("tiles"), base.join("logs"));
+        if tiles.is_dir() && logs.is_dir() {
+            let mut roots = Vec::new();
+            for (kind, dir) in [(RootKind::Tiles, tiles), (RootKind::Logs, logs)] {
+                let path = canonical_dir(&dir).map_err(|message| ConfigError { file: None, line: None, message })?;
+                roots.push(RootSpec::new(kind, path));
+            }
+            return Ok(roots);
+        }
+    }
+    Err(ConfigError {
+        file: None,
+        line: None,
+        message: "no roots configured: pass --tiles DIR and --logs DIR, or --config FILE".to_string(),
+    })
+}

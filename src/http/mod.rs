@@ -1,0 +1,232 @@
+//! HTTP: the axum Router that produces every response (DESIGN.md decision 1),
+//! whatever transport then carries it.
+
+mod files;
+mod logs;
+mod status;
+mod tiles;
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use parking_lot::Mutex;
+use rusqlite::Connection;
+use tower_http::cors::{Any, CorsLayer};
+
+pub use files::{select, Selection};
+
+use crate::cache::{DescriptorCache, FileEntry};
+use crate::catalog;
+use crate::config::RootKind;
+use crate::metrics::Metrics;
+use crate::roots::Root;
+
+/// Everything a handler may need.
+pub struct App {
+    pub roots: Arc<Vec<Root>>,
+    /// Database id of each root, by root index.
+    pub root_ids: Vec<i64>,
+    pub cache: Arc<DescriptorCache>,
+    pub metrics: Arc<Metrics>,
+    pub ready: Arc<AtomicBool>,
+    pub state_dir: PathBuf,
+    pub started: Instant,
+    /// Read connection to the catalog, opened on first use and reopened after an error.
+    reader: Mutex<Option<Connection>>,
+}
+
+pub type AppState = Arc<App>;
+
+impl App {
+    pub fn new(
+        roots: Arc<Vec<Root>>,
+        root_ids: Vec<i64>,
+        cache: Arc<DescriptorCache>,
+        metrics: Arc<Metrics>,
+        ready: Arc<AtomicBool>,
+        state_dir: PathBuf,
+    ) -> App {
+        App { roots, root_ids, cache, metrics, ready, state_dir, started: Instant::now(), reader: Mutex::new(None) }
+    }
+
+    /// Database ids of the roots of `kind`, in lookup order.
+    fn root_order(&self, kind: RootKind) -> Vec<i64> {
+        self.roots.iter().filter(|r| r.kind() == kind).map(|r| self.root_ids[r.index]).collect()
+    }
+
+    /// Runs a catalog query on the blocking pool.
+    async fn query<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, Response> {
+        let app = self.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut reader = app.reader.lock();
+            if reader.is_none() {
+                *reader = Some(catalog::open_reader(&app.state_dir).map_err(|e| e.to_string())?);
+            }
+            let result = f(reader.as_ref().expect("opened"));
+            if result.is_err() {
+                // The database may have been rebuilt under us: reopen next time.
+                *reader = None;
+            }
+            result.map_err(|e| e.to_string())
+        })
+        .await;
+        match result {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "catalog query failed");
+                Err(error(StatusCode::SERVICE_UNAVAILABLE, "catalog unavailable, retry shortly"))
+            }
+            Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())),
+        }
+    }
+
+    /// Opens `rel` in the first root of `kind` that has it. Local roots open
+    /// inline (a cache hit costs no syscall, a miss one `openat2`); shared
+    /// storage can block for long, so it opens on the blocking pool.
+    async fn open(self: &Arc<Self>, kind: RootKind, rel: String) -> Result<(usize, Arc<FileEntry>), Response> {
+        for root in self.roots.iter().filter(|r| r.kind() == kind) {
+            let result = if root.caches_descriptors() {
+                self.cache.open(root, &rel)
+            } else {
+                let (app, index, rel) = (self.clone(), root.index, rel.clone());
+                tokio::task::spawn_blocking(move || app.cache.open(&app.roots[index], &rel))
+                    .await
+                    .unwrap_or_else(|e| Err(io::Error::other(e)))
+            };
+            match result {
+                Ok(entry) => return Ok((root.index, entry)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) || e.raw_os_error() == Some(libc::ELOOP) => continue,
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                    tracing::debug!(rel, error = %e, "refused a path outside its root or unreadable");
+                    return Err(error(StatusCode::NOT_FOUND, "not found"));
+                }
+                Err(e) => {
+                    tracing::warn!(rel, error = %e, "cannot open file");
+                    return Err(error(StatusCode::SERVICE_UNAVAILABLE, "cannot open file now, retry shortly"));
+                }
+            }
+        }
+        Err(error(StatusCode::NOT_FOUND, "not found"))
+    }
+
+    /// Answers for an opened file (GET or HEAD, conditionals and ranges).
+    fn file_response(&self, method: &Method, headers: &HeaderMap, root: usize, entry: Arc<FileEntry>) -> Response {
+        files::respond(&self.metrics, method, headers, entry, self.roots[root].delivery)
+    }
+}
+
+/// The router with every URL of the contract in DESIGN.md.
+pub fn router(app: AppState) -> Router {
+    // CORS on every answer, errors included: map clients and dashboards run
+    // in browsers on other origins.
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::HEAD, Method::OPTIONS])
+        .allow_headers(Any)
+        .expose_headers(Any)
+        .max_age(Duration::from_secs(86400))
+        // The answer is `*` for every origin, so caches need not vary on it.
+        .vary([]);
+    Router::new()
+        .route("/", get(status::index))
+        .route("/healthz", get(status::healthz))
+        .route("/readyz", get(status::readyz))
+        .route("/metrics", get(status::metrics))
+        .route("/tiles", get(tiles::catalog))
+        .route("/tiles/{tilejson}", get(tiles::tilejson))
+        .route("/tiles/{tileset}/{z}/{x}/{file}", get(tiles::tile))
+        .route("/logs", get(logs::list))
+        .route("/logs/{device}", get(logs::list_device))
+        .route("/logs/{device}/{file}", get(logs::download))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(app.clone(), observe))
+        .layer(cors)
+        .with_state(app)
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "not found")
+}
+
+/// A small JSON error body: `{"error": "..."}`.
+pub fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// Counts every answer by route and status, and logs it at debug level.
+async fn observe(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = route_label(request.uri().path());
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    let status = response.status();
+    app.metrics.requests.with_label_values(&[route, status.as_str()]).inc();
+    let bytes = response.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("-");
+    tracing::debug!(
+        route,
+        %method,
+        path,
+        status = status.as_u16(),
+        bytes,
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "request"
+    );
+    response
+}
+
+/// The route a path falls under, mirroring the router, for metric labels
+/// (the router's own MatchedPath is not known outside it).
+fn route_label(path: &str) -> &'static str {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segments.as_slice() {
+        [""] => "/",
+        ["healthz"] => "/healthz",
+        ["readyz"] => "/readyz",
+        ["metrics"] => "/metrics",
+        ["tiles"] => "/tiles",
+        ["tiles", _] => "/tiles/{tileset}.json",
+        ["tiles", _, _, _, _] => "/tiles/{tileset}/{z}/{x}/{y}",
+        ["logs"] => "/logs",
+        ["logs", _] => "/logs/{device}",
+        ["logs", _, _] => "/logs/{device}/{file}",
+        _ => "other",
+    }
+}
+
+/// The base URL clients reached us by, from the Host header when it is sane.
+fn base_url(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c)))
+        .unwrap_or("localhost");
+    format!("http://{host}")
+}
+
+fn json_response<T: serde::Serialize>(value: &T) -> Response {
+    let mut response = Json(value).into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+fn text_response(content_type: &'static str, body: impl Into<Body>) -> Response {
+    let mut response = Response::new(body.into());
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}

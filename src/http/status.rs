@@ -1,0 +1,93 @@
+//! Status: `/` (a page for people), `/healthz`, `/readyz` and `/metrics`.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use super::{text_response, AppState};
+use crate::catalog;
+use crate::config::RootKind;
+
+pub async fn healthz() -> Response {
+    text_response("text/plain; charset=utf-8", "ok\n")
+}
+
+/// Ready once the first reconcile is done: before it, listings are incomplete.
+pub async fn readyz(State(app): State<AppState>) -> Response {
+    if app.ready.load(Ordering::Acquire) {
+        text_response("text/plain; charset=utf-8", "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, text_response("text/plain; charset=utf-8", "reconciling catalog\n"))
+            .into_response()
+    }
+}
+
+pub async fn metrics(State(app): State<AppState>) -> Response {
+    text_response("text/plain; version=0.0.4; charset=utf-8", app.metrics.render())
+}
+
+/// A plain status page: roots, tilesets, devices.
+pub async fn index(State(app): State<AppState>) -> Response {
+    let tile_order = app.root_order(RootKind::Tiles);
+    let log_order = app.root_order(RootKind::Logs);
+    let listed = app
+        .query(move |c| Ok((catalog::tilesets(c, &tile_order)?, catalog::logs(c, &log_order, &Default::default())?)))
+        .await;
+    let (tilesets, logs) = listed.unwrap_or_default();
+    let mut page = String::from(
+        "<!doctype html><html><head><meta charset=utf-8><title>tessera</title>\
+         <style>body{font-family:sans-serif;margin:2em}td,th{padding:0 1em 0 0;text-align:left}</style></head><body>\
+         <h1>tessera</h1>",
+    );
+    let ready = if app.ready.load(Ordering::Acquire) { "ready" } else { "reconciling the catalog" };
+    let _ = write!(
+        page,
+        "<p>{ready}; up {} s. <a href=/metrics>metrics</a></p><h2>Roots</h2><table>",
+        app.started.elapsed().as_secs()
+    );
+    page.push_str("<tr><th>kind<th>path<th>storage<th>delivery<th>watcher</tr>");
+    for root in app.roots.iter() {
+        let _ = write!(
+            page,
+            "<tr><td>{}<td>{}<td>{}{}<td>{}<td>{:?}</tr>",
+            root.kind(),
+            escape(&root.path().display().to_string()),
+            root.storage.fs_name,
+            if root.storage.shared { " (shared)" } else { "" },
+            root.delivery.as_str(),
+            root.watcher
+        );
+    }
+    page.push_str("</table><h2>Tilesets</h2><table><tr><th>name<th>format<th>zoom<th>tiles<th>TileJSON</tr>");
+    for t in &tilesets {
+        let name = escape(&t.name);
+        let url = catalog::urlencode(&t.name);
+        let _ = write!(
+            page,
+            "<tr><td>{name}<td>{}<td>{}&ndash;{}<td>{}<td><a href=\"/tiles/{url}.json\">/tiles/{name}.json</a></tr>",
+            t.format, t.minzoom, t.maxzoom, t.tile_count
+        );
+    }
+    page.push_str("</table><h2>Logs</h2><table><tr><th>device<th>file<th>size<th>first<th>last</tr>");
+    for l in &logs {
+        let _ = write!(
+            page,
+            "<tr><td>{}<td><a href=\"{}\">{}</a><td>{}<td>{}<td>{}</tr>",
+            escape(&l.device),
+            l.url,
+            escape(&l.file),
+            l.size,
+            l.first.as_deref().unwrap_or("-"),
+            l.last.as_deref().unwrap_or("-")
+        );
+    }
+    page.push_str("</table></body></html>\n");
+    text_response("text/html; charset=utf-8", page)
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}

@@ -1,0 +1,18 @@
+//! tessera: a telemetry tile server appliance.
+//!
+//! Data flows one way through the modules, in this order: [`config`] and
+//! [`roots`] (what to serve, on what storage), [`watch`] (changes on disk),
+//! [`catalog`] (the SQLite index), [`cache`] (open descriptors), [`http`]
+//! (the axum Router that produces every response) and [`delivery`] (how the
+//! bytes travel). [`server`] wires them together. See ARCHITECTURE.md.
+
+pub mod cache;
+pub mod catalog;
+pub mod config;
+pub mod delivery;
+pub mod http;
+pub mod logging;
+pub mod metrics;
+pub mod roots;
+pub mod server;
+pub mod watch;

@@ -1,0 +1,44 @@
+//! Logging: to the journal when stderr is connected to it, human-readable to
+//! stderr otherwise.
+//!
+//! systemd sets `JOURNAL_STREAM=dev:inode` for the stream it connected to
+//! stdout and stderr; only when stderr is still that stream do we log to the
+//! journal natively (with structured fields). The level comes from
+//! `TESSERA_LOG` or `RUST_LOG` (default `info`; `debug` logs every request).
+
+use std::io::IsTerminal;
+use std::os::fd::AsFd;
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::EnvFilter;
+
+pub fn init() {
+    let filter = EnvFilter::try_from_env("TESSERA_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    if stderr_is_journal() {
+        match tracing_journald::layer() {
+            Ok(journal) => {
+                tracing_subscriber::registry()
+                    .with(filter)
+                    .with(journal.with_syslog_identifier("tessera".into()))
+                    .init();
+                return;
+            }
+            Err(e) => eprintln!("tessera: journal unavailable ({e}); logging to stderr"),
+        }
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn stderr_is_journal() -> bool {
+    let Ok(stream) = std::env::var("JOURNAL_STREAM") else { return false };
+    let Some((dev, ino)) = stream.split_once(':') else { return false };
+    let Ok(st) = nix::sys::stat::fstat(std::io::stderr().as_fd()) else { return false };
+    dev.parse() == Ok(st.st_dev) && ino.parse() == Ok(st.st_ino)
+}

@@ -1,0 +1,48 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use tessera::config::{Cli, Command, Config, ConfigArgs};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve(ConfigArgs::default())) {
+        Command::Check(args) => match tessera::server::check(&args) {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tessera: configuration refused: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Serve(args) => run(&args, |config| {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(tessera::server::serve(config))
+        }),
+        Command::Index(args) => run(&args, |config| {
+            let summary = tessera::server::index(&config)?;
+            println!("{summary}");
+            Ok(())
+        }),
+    }
+}
+
+fn run(args: &ConfigArgs, body: impl FnOnce(Config) -> anyhow::Result<()>) -> ExitCode {
+    tessera::logging::init();
+    let config = match Config::load(args) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("tessera: configuration refused: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match body(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("tessera: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! Roots: the directory trees tessera serves, what storage they sit on, and
+//! the only way a request may open a file inside one.
+//!
+//! Opening goes through `openat2(2)` with `RESOLVE_BENEATH`, so the kernel
+//! itself refuses `..` and symbolic links that climb out of the root; the path
+//! actually opened is then read back from `/proc/self/fd` and checked again,
+//! which also catches a symlink that leads to a hidden name inside the root.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::Mode;
+
+use crate::config::{Delivery, RootKind, RootSpec, WatchMode};
+
+/// statfs `f_type` values of shared storage (DESIGN.md decision 2): other
+/// machines can change files there without inotify seeing it, and sendfile
+/// from them can serve stale pages.
+const SHARED_FS: &[(i64, &str)] = &[
+    (0x6969, "nfs"),
+    (0x517B, "smb"),
+    (0xFF53_4D42, "cifs"),
+    (0xFE53_4D42, "smb2"),
+    (0x6573_5546, "fuse"),
+    (0x0102_1997, "9p"),
+    (0x786F_4256, "vboxsf"),
+    (0x00C3_6400, "ceph"),
+];
+
+/// What a root's storage is, from `statfs(2)`.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    pub fs_type: i64,
+    pub fs_name: String,
+    pub shared: bool,
+}
+
+/// How bodies from a root travel, decided once at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryPath {
+    Sendfile,
+    Buffered,
+}
+
+impl DeliveryPath {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryPath::Sendfile => "sendfile",
+            DeliveryPath::Buffered => "buffered",
+        }
+    }
+}
+
+/// How a root is watched, decided once at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatcherKind {
+    Inotify,
+    Poll,
+    Off,
+}
+
+/// A configured root, opened and classified.
+#[derive(Debug)]
+pub struct Root {
+    /// Position in the configuration; also the lookup order among roots of a kind.
+    pub index: usize,
+    pub spec: RootSpec,
+    pub storage: Storage,
+    pub delivery: DeliveryPath,
+    pub watcher: WatcherKind,
+    /// `O_PATH` descriptor of the root directory: every open is relative to it.
+    dir: OwnedFd,
+}
+
+impl Root {
+    pub fn open(index: usize, spec: RootSpec) -> io::Result<Root> {
+        let dir = nix::fcntl::open(&spec.path, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+        let storage = classify(&spec.path)?;
+        let delivery = match spec.delivery {
+            Delivery::Sendfile => DeliveryPath::Sendfile,
+            Delivery::Buffered => DeliveryPath::Buffered,
+            Delivery::Auto if storage.shared => DeliveryPath::Buffered,
+            Delivery::Auto => DeliveryPath::Sendfile,
+        };
+        let watcher = match spec.watch {
+            WatchMode::Inotify => WatcherKind::Inotify,
+            WatchMode::Poll => WatcherKind::Poll,
+            WatchMode::Off => WatcherKind::Off,
+            WatchMode::Auto if storage.shared => WatcherKind::Poll,
+            WatchMode::Auto => WatcherKind::Inotify,
+        };
+        Ok(Root { index, spec, storage, delivery, watcher, dir })
+    }
+
+    pub fn kind(&self) -> RootKind {
+        self.spec.kind
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.spec.path
+    }
+
+    /// Whether open descriptors from this root may be cached. Shared storage
+    /// revalidates on every request instead (DESIGN.md decision 2).
+    pub fn caches_descriptors(&self) -> bool {
+        !self.storage.shared
+    }
+
+    /// Opens a regular file at `rel` (already split into safe segments by
+    /// the HTTP layer) without ever leaving the root.
+    pub fn open_file(&self, rel: &str) -> io::Result<File> {
+        let how = OpenHow::new()
+            // O_NONBLOCK: opening a FIFO planted in a root must not hang a worker.
+            .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        let fd = match openat2(self.dir.as_fd(), rel, how) {
+            Ok(fd) => fd,
+            // Kernels before 5.6: open plainly, the /proc check below confines it.
+            Err(Errno::ENOSYS) => nix::fcntl::openat(
+                self.dir.as_fd(),
+                rel,
+                OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+                Mode::empty(),
+            )?,
+            // EXDEV is how RESOLVE_BENEATH says "that would leave the root".
+            Err(Errno::EXDEV) => return Err(io::Error::new(io::ErrorKind::PermissionDenied, "path leaves its root")),
+            Err(e) => return Err(e.into()),
+        };
+        let file = File::from(fd);
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "not a regular file"));
+        }
+        self.confirm_inside(&file)?;
+        Ok(file)
+    }
+
+    /// Reads back where the descriptor really points and refuses anything
+    /// outside the root or behind a hidden name.
+    fn confirm_inside(&self, file: &File) -> io::Result<()> {
+        let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+        let rel = real.strip_prefix(&self.spec.path).map_err(|_| denied())?;
+        if rel.components().any(|c| !matches!(c, Component::Normal(n) if !n.as_encoded_bytes().starts_with(b"."))) {
+            return Err(denied());
+        }
+        Ok(())
+    }
+
+    /// The absolute path of `rel` in this root, for the cache key and the watcher.
+    pub fn join(&self, rel: &str) -> PathBuf {
+        self.spec.path.join(rel)
+    }
+}
+
+fn denied() -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, "path leaves its root")
+}
+
+/// Classifies the storage under `path` with `statfs(2)`.
+pub fn classify(path: &Path) -> io::Result<Storage> {
+    let st = nix::sys::statfs::statfs(path)?;
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets
+    let fs_type = st.filesystem_type().0 as i64;
+    let shared = SHARED_FS.iter().find(|(magic, _)| *magic == fs_type);
+    let fs_name = match shared {
+        Some((_, name)) => name.to_string(),
+        None => local_fs_name(fs_type).to_string(),
+    };
+    Ok(Storage { fs_type, fs_name, shared: shared.is_some() })
+}
+
+fn local_fs_name(fs_type: i64) -> &'static str {
+    match fs_type {
+        0xEF53 => "ext4",
+        0x5846_5342 => "xfs",
+        0x9123_683E => "btrfs",
+        0x0102_1994 => "tmpfs",
+        0x794C_7630 => "overlayfs",
+        0x2FC1_2FC1 => "zfs",
+        0xF2F5_2010 => "f2fs",
+        _ => "local",
+    }
+}
+
+/// A path segment that may name a tileset, a device or a file: not empty, no
+/// separator of any platform, no NUL or control character, and not hidden
+/// (which also rules out `.` and `..`).
+pub fn safe_segment(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && !s.starts_with('.')
+        && !s.chars().any(|c| c == '/' || c == '\\' || c.is_control())
+}
+
+/// Whether a path relative to a root has a hidden component; such files are
+/// neither indexed nor served.
+pub fn is_hidden(rel: &Path) -> bool {
+    rel.components().any(|c| matches!(c, Component::Normal(n) if n.as_encoded_bytes().starts_with(b".")))
+}

@@ -1,0 +1,135 @@
+//! Wiring: what `serve`, `index` and `check` do, start to end.
+//!
+//! Start-up order matters for freshness: the watchers start before the
+//! start-up reconcile, so a change made while the catalog is being built is
+//! queued and applied after it, never lost; the listener opens at once,
+//! since files are served from the disk and need no catalog.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::cache::DescriptorCache;
+use crate::catalog::{self, worker::Worker};
+use crate::config::{Config, ConfigArgs};
+use crate::http::{self, App};
+use crate::metrics::Metrics;
+use crate::roots::Root;
+use crate::watch;
+
+/// Opens and classifies every configured root, logging what was decided.
+fn open_roots(config: &Config) -> anyhow::Result<Vec<Root>> {
+    let mut roots = Vec::new();
+    for (index, spec) in config.roots.iter().enumerate() {
+        let root = Root::open(index, spec.clone())
+            .with_context(|| format!("cannot open {} root {}", spec.kind, spec.path.display()))?;
+        tracing::info!(
+            kind = %root.kind(),
+            root = %root.path().display(),
+            fs = root.storage.fs_name,
+            shared = root.storage.shared,
+            delivery = root.delivery.as_str(),
+            watcher = ?root.watcher,
+            "root"
+        );
+        if root.storage.shared {
+            tracing::warn!(root = %root.path().display(), fs = root.storage.fs_name,
+                "shared storage: descriptors are not cached and files are revalidated on every request");
+        }
+        roots.push(root);
+    }
+    Ok(roots)
+}
+
+/// Opens the catalog and builds the worker that owns its writer connection.
+fn catalog_worker(config: &Config, roots: Arc<Vec<Root>>, metrics: Arc<Metrics>) -> anyhow::Result<Worker> {
+    let conn = catalog::open(&config.state)?;
+    let root_ids = roots
+        .iter()
+        .map(|r| catalog::root_id(&conn, &r.kind().to_string(), r.path()))
+        .collect::<rusqlite::Result<Vec<i64>>>()?;
+    Ok(Worker { conn, roots, root_ids, metrics, ready: Arc::new(AtomicBool::new(false)) })
+}
+
+/// `tessera serve`: index, watch and serve until SIGTERM or SIGINT.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let roots = Arc::new(open_roots(&config)?);
+    let worker = catalog_worker(&config, roots.clone(), metrics.clone())?;
+    let (root_ids, ready) = (worker.root_ids.clone(), worker.ready.clone());
+    let cache =
+        Arc::new(DescriptorCache::new(config.cache.max_open_files, config.cache.revalidate_after, metrics.clone()));
+
+    let (jobs, job_queue) = std::sync::mpsc::channel();
+    let watchers = watch::start(&roots, &cache, &jobs, &metrics);
+    drop(jobs); // the watchers hold the senders; the worker stops when they are gone
+    std::thread::Builder::new().name("catalog".into()).spawn(move || worker.run(job_queue))?;
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    // Tests and scripts read this line to learn the port of 127.0.0.1:0.
+    println!("tessera listening on http://{addr}");
+    std::io::stdout().flush()?;
+    tracing::info!(%addr, state = %config.state.display(), "listening");
+
+    let app = Arc::new(App::new(roots, root_ids, cache, metrics, ready, config.state.clone()));
+    axum::serve(listener, http::router(app)).with_graceful_shutdown(shutdown_signal()).await?;
+    drop(watchers);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: finishing requests in flight"),
+        _ = int.recv() => tracing::info!("SIGINT: finishing requests in flight"),
+    }
+}
+
+/// `tessera index`: bring the catalog up to date and say what changed.
+pub fn index(config: &Config) -> anyhow::Result<String> {
+    let roots = Arc::new(open_roots(config)?);
+    let mut worker = catalog_worker(config, roots, Arc::new(Metrics::new()))?;
+    let stats = worker.reconcile_all();
+    Ok(format!(
+        "catalog {}: {} re-read, {} unchanged, {} removed",
+        catalog::db_path(&config.state).display(),
+        stats.rereads,
+        stats.unchanged,
+        stats.deleted
+    ))
+}
+
+/// `tessera check`: the configuration loads, every root opens, and the state
+/// directory is usable. Returns a one-line summary.
+pub fn check(args: &ConfigArgs) -> Result<String, String> {
+    let config = Config::load(args).map_err(|e| e.to_string())?;
+    let roots = open_roots(&config).map_err(|e| format!("{e:#}"))?;
+    check_state_dir(&config.state)?;
+    let source = config.source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "command line".into());
+    Ok(format!(
+        "configuration OK ({source}): {} roots, listen {}, state {}",
+        roots.len(),
+        config.listen,
+        config.state.display()
+    ))
+}
+
+fn check_state_dir(state: &Path) -> Result<(), String> {
+    let existing = state.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    if !existing.is_dir() {
+        return Err(format!("state {}: {} is not a directory", state.display(), existing.display()));
+    }
+    if nix::unistd::access(existing, nix::unistd::AccessFlags::W_OK).is_err() {
+        return Err(format!("state {}: {} is not writable", state.display(), existing.display()));
+    }
+    Ok(())
+}
