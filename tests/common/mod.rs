@@ -1,0 +1,894 @@
+//! Shared harness for tessera's integration tests.
+//!
+//! Every test starts the real `tessera` binary on `127.0.0.1:0` over temporary
+//! directories holding real files, and talks to it with the tiny raw HTTP/1.1
+//! client below. The client sends the request target byte for byte (no URL
+//! normalisation), which the path-attack tests depend on.
+
+// Each test crate uses a different subset of these helpers.
+#![allow(dead_code)]
+
+use std::cell::Cell;
+use std::ffi::OsString;
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// How long the server may take to print its listening line, and to become ready.
+pub const START_DEADLINE: Duration = Duration::from_secs(15);
+/// How long a change on disk may take to become visible over HTTP.
+pub const WATCH_DEADLINE: Duration = Duration::from_secs(2);
+/// How long a graceful stop (SIGTERM) may take.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(10);
+/// Socket read/write timeout of the test client.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause between two polls.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+pub const LISTENING_PREFIX: &str = "tessera listening on http://";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tessera")
+}
+
+// ---------------------------------------------------------------------------
+// Polling
+// ---------------------------------------------------------------------------
+
+/// Calls `f` until it returns true or `timeout` has passed; returns whether it succeeded.
+/// `f` is always called at least once, and once more after the deadline has passed.
+pub fn poll_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let late = Instant::now() >= deadline;
+        if f() {
+            return true;
+        }
+        if late {
+            return false;
+        }
+        thread::sleep(POLL_INTERVAL);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Fixture: a temporary directory with tiles/, logs/ and state/
+// ---------------------------------------------------------------------------
+
+pub struct Fixture {
+    pub dir: TempDir,
+    starts: Cell<usize>,
+}
+
+impl Default for Fixture {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Fixture {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new().prefix("tessera-it-").tempdir().expect("create temp dir");
+        for sub in ["tiles", "logs", "state"] {
+            fs::create_dir(dir.path().join(sub)).expect("create fixture dir");
+        }
+        Fixture { dir, starts: Cell::new(0) }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn tiles(&self) -> PathBuf {
+        self.dir.path().join("tiles")
+    }
+
+    pub fn logs(&self) -> PathBuf {
+        self.dir.path().join("logs")
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Starts `tessera serve` over this fixture's tiles/, logs/ and state/.
+    /// Its stderr goes to `server-N.stderr` in the fixture directory.
+    pub fn start(&self) -> Server {
+        let n = self.starts.get();
+        self.starts.set(n + 1);
+        let args: Vec<OsString> = vec![
+            "serve".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--tiles".into(),
+            self.tiles().into(),
+            "--logs".into(),
+            self.logs().into(),
+            "--state".into(),
+            self.state().into(),
+        ];
+        let stderr = self.dir.path().join(format!("server-{n}.stderr"));
+        Server::spawn(&args, &stderr)
+    }
+
+    /// Starts the server and waits until `/readyz` answers 200.
+    pub fn start_ready(&self) -> Server {
+        let server = self.start();
+        server.wait_ready();
+        server
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Server process
+// ---------------------------------------------------------------------------
+
+pub struct Server {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    stderr_path: PathBuf,
+}
+
+impl Server {
+    /// Spawns the binary with `args`, stderr to `stderr_path`, and waits (at most
+    /// [`START_DEADLINE`]) for the `tessera listening on http://ADDR` line on stdout.
+    pub fn spawn(args: &[OsString], stderr_path: &Path) -> Server {
+        let stderr = fs::File::create(stderr_path).expect("create stderr file");
+        let mut child = Command::new(bin())
+            .args(args)
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .expect("spawn tessera");
+
+        // A thread reads stdout line by line and keeps draining it for the whole life
+        // of the process, so the server never blocks on a full pipe.
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel::<String>();
+        thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let mut tx = Some(tx);
+            loop {
+                line.clear();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        if let Some(sender) = &tx {
+                            if sender.send(line.trim_end().to_string()).is_err() {
+                                tx = None;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+
+        let deadline = Instant::now() + START_DEADLINE;
+        let mut seen = Vec::new();
+        let addr = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.trim().strip_prefix(LISTENING_PREFIX) {
+                        let rest = rest.trim_end_matches('/');
+                        match rest.parse::<SocketAddr>() {
+                            Ok(addr) => break addr,
+                            Err(e) => {
+                                let _ = child.kill();
+                                let _ = child.wait();
+                                panic!("bad listening line {line:?}: {e}");
+                            }
+                        }
+                    }
+                    seen.push(line);
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let status = child.wait();
+                    panic!(
+                        "tessera did not print {LISTENING_PREFIX:?}ADDR within {START_DEADLINE:?} \
+                         ({e}); exit: {status:?}; stdout so far: {seen:?}\nstderr:\n{}",
+                        tail_of_file(stderr_path, 8000)
+                    );
+                }
+            }
+        };
+        assert!(
+            addr.ip().is_loopback() && addr.port() != 0,
+            "listening address {addr} should be 127.0.0.1 with a real port"
+        );
+        Server { child: Some(child), addr, stderr_path: stderr_path.to_path_buf() }
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server running").id()
+    }
+
+    pub fn stderr(&self) -> String {
+        tail_of_file(&self.stderr_path, 16_000)
+    }
+
+    /// Polls `/readyz` until it answers 200, at most [`START_DEADLINE`].
+    pub fn wait_ready(&self) {
+        let mut last = String::from("no answer");
+        let ok = poll_until(START_DEADLINE, || match http_request(self.addr, "GET", "/readyz", &[]) {
+            Ok(r) if r.status == 200 => true,
+            Ok(r) => {
+                last = format!("status {}", r.status);
+                false
+            }
+            Err(e) => {
+                last = e.to_string();
+                false
+            }
+        });
+        assert!(ok, "/readyz did not answer 200 within {START_DEADLINE:?} (last: {last})\nstderr:\n{}", self.stderr());
+    }
+
+    /// Sends one request; panics (with the server's stderr) if no HTTP response comes back.
+    pub fn request(&self, method: &str, target: &str, headers: &[(&str, &str)]) -> Response {
+        match http_request(self.addr, method, target, headers) {
+            Ok(r) => r,
+            Err(e) => panic!("{method} {target:?}: no valid HTTP response: {e}\nstderr:\n{}", self.stderr()),
+        }
+    }
+
+    pub fn get(&self, target: &str) -> Response {
+        self.request("GET", target, &[])
+    }
+
+    pub fn head(&self, target: &str) -> Response {
+        self.request("HEAD", target, &[])
+    }
+
+    /// GET `target`, assert 200, parse the body as JSON.
+    pub fn get_json(&self, target: &str) -> Value {
+        let r = self.get(target);
+        assert_eq!(r.status, 200, "GET {target}: expected 200, body: {}", r.text());
+        r.json()
+    }
+
+    /// The text of `/metrics`.
+    pub fn metrics_text(&self) -> String {
+        let r = self.get("/metrics");
+        assert_eq!(r.status, 200, "GET /metrics: {}", r.text());
+        r.text()
+    }
+
+    /// The value of a metric (sum over its label sets), or None if it is not exposed.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        metric_value(&self.metrics_text(), name, &[])
+    }
+
+    /// The value of a metric, summed over the label sets matching every `(label, value)`.
+    pub fn metric_with(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        metric_value(&self.metrics_text(), name, labels)
+    }
+
+    /// Stops the server gracefully with SIGTERM and waits for it to exit, at most
+    /// [`STOP_DEADLINE`]; panics (after killing it) if it does not stop in time.
+    pub fn stop(mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("server running");
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !sent {
+            // No `kill` utility: fall back to SIGKILL.
+            let _ = child.kill();
+        }
+        let deadline = Instant::now() + STOP_DEADLINE;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return status,
+                Ok(None) if Instant::now() < deadline => thread::sleep(POLL_INTERVAL),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "tessera did not exit within {STOP_DEADLINE:?} of SIGTERM\nstderr:\n{}",
+                        tail_of_file(&self.stderr_path, 8000)
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if thread::panicking() {
+            eprintln!(
+                "---- tessera stderr ({}) ----\n{}\n---- end of tessera stderr ----",
+                self.stderr_path.display(),
+                tail_of_file(&self.stderr_path, 16_000)
+            );
+        }
+    }
+}
+
+fn tail_of_file(path: &Path, max: usize) -> String {
+    match fs::read(path) {
+        Ok(bytes) => {
+            let start = bytes.len().saturating_sub(max);
+            String::from_utf8_lossy(&bytes[start..]).into_owned()
+        }
+        Err(e) => format!("<cannot read {}: {e}>", path.display()),
+    }
+}
+
+/// Runs the binary with `args` to completion (at most [`START_DEADLINE`]) and returns
+/// its exit status, stdout and stderr.
+pub fn run_tessera(args: &[OsString]) -> (ExitStatus, String, String) {
+    let out_dir = tempfile::tempdir().expect("temp dir for output");
+    let out_path = out_dir.path().join("stdout");
+    let err_path = out_dir.path().join("stderr");
+    let mut child = Command::new(bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&out_path).expect("stdout file"))
+        .stderr(fs::File::create(&err_path).expect("stderr file"))
+        .spawn()
+        .expect("spawn tessera");
+    let deadline = Instant::now() + START_DEADLINE;
+    let status = loop {
+        match child.try_wait().expect("try_wait") {
+            Some(status) => break status,
+            None if Instant::now() < deadline => thread::sleep(POLL_INTERVAL),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "tessera {args:?} did not exit within {START_DEADLINE:?}\nstderr:\n{}",
+                    tail_of_file(&err_path, 8000)
+                );
+            }
+        }
+    };
+    let stdout = String::from_utf8_lossy(&fs::read(&out_path).unwrap_or_default()).into_owned();
+    let stderr = String::from_utf8_lossy(&fs::read(&err_path).unwrap_or_default()).into_owned();
+    (status, stdout, stderr)
+}
+
+// ---------------------------------------------------------------------------
+// Raw HTTP/1.1 client
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    /// The body: de-chunked if `Transfer-Encoding: chunked`, otherwise every byte
+    /// after the head up to EOF (so for HEAD and 304 it must be empty).
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// First value of a header, case-insensitive name lookup.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The header's value; panics with the whole head if it is missing.
+    pub fn expect_header(&self, name: &str) -> &str {
+        match self.header(name) {
+            Some(v) => v,
+            None => panic!("response {} lacks header {name:?}; headers: {:?}", self.status, self.headers),
+        }
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        match serde_json::from_slice(&self.body) {
+            Ok(v) => v,
+            Err(e) => panic!("body is not JSON ({e}): {}", self.text()),
+        }
+    }
+}
+
+/// Sends `METHOD TARGET HTTP/1.1` with `Host` and `Connection: close` plus `headers`,
+/// reads to EOF and parses the answer. The target is sent exactly as given.
+pub fn http_request(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)]) -> io::Result<Response> {
+    let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    let mut req = Vec::new();
+    req.extend_from_slice(method.as_bytes());
+    req.push(b' ');
+    req.extend_from_slice(target.as_bytes());
+    req.extend_from_slice(b" HTTP/1.1\r\n");
+    req.extend_from_slice(format!("Host: {addr}\r\nConnection: close\r\n").as_bytes());
+    for (k, v) in headers {
+        req.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+    }
+    req.extend_from_slice(b"\r\n");
+    stream.write_all(&req)?;
+    stream.flush()?;
+
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // A reset after a complete answer (server closed with unread input) is fine.
+            Err(e) if !raw.is_empty() && e.kind() == io::ErrorKind::ConnectionReset => break,
+            Err(e) => return Err(e),
+        }
+    }
+    parse_response(&raw, method.eq_ignore_ascii_case("HEAD"))
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+pub fn parse_response(raw: &[u8], head_request: bool) -> io::Result<Response> {
+    let mut hdrs = [httparse::EMPTY_HEADER; 128];
+    let mut parsed = httparse::Response::new(&mut hdrs);
+    let head_len = match parsed.parse(raw) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return Err(invalid(format!(
+                "incomplete response head ({} bytes): {:?}",
+                raw.len(),
+                String::from_utf8_lossy(&raw[..raw.len().min(512)])
+            )))
+        }
+        Err(e) => {
+            return Err(invalid(format!(
+                "unparsable response ({e}): {:?}",
+                String::from_utf8_lossy(&raw[..raw.len().min(512)])
+            )))
+        }
+    };
+    let status = parsed.code.ok_or_else(|| invalid("no status code".into()))?;
+    let headers: Vec<(String, String)> = parsed
+        .headers
+        .iter()
+        .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).trim().to_string()))
+        .collect();
+    let rest = &raw[head_len..];
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked"));
+    let bodyless = head_request || status == 204 || status == 304 || (100..200).contains(&status);
+    let body = if chunked && !bodyless { decode_chunked(rest)? } else { rest.to_vec() };
+    Ok(Response { status, headers, body })
+}
+
+fn decode_chunked(mut data: &[u8]) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = find(data, b"\r\n").ok_or_else(|| invalid("chunk size line".into()))?;
+        let line = std::str::from_utf8(&data[..line_end]).map_err(|_| invalid("chunk size not UTF-8".into()))?;
+        let size_str = line.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_str, 16).map_err(|_| invalid(format!("bad chunk size {size_str:?}")))?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            // Trailers (ignored) follow until an empty line.
+            return Ok(out);
+        }
+        if data.len() < size + 2 {
+            return Err(invalid("truncated chunk".into()));
+        }
+        out.extend_from_slice(&data[..size]);
+        if &data[size..size + 2] != b"\r\n" {
+            return Err(invalid("chunk not followed by CRLF".into()));
+        }
+        data = &data[size + 2..];
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+pub fn contains_bytes(hay: &[u8], needle: &[u8]) -> bool {
+    find(hay, needle).is_some()
+}
+
+// ---------------------------------------------------------------------------
+// Prometheus text
+// ---------------------------------------------------------------------------
+
+/// Sums the samples of metric `name` whose labels include every `(label, value)` in
+/// `filter`. Returns None if no matching sample is exposed.
+pub fn metric_value(text: &str, name: &str, filter: &[(&str, &str)]) -> Option<f64> {
+    let mut total = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let name_end = line.find(['{', ' ', '\t']).unwrap_or(line.len());
+        if &line[..name_end] != name {
+            continue;
+        }
+        let mut rest = &line[name_end..];
+        let mut labels = Vec::new();
+        if rest.starts_with('{') {
+            let close = closing_brace(rest)?;
+            labels = parse_labels(&rest[1..close]);
+            rest = &rest[close + 1..];
+        }
+        if !filter.iter().all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v)) {
+            continue;
+        }
+        let value: f64 = rest.split_whitespace().next()?.parse().ok()?;
+        *total.get_or_insert(0.0) += value;
+    }
+    total
+}
+
+fn closing_brace(s: &str) -> Option<usize> {
+    let mut in_quotes = false;
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_quotes => escaped = true,
+            '"' => in_quotes = !in_quotes,
+            '}' if !in_quotes => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
+fn parse_labels(s: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        while matches!(chars.peek(), Some(',') | Some(' ')) {
+            chars.next();
+        }
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' {
+                break;
+            }
+            key.push(c);
+            chars.next();
+        }
+        if chars.next() != Some('=') || chars.next() != Some('"') {
+            return out;
+        }
+        let mut value = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some('n') => value.push('\n'),
+                    Some(other) => value.push(other),
+                    None => break,
+                },
+                '"' => break,
+                _ => value.push(c),
+            }
+        }
+        out.push((key.trim().to_string(), value));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Files and content
+// ---------------------------------------------------------------------------
+
+/// Deterministic pseudo-random bytes (xorshift64*).
+pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        out.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Tile-like content: a PNG signature followed by pseudo-random bytes.
+pub fn tile_bytes(seed: u64, len: usize) -> Vec<u8> {
+    assert!(len >= 8);
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    out.extend_from_slice(&pseudo_random(seed, len - 8));
+    out
+}
+
+pub fn write_file(path: &Path, bytes: &[u8]) {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).expect("create parent dirs");
+    }
+    fs::write(path, bytes).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+pub fn tile_path(tiles_root: &Path, tileset: &str, z: u32, x: u32, y: u32) -> PathBuf {
+    tiles_root.join(tileset).join(z.to_string()).join(x.to_string()).join(format!("{y}.png"))
+}
+
+/// Writes a full XYZ pyramid of PNG tiles, zoom 0..=maxzoom; returns the number of tiles.
+/// Tile (z, x, y) has content `tile_content(z, x, y)`.
+pub fn write_pyramid(tiles_root: &Path, tileset: &str, maxzoom: u32) -> usize {
+    let mut n = 0;
+    for z in 0..=maxzoom {
+        for x in 0..(1u32 << z) {
+            for y in 0..(1u32 << z) {
+                write_file(&tile_path(tiles_root, tileset, z, x, y), &tile_content(z, x, y));
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+pub fn tile_content(z: u32, x: u32, y: u32) -> Vec<u8> {
+    let seed = (u64::from(z) << 40) | (u64::from(x) << 20) | u64::from(y);
+    tile_bytes(seed, 300 + ((x * 131 + y * 71 + z * 17) % 1700) as usize)
+}
+
+/// Minimal gzip (RFC 1952) of `data` using stored deflate blocks: valid for any reader.
+pub fn gzip_stored(data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
+    let mut chunks = data.chunks(65_535).peekable();
+    if chunks.peek().is_none() {
+        out.extend_from_slice(&[1, 0, 0, 0xff, 0xff]);
+    }
+    while let Some(chunk) = chunks.next() {
+        out.push(u8::from(chunks.peek().is_none()));
+        let len = chunk.len() as u16;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(chunk);
+    }
+    out.extend_from_slice(&crc32(data).to_le_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out
+}
+
+pub fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            let mask = (crc & 1).wrapping_neg();
+            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
+        }
+    }
+    !crc
+}
+
+// ---------------------------------------------------------------------------
+// Geometry
+// ---------------------------------------------------------------------------
+
+fn tile_lat(y: f64, n: f64) -> f64 {
+    (std::f64::consts::PI * (1.0 - 2.0 * y / n)).sinh().atan().to_degrees()
+}
+
+/// `[west, south, east, north]` of XYZ tile (z, x, y) in Web Mercator.
+pub fn tile_bounds(z: u32, x: u32, y: u32) -> [f64; 4] {
+    let n = f64::from(1u32 << z);
+    let west = f64::from(x) / n * 360.0 - 180.0;
+    let east = f64::from(x + 1) / n * 360.0 - 180.0;
+    let north = tile_lat(f64::from(y), n);
+    let south = tile_lat(f64::from(y + 1), n);
+    [west, south, east, north]
+}
+
+pub fn union_bounds(tiles: &[(u32, u32, u32)]) -> [f64; 4] {
+    let mut b = [f64::MAX, f64::MAX, f64::MIN, f64::MIN];
+    for &(z, x, y) in tiles {
+        let t = tile_bounds(z, x, y);
+        b[0] = b[0].min(t[0]);
+        b[1] = b[1].min(t[1]);
+        b[2] = b[2].max(t[2]);
+        b[3] = b[3].max(t[3]);
+    }
+    b
+}
+
+/// The JSON array `v` as four floats equal to `expected` within 1e-6.
+pub fn bounds_match(v: &Value, expected: [f64; 4]) -> bool {
+    let Some(arr) = v.as_array() else {
+        return false;
+    };
+    arr.len() == 4 && arr.iter().zip(expected).all(|(a, e)| a.as_f64().is_some_and(|a| (a - e).abs() < 1e-6))
+}
+
+// ---------------------------------------------------------------------------
+// Time
+// ---------------------------------------------------------------------------
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// Parses an RFC 3339 date-time into (seconds since the epoch, nanoseconds).
+pub fn parse_rfc3339(s: &str) -> Option<(i64, u32)> {
+    let b = s.as_bytes();
+    if b.len() < 20 {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let part = s.get(r)?;
+        if !part.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        part.parse().ok()
+    };
+    if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
+        return None;
+    }
+    let mut i = 19;
+    let mut nanos = 0u32;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        let frac = &s[start..i];
+        if frac.is_empty() {
+            return None;
+        }
+        let mut digits: String = frac.chars().take(9).collect();
+        while digits.len() < 9 {
+            digits.push('0');
+        }
+        nanos = digits.parse().ok()?;
+    }
+    let offset = match b.get(i)? {
+        b'Z' | b'z' if i + 1 == b.len() => 0,
+        sign @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
+            let off = num(i + 1..i + 3)? * 3600 + num(i + 4..i + 6)? * 60;
+            if *sign == b'+' {
+                off
+            } else {
+                -off
+            }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(year, month as u32, day as u32);
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset;
+    Some((secs, nanos))
+}
+
+/// Parses a JSON string value as RFC 3339; panics with context if it is not one.
+pub fn json_instant(v: &Value, what: &str) -> (i64, u32) {
+    let s = v.as_str().unwrap_or_else(|| panic!("{what}: expected an RFC 3339 string, got {v}"));
+    parse_rfc3339(s).unwrap_or_else(|| panic!("{what}: {s:?} is not RFC 3339"))
+}
+
+/// `SystemTime` as whole seconds since the epoch.
+pub fn unix_secs(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    }
+}
+
+/// IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) of a time, truncated to the second.
+pub fn http_date(t: SystemTime) -> String {
+    let secs = unix_secs(t);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    format!(
+        "{}, {:02} {} {:04} {:02}:{:02}:{:02} GMT",
+        WEEKDAYS[days.rem_euclid(7) as usize],
+        d,
+        MONTHS[(m - 1) as usize],
+        y,
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Listings
+// ---------------------------------------------------------------------------
+
+/// A listing made comparable across restarts: every string `http://ADDR` (the port
+/// changes on each start) becomes `http://HOST`, and arrays of objects are sorted.
+pub fn normalise_listing(v: &Value, addr: SocketAddr) -> Value {
+    let from = format!("http://{addr}");
+    match v {
+        Value::String(s) => Value::String(s.replace(&from, "http://HOST")),
+        Value::Array(items) => {
+            let mut items: Vec<Value> = items.iter().map(|i| normalise_listing(i, addr)).collect();
+            items.sort_by_key(|i| i.to_string());
+            Value::Array(items)
+        }
+        Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), normalise_listing(v, addr))).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Finds the object in `list` whose `key` equals `value`.
+pub fn find_by<'a>(list: &'a Value, key: &str, value: &str) -> Option<&'a Value> {
+    list.as_array()?.iter().find(|item| item.get(key).and_then(Value::as_str) == Some(value))
+}
+
+/// Sorted `device/file` names of the `logs` array of a `/logs` answer.
+pub fn log_names(listing: &Value) -> Vec<String> {
+    let mut names: Vec<String> = listing["logs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("`logs` is not an array: {listing}"))
+        .iter()
+        .map(|l| format!("{}/{}", l["device"].as_str().unwrap_or("?"), l["file"].as_str().unwrap_or("?")))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Sorted tileset names of a `/tiles` answer.
+pub fn tileset_names(listing: &Value) -> Vec<String> {
+    let mut names: Vec<String> = listing["tilesets"]
+        .as_array()
+        .unwrap_or_else(|| panic!("`tilesets` is not an array: {listing}"))
+        .iter()
+        .map(|t| t["name"].as_str().unwrap_or("?").to_string())
+        .collect();
+    names.sort();
+    names
+}

@@ -1,0 +1,34 @@
+//! Self-checks of the test harness's own parsers and encoders (no server involved),
+//! so that a failing integration test points at tessera, not at the harness.
+
+mod common;
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use common::*;
+
+#[test]
+fn harness_helpers_are_right() {
+    assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some((0, 0)));
+    assert_eq!(parse_rfc3339("2024-05-03T08:00:00+02:00"), parse_rfc3339("2024-05-03T06:00:00Z"));
+    assert_eq!(parse_rfc3339("2024-05-03T09:15:30.250Z").map(|t| t.1), Some(250_000_000));
+    assert_eq!(parse_rfc3339("2024-05-03 09:15:30"), None);
+    assert_eq!(http_date(UNIX_EPOCH + Duration::from_secs(784_111_777)), "Sun, 06 Nov 1994 08:49:37 GMT");
+    assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+
+    let text = "# TYPE x counter\nx{a=\"1\",b=\"q\\\"}\"} 2\nx{a=\"2\"} 3.5\nxy 9\n";
+    assert_eq!(metric_value(text, "x", &[]), Some(5.5));
+    assert_eq!(metric_value(text, "x", &[("a", "1")]), Some(2.0));
+    assert_eq!(metric_value(text, "x", &[("b", "q\"}")]), Some(2.0));
+    assert_eq!(metric_value(text, "xy", &[]), Some(9.0));
+    assert_eq!(metric_value(text, "nope", &[]), None);
+
+    let b = tile_bounds(0, 0, 0);
+    assert!((b[0] + 180.0).abs() < 1e-9 && (b[2] - 180.0).abs() < 1e-9);
+    assert!((b[3] - 85.051_128_779_806_59).abs() < 1e-9 && (b[1] + b[3]).abs() < 1e-9);
+
+    let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
+    let r = parse_response(chunked, false).expect("parse chunked");
+    assert_eq!(r.body, b"abcde");
+    assert_eq!(r.header("transfer-ENCODING"), Some("chunked"));
+}

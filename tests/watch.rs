@@ -1,0 +1,216 @@
+//! Changes on disk become visible over HTTP within 2 s, even for files already cached.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+
+use serde_json::Value;
+
+use common::*;
+
+/// A world pyramid of zoom 0..=2 (21 tiles).
+fn setup(fx: &Fixture) -> usize {
+    write_pyramid(&fx.tiles(), "world", 2)
+}
+
+/// GETs the tile twice (so that it is cached), checks it is the file's content,
+/// and returns its ETag.
+fn fetch_twice(server: &Server, url: &str, expected: &[u8]) -> String {
+    let mut etag = String::new();
+    for round in 0..2 {
+        let r = server.get(url);
+        assert_eq!(r.status, 200, "GET {url} (round {round})");
+        assert!(r.body == expected, "GET {url} (round {round}): wrong body");
+        etag = r.expect_header("etag").to_string();
+    }
+    etag
+}
+
+/// Polls `url` until it serves `expected`; returns the answer that did. Any answer
+/// other than 200 seen on the way is recorded in `not_ok`.
+fn poll_for_body(server: &Server, url: &str, expected: &[u8], not_ok: &mut Vec<u16>) -> Option<Response> {
+    let mut got = None;
+    let mut last_len = None;
+    poll_until(WATCH_DEADLINE, || {
+        let r = server.get(url);
+        if r.status != 200 {
+            not_ok.push(r.status);
+            return false;
+        }
+        last_len = Some(r.body.len());
+        if r.body == expected {
+            got = Some(r);
+            return true;
+        }
+        false
+    });
+    if got.is_none() {
+        eprintln!(
+            "{url}: never served the new content within {WATCH_DEADLINE:?}; \
+             last 200 body length {last_len:?}, expected {}",
+            expected.len()
+        );
+    }
+    got
+}
+
+fn tileset<'a>(listing: &'a Value, name: &str) -> Option<&'a Value> {
+    find_by(&listing["tilesets"], "name", name)
+}
+
+#[test]
+fn tile_replaced_by_rename_is_served_new() {
+    let fx = Fixture::new();
+    setup(&fx);
+    let server = fx.start_ready();
+    let url = "/tiles/world/2/1/2.png";
+    let path = tile_path(&fx.tiles(), "world", 2, 1, 2);
+    let old = fs::read(&path).unwrap();
+    let old_etag = fetch_twice(&server, url, &old);
+
+    // Same length as the old content: a cache keyed on size alone would serve stale bytes.
+    let new = tile_bytes(0xFEED, old.len());
+    assert_ne!(new, old);
+    let tmp = path.with_file_name(".2.png.tmp");
+    fs::write(&tmp, &new).unwrap();
+    fs::rename(&tmp, &path).unwrap();
+
+    let mut not_ok = Vec::new();
+    let r = poll_for_body(&server, url, &new, &mut not_ok)
+        .unwrap_or_else(|| panic!("{url} still stale {WATCH_DEADLINE:?} after an atomic rename"));
+    assert!(not_ok.is_empty(), "an atomically replaced tile must never be missing; got statuses {not_ok:?}");
+    let new_etag = r.expect_header("etag");
+    assert_ne!(new_etag, old_etag, "ETag must change with the content");
+    assert_eq!(r.expect_header("content-length"), new.len().to_string());
+
+    // The old validator no longer matches.
+    let r = server.request("GET", url, &[("If-None-Match", &old_etag)]);
+    assert_eq!(r.status, 200, "If-None-Match with the old ETag must not be 304");
+    assert!(r.body == new, "conditional GET served stale bytes");
+    // And the new one does.
+    let r = server.request("GET", url, &[("If-None-Match", new_etag)]);
+    assert_eq!(r.status, 304, "If-None-Match with the new ETag");
+}
+
+#[test]
+fn tile_rewritten_in_place_is_served_new() {
+    let fx = Fixture::new();
+    setup(&fx);
+    let server = fx.start_ready();
+    let url = "/tiles/world/2/2/1.png";
+    let path = tile_path(&fx.tiles(), "world", 2, 2, 1);
+    let old = fs::read(&path).unwrap();
+    let mut etag = fetch_twice(&server, url, &old);
+
+    // Grow the file, then shrink it, each time rewriting it in place.
+    for (round, len) in [(1u64, old.len() + 777), (2, old.len() / 2)] {
+        let new = tile_bytes(0xBEEF + round, len);
+        {
+            let mut f = fs::OpenOptions::new().write(true).truncate(true).open(&path).unwrap();
+            f.write_all(&new).unwrap();
+        }
+        let mut not_ok = Vec::new();
+        let r = poll_for_body(&server, url, &new, &mut not_ok).unwrap_or_else(|| {
+            panic!(
+                "{url} still stale {WATCH_DEADLINE:?} after an in-place rewrite to {len} bytes \
+                 (round {round}; other statuses seen: {not_ok:?})"
+            )
+        });
+        assert_eq!(r.expect_header("content-length"), len.to_string(), "round {round}: Content-Length");
+        let new_etag = r.expect_header("etag").to_string();
+        assert_ne!(new_etag, etag, "round {round}: ETag must change");
+        etag = fetch_twice(&server, url, &new);
+        assert_eq!(etag, new_etag, "round {round}: ETag must be stable");
+    }
+}
+
+#[test]
+fn deleted_tile_stops_being_served() {
+    let fx = Fixture::new();
+    let count = setup(&fx);
+    let server = fx.start_ready();
+    let url = "/tiles/world/2/3/3.png";
+    let path = tile_path(&fx.tiles(), "world", 2, 3, 3);
+    fetch_twice(&server, url, &fs::read(&path).unwrap());
+
+    let listing = server.get_json("/tiles");
+    let world = tileset(&listing, "world").expect("world listed");
+    assert_eq!(world["tile_count"], count, "tile_count before the delete");
+
+    fs::remove_file(&path).unwrap();
+
+    let mut last = None;
+    let gone = poll_until(WATCH_DEADLINE, || {
+        let r = server.get(url);
+        last = Some(r.status);
+        if r.status == 404 {
+            assert_eq!(r.header("access-control-allow-origin"), Some("*"), "CORS on 404");
+        }
+        r.status == 404
+    });
+    assert!(gone, "{url} still answered (last status {last:?}) {WATCH_DEADLINE:?} after deletion");
+    let r = server.head(url);
+    assert_eq!(r.status, 404, "HEAD {url} after deletion");
+
+    let mut last_count = Value::Null;
+    let counted = poll_until(WATCH_DEADLINE, || {
+        let listing = server.get_json("/tiles");
+        last_count = tileset(&listing, "world").map_or(Value::Null, |w| w["tile_count"].clone());
+        last_count == count - 1
+    });
+    assert!(counted, "/tiles world tile_count is {last_count}, expected {} after a delete", count - 1);
+    // Its neighbours are unaffected.
+    assert_eq!(server.get("/tiles/world/2/3/2.png").status, 200);
+}
+
+#[test]
+fn new_tileset_directory_is_indexed() {
+    let fx = Fixture::new();
+    setup(&fx);
+    let server = fx.start_ready();
+    let listing = server.get_json("/tiles");
+    assert!(tileset(&listing, "fresh").is_none(), "fresh listed before it exists");
+
+    // The directory and then, with no pause, its tiles.
+    let fresh = fx.tiles().join("fresh");
+    fs::create_dir(&fresh).unwrap();
+    let a = tile_bytes(0xA, 1234);
+    let b = tile_bytes(0xB, 4321);
+    fs::create_dir_all(fresh.join("2").join("1")).unwrap();
+    fs::write(fresh.join("2").join("1").join("1.png"), &a).unwrap();
+    fs::create_dir_all(fresh.join("3").join("3")).unwrap();
+    fs::write(fresh.join("3").join("3").join("3.png"), &b).unwrap();
+
+    let expected_bounds = union_bounds(&[(2, 1, 1), (3, 3, 3)]);
+    let mut last = Value::Null;
+    let listed = poll_until(WATCH_DEADLINE, || {
+        let listing = server.get_json("/tiles");
+        last = tileset(&listing, "fresh").cloned().unwrap_or(Value::Null);
+        last["minzoom"] == 2
+            && last["maxzoom"] == 3
+            && last["tile_count"] == 2
+            && bounds_match(&last["bounds"], expected_bounds)
+    });
+    assert!(
+        listed,
+        "within {WATCH_DEADLINE:?} /tiles should list fresh with minzoom 2, maxzoom 3, \
+         tile_count 2, bounds {expected_bounds:?}; last seen: {last}"
+    );
+    assert_eq!(last["format"], "png");
+    assert_eq!(last["scheme"], "xyz");
+    json_instant(&last["last_change"], "fresh last_change");
+
+    for (url, bytes) in [("/tiles/fresh/2/1/1.png", &a), ("/tiles/fresh/3/3/3.png", &b)] {
+        let r = server.get(url);
+        assert_eq!(r.status, 200, "GET {url}");
+        assert!(r.body == *bytes, "GET {url}: wrong body");
+    }
+    let tj = server.get_json("/tiles/fresh.json");
+    assert_eq!(tj["minzoom"], 2, "TileJSON minzoom: {tj}");
+    assert_eq!(tj["maxzoom"], 3, "TileJSON maxzoom: {tj}");
+    assert!(bounds_match(&tj["bounds"], expected_bounds), "TileJSON bounds {} != {expected_bounds:?}", tj["bounds"]);
+    // The existing tileset is still there.
+    let listing = server.get_json("/tiles");
+    assert!(tileset(&listing, "world").is_some(), "world disappeared");
+}
