@@ -18,16 +18,19 @@ use std::io;
 use std::num::NonZeroUsize;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::http::HeaderValue;
+use bytes::Bytes;
 use lru::LruCache;
 use parking_lot::Mutex;
+use prometheus::IntGauge;
 
-use crate::metrics::Metrics;
-use crate::roots::Root;
+use crate::config::CacheSettings;
+use crate::metrics::{DeliveryCounters, Metrics};
+use crate::roots::{DeliveryPath, Root};
 
 /// What identifies one version of a file on this machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +77,14 @@ pub struct FileEntry {
     pub last_modified: HeaderValue,
     pub content_type: HeaderValue,
     pub cache_control: HeaderValue,
+    /// The path this file's area allows (sendfile only on local storage).
+    pub delivery: DeliveryPath,
+    pub counters: Arc<DeliveryCounters>,
+    /// Set once sendfile refused this file; it then goes the buffered way.
+    pub sendfile_refused: AtomicBool,
+    /// The whole content, for small files of cached areas; loaded on first use.
+    memory: OnceLock<Option<Bytes>>,
+    budget: Option<Arc<MemoryBudget>>,
     /// Milliseconds since the cache's start when this entry was last known fresh.
     checked_ms: AtomicU64,
 }
@@ -85,6 +96,64 @@ impl FileEntry {
 
     pub fn is_empty(&self) -> bool {
         self.validators.len == 0
+    }
+
+    /// The file's bytes from memory, if it is small enough and the budget allows.
+    pub fn memory(&self) -> Option<&Bytes> {
+        self.memory.get_or_init(|| self.load()).as_ref()
+    }
+
+    fn load(&self) -> Option<Bytes> {
+        let budget = self.budget.as_ref()?;
+        let len = self.len();
+        if len > budget.max_file || !budget.reserve(len) {
+            return None;
+        }
+        match crate::delivery::read_exact_at(&self.file, 0, len as usize) {
+            Ok(bytes) if bytes.len() as u64 == len => {
+                budget.gauge.add(len as i64);
+                Some(bytes)
+            }
+            // Shorter than its fstat: the file changed; the watcher is about to
+            // drop this entry, and the file path will close the connection.
+            _ => {
+                budget.release(len);
+                None
+            }
+        }
+    }
+}
+
+impl Drop for FileEntry {
+    fn drop(&mut self) {
+        if let (Some(Some(bytes)), Some(budget)) = (self.memory.get(), &self.budget) {
+            budget.release(bytes.len() as u64);
+            budget.gauge.sub(bytes.len() as i64);
+        }
+    }
+}
+
+/// The memory cache's budget, shared by every entry.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    used: AtomicU64,
+    limit: u64,
+    max_file: u64,
+    gauge: IntGauge,
+}
+
+impl MemoryBudget {
+    fn reserve(&self, n: u64) -> bool {
+        let before = self.used.fetch_add(n, Ordering::AcqRel);
+        if before + n > self.limit {
+            self.used.fetch_sub(n, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    fn release(&self, n: u64) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
     }
 }
 
@@ -98,25 +167,37 @@ pub struct DescriptorCache {
     inner: Mutex<Inner>,
     revalidate_after: Duration,
     started: Instant,
+    budget: Arc<MemoryBudget>,
+    /// Delivery counters by root index.
+    counters: Vec<Arc<DeliveryCounters>>,
     metrics: Arc<Metrics>,
 }
 
 impl DescriptorCache {
-    pub fn new(max_open_files: usize, revalidate_after: Duration, metrics: Arc<Metrics>) -> DescriptorCache {
-        let cap = NonZeroUsize::new(max_open_files.max(1)).expect("nonzero");
+    pub fn new(settings: &CacheSettings, roots: &[Root], metrics: Arc<Metrics>) -> DescriptorCache {
+        let cap = NonZeroUsize::new(settings.max_open_files.max(1)).expect("nonzero");
+        let budget = MemoryBudget {
+            used: AtomicU64::new(0),
+            limit: settings.memory_budget,
+            max_file: settings.memory_max_file,
+            gauge: metrics.memory_bytes.clone(),
+        };
         DescriptorCache {
             inner: Mutex::new(Inner { lru: LruCache::new(cap), epoch: 0 }),
-            revalidate_after,
+            revalidate_after: settings.revalidate_after,
             started: Instant::now(),
+            budget: Arc::new(budget),
+            counters: roots.iter().map(|r| Arc::new(metrics.delivery(&r.path().display().to_string()))).collect(),
             metrics,
         }
     }
 
     /// The file at `rel` in `root`, from the cache or freshly opened.
-    /// Shared-storage roots are always opened afresh and never cached.
+    /// Files on shared storage are always opened afresh and never cached.
     pub fn open(&self, root: &Root, rel: &str) -> io::Result<Arc<FileEntry>> {
         let path = root.join(rel);
-        if root.caches_descriptors() {
+        let cacheable = root.caches_descriptors(rel);
+        if cacheable {
             if let Some(entry) = self.lookup(&path) {
                 self.metrics.cache_hits.inc();
                 return Ok(entry);
@@ -125,8 +206,8 @@ impl DescriptorCache {
         self.metrics.cache_misses.inc();
         let epoch = self.inner.lock().epoch;
         let file = root.open_file(rel)?;
-        let entry = Arc::new(self.entry(root, path.clone(), file)?);
-        if root.caches_descriptors() {
+        let entry = Arc::new(self.entry(root, rel, path.clone(), file, cacheable)?);
+        if cacheable {
             let mut inner = self.inner.lock();
             if inner.epoch == epoch {
                 inner.lru.put(path, entry.clone());
@@ -155,7 +236,7 @@ impl DescriptorCache {
         }
     }
 
-    fn entry(&self, root: &Root, path: PathBuf, file: File) -> io::Result<FileEntry> {
+    fn entry(&self, root: &Root, rel: &str, path: PathBuf, file: File, cacheable: bool) -> io::Result<FileEntry> {
         // Length and validators come from the descriptor that will be sent
         // (DESIGN.md decision 4), not from a separate stat of the path.
         let validators = Validators::of(&file.metadata()?);
@@ -166,6 +247,11 @@ impl DescriptorCache {
             content_type: HeaderValue::from_static(content_type(&path)),
             cache_control: header(&root.spec.cache_control)?,
             root: root.index,
+            delivery: root.area(rel).delivery,
+            counters: self.counters[root.index].clone(),
+            sendfile_refused: AtomicBool::new(false),
+            memory: OnceLock::new(),
+            budget: cacheable.then(|| self.budget.clone()),
             validators,
             file,
             path,

@@ -58,6 +58,22 @@ pub struct ConfigArgs {
     /// Delivery path for every root: auto, sendfile or buffered.
     #[arg(long, value_name = "MODE")]
     pub delivery: Option<Delivery>,
+    /// HTTP transport: tessera's own driver (sendfile capable) or plain hyper.
+    #[arg(long, value_name = "NAME")]
+    pub transport: Option<Transport>,
+}
+
+/// Which code carries HTTP/1.1 connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// tessera's connection driver: sendfile and memory fast paths, hyper
+    /// for whatever it does not handle itself.
+    #[default]
+    Driver,
+    /// hyper for everything (buffered path only): for comparison and as an
+    /// escape hatch.
+    Hyper,
 }
 
 /// How file bodies travel (DESIGN.md decision 2). The buffered path is the
@@ -92,6 +108,16 @@ pub enum RootKind {
     Logs,
 }
 
+impl fmt::Display for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Delivery::Auto => "auto",
+            Delivery::Sendfile => "sendfile",
+            Delivery::Buffered => "buffered",
+        })
+    }
+}
+
 impl fmt::Display for RootKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -111,6 +137,51 @@ pub struct RootSpec {
     pub watch: WatchMode,
     pub poll_interval: Duration,
     pub cache_control: String,
+    /// Subdirectories with their own delivery setting (Apache's
+    /// `EnableSendfile` in a `<Directory>` block); each is also classified
+    /// on its own, since it may be a mount point of other storage.
+    pub dirs: Vec<DirSpec>,
+}
+
+/// A subdirectory of a root with its own delivery setting.
+#[derive(Debug, Clone)]
+pub struct DirSpec {
+    /// Relative to the root, without `..` or hidden components.
+    pub rel: PathBuf,
+    pub delivery: Delivery,
+}
+
+/// Limits and timeouts of the HTTP connection driver.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub transport: Transport,
+    /// Largest request head (request line and headers) accepted; larger gets 431.
+    pub max_head_bytes: usize,
+    /// Most header fields accepted; more gets 431.
+    pub max_headers: usize,
+    /// Time allowed to send a whole request head once its first byte arrived
+    /// (and for the first request of a connection); then 408 and close.
+    pub head_timeout: Duration,
+    /// Time an idle keep-alive connection is kept open.
+    pub idle_timeout: Duration,
+    /// Time a response write may make no progress before the connection is dropped.
+    pub write_timeout: Duration,
+    /// Most bytes one sendfile call moves, so one fast reader cannot starve others.
+    pub sendfile_chunk: u64,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            transport: Transport::Driver,
+            max_head_bytes: 16 * 1024,
+            max_headers: 64,
+            head_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(30),
+            sendfile_chunk: 4 * 1024 * 1024,
+        }
+    }
 }
 
 /// Limits of the descriptor cache.
@@ -122,6 +193,22 @@ pub struct CacheSettings {
     /// path before use: a safety net for a lost watcher event, not the
     /// mechanism that keeps content fresh (the watcher is).
     pub revalidate_after: Duration,
+    /// Files up to this size are also kept in memory and answered with one
+    /// write of head and body.
+    pub memory_max_file: u64,
+    /// Most bytes of file content kept in memory in all.
+    pub memory_budget: u64,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            max_open_files: 1024,
+            revalidate_after: Duration::from_secs(2),
+            memory_max_file: 64 * 1024,
+            memory_budget: 64 * 1024 * 1024,
+        }
+    }
 }
 
 /// The whole, validated configuration.
@@ -131,6 +218,7 @@ pub struct Config {
     pub state: PathBuf,
     pub roots: Vec<RootSpec>,
     pub cache: CacheSettings,
+    pub http: HttpSettings,
     /// Where the configuration came from, for messages.
     pub source: Option<PathBuf>,
 }
@@ -172,6 +260,7 @@ struct FileConfig {
     #[serde(default)]
     logs: Vec<FileRoot>,
     cache: Option<FileCache>,
+    http: Option<FileHttp>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,6 +271,27 @@ struct FileRoot {
     watch: Option<WatchMode>,
     poll_interval_ms: Option<Spanned<u64>>,
     cache_control: Option<Spanned<String>>,
+    #[serde(default)]
+    directories: Vec<FileDir>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDir {
+    path: Spanned<PathBuf>,
+    delivery: Delivery,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileHttp {
+    transport: Option<Transport>,
+    max_head_bytes: Option<Spanned<usize>>,
+    max_headers: Option<Spanned<usize>>,
+    head_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    write_timeout_ms: Option<u64>,
+    sendfile_chunk_kib: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -189,6 +299,8 @@ struct FileRoot {
 struct FileCache {
     max_open_files: Option<Spanned<usize>>,
     revalidate_after_ms: Option<u64>,
+    memory_max_file_kib: Option<u64>,
+    memory_budget_mib: Option<u64>,
 }
 
 /// Maps byte offsets of the file to 1-based line numbers.
@@ -219,7 +331,8 @@ impl Config {
             listen: DEFAULT_LISTEN.parse().expect("default listen address"),
             state: default_state_dir(),
             roots: Vec::new(),
-            cache: CacheSettings { max_open_files: 1024, revalidate_after: Duration::from_secs(2) },
+            cache: CacheSettings::default(),
+            http: HttpSettings::default(),
             source: args.config.clone(),
         };
         if let Some(path) = &args.config {
@@ -268,6 +381,51 @@ impl Config {
             if let Some(ms) = cache.revalidate_after_ms {
                 self.cache.revalidate_after = Duration::from_millis(ms);
             }
+            if let Some(kib) = cache.memory_max_file_kib {
+                self.cache.memory_max_file = kib * 1024;
+            }
+            if let Some(mib) = cache.memory_budget_mib {
+                self.cache.memory_budget = mib * 1024 * 1024;
+            }
+        }
+        if let Some(http) = &file.http {
+            self.apply_http(http, lines)?;
+        }
+        Ok(())
+    }
+
+    fn apply_http(&mut self, http: &FileHttp, lines: &Lines<'_>) -> Result<(), ConfigError> {
+        let h = &mut self.http;
+        if let Some(t) = http.transport {
+            h.transport = t;
+        }
+        let at_least = |v: &Spanned<usize>, min: usize, name: &str| {
+            if *v.get_ref() < min {
+                Err(lines.error(Some(v.span()), format!("http.{name} must be at least {min}")))
+            } else {
+                Ok(*v.get_ref())
+            }
+        };
+        if let Some(v) = &http.max_head_bytes {
+            h.max_head_bytes = at_least(v, 1024, "max_head_bytes")?;
+        }
+        if let Some(v) = &http.max_headers {
+            h.max_headers = at_least(v, 8, "max_headers")?;
+        }
+        if let Some(kib) = &http.sendfile_chunk_kib {
+            if *kib.get_ref() < 64 {
+                return Err(lines.error(Some(kib.span()), "http.sendfile_chunk_kib must be at least 64"));
+            }
+            h.sendfile_chunk = kib.get_ref() * 1024;
+        }
+        for (value, slot) in [
+            (http.head_timeout_ms, &mut h.head_timeout),
+            (http.idle_timeout_ms, &mut h.idle_timeout),
+            (http.write_timeout_ms, &mut h.write_timeout),
+        ] {
+            if let Some(ms) = value {
+                *slot = Duration::from_millis(ms.max(1));
+            }
         }
         Ok(())
     }
@@ -296,7 +454,11 @@ impl Config {
         if let Some(delivery) = args.delivery {
             for root in &mut self.roots {
                 root.delivery = delivery;
+                root.dirs.clear();
             }
+        }
+        if let Some(transport) = args.transport {
+            self.http.transport = transport;
         }
         Ok(())
     }
@@ -343,6 +505,7 @@ impl RootSpec {
                 RootKind::Logs => DEFAULT_LOGS_CACHE_CONTROL,
             }
             .to_string(),
+            dirs: Vec::new(),
         }
     }
 }
@@ -369,6 +532,22 @@ fn file_root(kind: RootKind, root: &FileRoot, base: &Path, lines: &Lines<'_>) ->
             return Err(lines.error(Some(cc.span()), "cache_control is not a valid header value"));
         }
         spec.cache_control = cc.get_ref().clone();
+    }
+    for dir in &root.directories {
+        let rel = dir.path.get_ref();
+        let plain = rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(n) if !n.as_encoded_bytes().starts_with(b".")));
+        if !plain || rel.as_os_str().is_empty() {
+            return Err(
+                lines.error(Some(dir.path.span()), "directories.path must be a plain relative path inside the root")
+            );
+        }
+        if !spec.path.join(rel).is_dir() {
+            return Err(lines
+                .error(Some(dir.path.span()), format!("directory {} does not exist", spec.path.join(rel).display())));
+        }
+        spec.dirs.push(DirSpec { rel: rel.clone(), delivery: dir.delivery });
     }
     Ok(spec)
 }

@@ -2,12 +2,27 @@
 
 use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
+/// Per-root counters of how body bytes left the process.
+#[derive(Debug, Clone)]
+pub struct DeliveryCounters {
+    pub sendfile: IntCounter,
+    pub buffered: IntCounter,
+    pub memory: IntCounter,
+    /// Files that fell back from sendfile to the buffered path.
+    pub fallbacks: IntCounter,
+}
+
 pub struct Metrics {
     registry: Registry,
     /// Requests answered, by matched route and status code.
     pub requests: IntCounterVec,
-    /// Body bytes handed to the transport, by delivery path (buffered, sendfile, memory).
+    /// Body bytes handed to the transport, by delivery path (buffered, sendfile, memory) and root.
     pub bytes_sent: IntCounterVec,
+    pub sendfile_fallbacks: IntCounterVec,
+    pub memory_bytes: IntGauge,
+    pub connections: IntGauge,
+    pub handoffs: IntCounter,
+    pub rejected_heads: IntCounterVec,
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
     pub cache_invalidations: IntCounter,
@@ -33,16 +48,41 @@ impl Metrics {
             IntCounterVec::new(Opts::new("tessera_requests_total", "HTTP requests answered"), &["route", "status"])
                 .expect("metric");
         registry.register(Box::new(requests.clone())).expect("register");
+        let vec = |name: &str, help: &str, labels: &[&str]| {
+            let v = IntCounterVec::new(Opts::new(name, help), labels).expect("metric");
+            registry.register(Box::new(v.clone())).expect("register");
+            v
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("metric");
+            registry.register(Box::new(g.clone())).expect("register");
+            g
+        };
         let bytes_sent =
-            IntCounterVec::new(Opts::new("tessera_bytes_sent_total", "Body bytes sent, by delivery path"), &["path"])
-                .expect("metric");
-        registry.register(Box::new(bytes_sent.clone())).expect("register");
+            vec("tessera_bytes_sent_total", "Body bytes sent, by delivery path and root", &["path", "root"]);
+        let sendfile_fallbacks = vec(
+            "tessera_sendfile_fallbacks_total",
+            "Files that fell back from sendfile to the buffered path",
+            &["root"],
+        );
+        let rejected_heads =
+            vec("tessera_rejected_requests_total", "Request heads refused by the connection driver", &["status"]);
+        let memory_bytes = gauge("tessera_memory_cache_bytes", "File bytes held by the memory cache");
+        let connections = gauge("tessera_connections", "Open client connections");
         let cache_open_files =
             IntGauge::new("tessera_cache_open_files", "Descriptors held by the descriptor cache").expect("metric");
         registry.register(Box::new(cache_open_files.clone())).expect("register");
         Metrics {
             requests,
             bytes_sent,
+            sendfile_fallbacks,
+            rejected_heads,
+            memory_bytes,
+            connections,
+            handoffs: counter(
+                "tessera_handoffs_total",
+                "Connections handed to hyper (bodies, Expect, Upgrade, HTTP/2)",
+            ),
             cache_open_files,
             cache_hits: counter("tessera_cache_hits_total", "Descriptor cache hits"),
             cache_misses: counter("tessera_cache_misses_total", "Descriptor cache misses (file opened)"),
@@ -59,6 +99,16 @@ impl Metrics {
             catalog_changes: counter("tessera_catalog_changes_total", "Catalog rows inserted, updated or deleted"),
             catalog_errors: counter("tessera_catalog_errors_total", "Catalog updates that failed and will be retried"),
             registry,
+        }
+    }
+
+    /// The delivery counters of one root, labelled by its path.
+    pub fn delivery(&self, root: &str) -> DeliveryCounters {
+        DeliveryCounters {
+            sendfile: self.bytes_sent.with_label_values(&["sendfile", root]),
+            buffered: self.bytes_sent.with_label_values(&["buffered", root]),
+            memory: self.bytes_sent.with_label_values(&["memory", root]),
+            fallbacks: self.sendfile_fallbacks.with_label_values(&[root]),
         }
     }
 

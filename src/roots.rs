@@ -63,15 +63,47 @@ pub enum WatcherKind {
     Off,
 }
 
+/// A part of a root with one storage and one delivery path: the root itself,
+/// or a configured subdirectory (which may be a mount of other storage).
+#[derive(Debug, Clone)]
+pub struct Area {
+    /// Relative to the root; empty for the root itself.
+    pub rel: PathBuf,
+    pub storage: Storage,
+    pub delivery: DeliveryPath,
+    /// Why this delivery path, for `tessera doctor` and the start-up log.
+    pub reason: String,
+}
+
+impl Area {
+    fn classify(path: &Path, rel: PathBuf, setting: Delivery) -> io::Result<Area> {
+        let storage = classify(path)?;
+        let (delivery, reason) = match setting {
+            Delivery::Sendfile => (DeliveryPath::Sendfile, "delivery = \"sendfile\" in the configuration".to_string()),
+            Delivery::Buffered => (DeliveryPath::Buffered, "delivery = \"buffered\" in the configuration".to_string()),
+            Delivery::Auto if storage.shared => (
+                DeliveryPath::Buffered,
+                format!("auto: {} is shared storage, zero-copy could serve stale pages", storage.fs_name),
+            ),
+            Delivery::Auto => (DeliveryPath::Sendfile, format!("auto: {} is local storage", storage.fs_name)),
+        };
+        Ok(Area { rel, storage, delivery, reason })
+    }
+}
+
 /// A configured root, opened and classified.
 #[derive(Debug)]
 pub struct Root {
     /// Position in the configuration; also the lookup order among roots of a kind.
     pub index: usize,
     pub spec: RootSpec,
+    /// Storage of the root directory itself.
     pub storage: Storage,
+    /// Delivery path of the root directory itself.
     pub delivery: DeliveryPath,
     pub watcher: WatcherKind,
+    /// The root's own area first, then configured subdirectories, deepest first.
+    pub areas: Vec<Area>,
     /// `O_PATH` descriptor of the root directory: every open is relative to it.
     dir: OwnedFd,
 }
@@ -79,13 +111,15 @@ pub struct Root {
 impl Root {
     pub fn open(index: usize, spec: RootSpec) -> io::Result<Root> {
         let dir = nix::fcntl::open(&spec.path, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
-        let storage = classify(&spec.path)?;
-        let delivery = match spec.delivery {
-            Delivery::Sendfile => DeliveryPath::Sendfile,
-            Delivery::Buffered => DeliveryPath::Buffered,
-            Delivery::Auto if storage.shared => DeliveryPath::Buffered,
-            Delivery::Auto => DeliveryPath::Sendfile,
-        };
+        let own = Area::classify(&spec.path, PathBuf::new(), spec.delivery)?;
+        let mut dirs = Vec::new();
+        for d in &spec.dirs {
+            dirs.push(Area::classify(&spec.path.join(&d.rel), d.rel.clone(), d.delivery)?);
+        }
+        dirs.sort_by_key(|a| std::cmp::Reverse(a.rel.components().count()));
+        let (storage, delivery) = (own.storage.clone(), own.delivery);
+        let mut areas = vec![own];
+        areas.extend(dirs);
         let watcher = match spec.watch {
             WatchMode::Inotify => WatcherKind::Inotify,
             WatchMode::Poll => WatcherKind::Poll,
@@ -93,7 +127,19 @@ impl Root {
             WatchMode::Auto if storage.shared => WatcherKind::Poll,
             WatchMode::Auto => WatcherKind::Inotify,
         };
-        Ok(Root { index, spec, storage, delivery, watcher, dir })
+        Ok(Root { index, spec, storage, delivery, watcher, areas, dir })
+    }
+
+    /// The area a relative path falls in: the deepest configured
+    /// subdirectory that contains it, else the root's own.
+    pub fn area(&self, rel: &str) -> &Area {
+        let rel = Path::new(rel);
+        self.areas[1..].iter().find(|a| rel.starts_with(&a.rel)).unwrap_or(&self.areas[0])
+    }
+
+    /// Whether any part of this root is on shared storage.
+    pub fn any_shared(&self) -> bool {
+        self.areas.iter().any(|a| a.storage.shared)
     }
 
     pub fn kind(&self) -> RootKind {
@@ -104,10 +150,10 @@ impl Root {
         &self.spec.path
     }
 
-    /// Whether open descriptors from this root may be cached. Shared storage
+    /// Whether open descriptors of `rel` may be cached. Shared storage
     /// revalidates on every request instead (DESIGN.md decision 2).
-    pub fn caches_descriptors(&self) -> bool {
-        !self.storage.shared
+    pub fn caches_descriptors(&self, rel: &str) -> bool {
+        !self.area(rel).storage.shared
     }
 
     /// Opens a regular file at `rel` (already split into safe segments by

@@ -10,11 +10,16 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use anyhow::Context;
+use axum::Router;
+use tokio::net::TcpListener;
 
 use crate::cache::DescriptorCache;
 use crate::catalog::{self, worker::Worker};
-use crate::config::{Config, ConfigArgs};
+use crate::config::{Config, ConfigArgs, HttpSettings, Transport};
+use crate::delivery::driver::{self, Shared};
 use crate::http::{self, App};
 use crate::metrics::Metrics;
 use crate::roots::Root;
@@ -60,8 +65,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let roots = Arc::new(open_roots(&config)?);
     let worker = catalog_worker(&config, roots.clone(), metrics.clone())?;
     let (root_ids, ready) = (worker.root_ids.clone(), worker.ready.clone());
-    let cache =
-        Arc::new(DescriptorCache::new(config.cache.max_open_files, config.cache.revalidate_after, metrics.clone()));
+    let cache = Arc::new(DescriptorCache::new(&config.cache, &roots, metrics.clone()));
 
     let (jobs, job_queue) = std::sync::mpsc::channel();
     let watchers = watch::start(&roots, &cache, &jobs, &metrics);
@@ -77,12 +81,49 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     std::io::stdout().flush()?;
     tracing::info!(%addr, state = %config.state.display(), "listening");
 
-    let app = Arc::new(App::new(roots, root_ids, cache, metrics, ready, config.state.clone()));
-    axum::serve(listener, http::router(app)).with_graceful_shutdown(shutdown_signal()).await?;
+    let app = Arc::new(App::new(roots, root_ids, cache, metrics.clone(), ready, config.state.clone()));
+    let router = http::router(app);
+    match config.http.transport {
+        Transport::Hyper => axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await?,
+        Transport::Driver => accept_loop(listener, router, config.http.clone(), metrics).await,
+    }
     drop(watchers);
     tracing::info!("stopped");
     Ok(())
 }
+
+/// Accepts connections for the driver until a signal, then lets the
+/// connections finish what is in flight (idle keep-alive ones close at once).
+async fn accept_loop(listener: TcpListener, router: Router, settings: HttpSettings, metrics: Arc<Metrics>) {
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let shared = Arc::new(Shared { router, settings, metrics: metrics.clone(), shutdown });
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            _ = &mut signal => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    tokio::spawn(driver::serve_connection(stream, shared.clone()));
+                }
+                Err(e) => {
+                    // Typically EMFILE: shed load for a moment rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    let deadline = tokio::time::Instant::now() + DRAIN;
+    while metrics.connections.get() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How long shutdown waits for requests in flight.
+const DRAIN: Duration = Duration::from_secs(30);
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};

@@ -16,8 +16,6 @@ use http_range_header::{EndPosition, StartPosition};
 
 use crate::cache::FileEntry;
 use crate::delivery::{FileBody, FileSlice};
-use crate::metrics::Metrics;
-use crate::roots::DeliveryPath;
 
 /// The part of the file a request gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,13 +27,7 @@ pub enum Selection {
 }
 
 /// Answers a GET or HEAD for an open file.
-pub fn respond(
-    metrics: &Metrics,
-    method: &Method,
-    headers: &HeaderMap,
-    entry: Arc<FileEntry>,
-    delivery: DeliveryPath,
-) -> Response {
+pub fn respond(method: &Method, headers: &HeaderMap, entry: Arc<FileEntry>) -> Response {
     if let Some(status) = precondition(headers, &entry) {
         let mut response = Response::new(Body::empty());
         *response.status_mut() = status;
@@ -63,12 +55,11 @@ pub fn respond(
         }
     };
 
-    let slice = FileSlice { entry: entry.clone(), offset, len: count, delivery };
+    let slice = FileSlice { entry: entry.clone(), offset, len: count };
     let mut response = if method == Method::HEAD {
         Response::new(Body::empty())
     } else {
-        let sent = metrics.bytes_sent.with_label_values(&["buffered"]);
-        let mut response = Response::new(Body::new(FileBody::new(&slice, sent)));
+        let mut response = Response::new(Body::new(FileBody::new(&slice)));
         response.extensions_mut().insert(slice);
         response
     };

@@ -74,7 +74,7 @@ pub async fn download(
         return error(StatusCode::NOT_FOUND, "not found");
     }
     match app.open(RootKind::Logs, format!("{device}/{file}")).await {
-        Ok((root, entry)) => app.file_response(&method, &headers, root, entry),
+        Ok(entry) => app.file_response(&method, &headers, entry),
         Err(response) => response,
     }
 }

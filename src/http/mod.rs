@@ -96,9 +96,9 @@ impl App {
     /// Opens `rel` in the first root of `kind` that has it. Local roots open
     /// inline (a cache hit costs no syscall, a miss one `openat2`); shared
     /// storage can block for long, so it opens on the blocking pool.
-    async fn open(self: &Arc<Self>, kind: RootKind, rel: String) -> Result<(usize, Arc<FileEntry>), Response> {
+    async fn open(self: &Arc<Self>, kind: RootKind, rel: String) -> Result<Arc<FileEntry>, Response> {
         for root in self.roots.iter().filter(|r| r.kind() == kind) {
-            let result = if root.caches_descriptors() {
+            let result = if root.caches_descriptors(&rel) {
                 self.cache.open(root, &rel)
             } else {
                 let (app, index, rel) = (self.clone(), root.index, rel.clone());
@@ -107,7 +107,7 @@ impl App {
                     .unwrap_or_else(|e| Err(io::Error::other(e)))
             };
             match result {
-                Ok(entry) => return Ok((root.index, entry)),
+                Ok(entry) => return Ok(entry),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) || e.raw_os_error() == Some(libc::ELOOP) => continue,
                 Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
@@ -124,8 +124,8 @@ impl App {
     }
 
     /// Answers for an opened file (GET or HEAD, conditionals and ranges).
-    fn file_response(&self, method: &Method, headers: &HeaderMap, root: usize, entry: Arc<FileEntry>) -> Response {
-        files::respond(&self.metrics, method, headers, entry, self.roots[root].delivery)
+    fn file_response(&self, method: &Method, headers: &HeaderMap, entry: Arc<FileEntry>) -> Response {
+        files::respond(method, headers, entry)
     }
 }
 

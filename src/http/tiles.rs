@@ -59,7 +59,7 @@ pub async fn tile(
     };
     let rel = format!("{tileset}/{}/{}/{}.{}", tile.z, tile.x, tile.y, tile.ext);
     match app.open(RootKind::Tiles, rel).await {
-        Ok((root, entry)) => app.file_response(&method, &headers, root, entry),
+        Ok(entry) => app.file_response(&method, &headers, entry),
         Err(response) => response,
     }
 }

@@ -8,11 +8,21 @@
 //! `sendfile(2)` (DESIGN.md decision 1): that is the seam for the zero-copy
 //! path.
 //!
+//! Modules: [`head`] parses request heads strictly, [`driver`] runs one
+//! HTTP/1.1 connection, [`sendfile`] moves file bodies without copying,
+//! [`handoff`] gives hyper a connection the driver does not fully handle.
+//!
 //! Both read with positional reads (`pread`) from one shared descriptor, so
 //! concurrent responses from one cached file never disturb each other, and
 //! both stop the connection if the file ends early: a body never disagrees
 //! with its `Content-Length` (DESIGN.md decision 4).
 
+pub mod driver;
+pub mod handoff;
+pub mod head;
+pub mod sendfile;
+
+use std::fs::File;
 use std::future::Future;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -22,11 +32,9 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use prometheus::IntCounter;
 use tokio::task::JoinHandle;
 
 use crate::cache::FileEntry;
-use crate::roots::DeliveryPath;
 
 /// Read size of the buffered path: large enough that a big log costs few
 /// round trips to the blocking pool, small enough to keep memory per
@@ -40,38 +48,47 @@ pub struct FileSlice {
     pub entry: Arc<FileEntry>,
     pub offset: u64,
     pub len: u64,
-    /// The path the root's storage allows (sendfile only on local storage).
-    pub delivery: DeliveryPath,
+}
+
+impl FileSlice {
+    /// The slice's bytes from the memory cache, if the file is kept there.
+    pub fn memory(&self) -> Option<Bytes> {
+        let all = self.entry.memory()?;
+        Some(all.slice(self.offset as usize..(self.offset + self.len) as usize))
+    }
 }
 
 /// A streaming body that reads `len` bytes at `offset` from an open file on
-/// the blocking pool.
+/// the blocking pool, or hands out the memory cache's copy in one frame.
 pub struct FileBody {
-    entry: Arc<FileEntry>,
-    offset: u64,
-    remaining: u64,
+    slice: FileSlice,
     pending: Option<JoinHandle<io::Result<Bytes>>>,
-    sent: IntCounter,
 }
 
 impl FileBody {
-    pub fn new(slice: &FileSlice, sent: IntCounter) -> FileBody {
-        FileBody { entry: slice.entry.clone(), offset: slice.offset, remaining: slice.len, pending: None, sent }
+    pub fn new(slice: &FileSlice) -> FileBody {
+        FileBody { slice: slice.clone(), pending: None }
     }
 
     fn start_read(&mut self) -> JoinHandle<io::Result<Bytes>> {
-        let entry = self.entry.clone();
-        let (offset, want) = (self.offset, self.remaining.min(CHUNK) as usize);
-        tokio::task::spawn_blocking(move || read_exact_at(&entry, offset, want))
+        let entry = self.slice.entry.clone();
+        let (offset, want) = (self.slice.offset, self.slice.len.min(CHUNK) as usize);
+        tokio::task::spawn_blocking(move || read_exact_at(&entry.file, offset, want))
+    }
+
+    fn advance(&mut self, bytes: Bytes) -> Frame<Bytes> {
+        self.slice.offset += bytes.len() as u64;
+        self.slice.len -= bytes.len() as u64;
+        Frame::data(bytes)
     }
 }
 
 /// Reads up to `want` bytes at `offset`; fewer only if the file ended.
-fn read_exact_at(entry: &FileEntry, offset: u64, want: usize) -> io::Result<Bytes> {
+pub fn read_exact_at(file: &File, offset: u64, want: usize) -> io::Result<Bytes> {
     let mut buf = BytesMut::zeroed(want);
     let mut filled = 0;
     while filled < want {
-        match entry.file.read_at(&mut buf[filled..], offset + filled as u64) {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -87,10 +104,14 @@ impl Body for FileBody {
     type Error = io::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        if self.remaining == 0 {
+        if self.slice.len == 0 {
             return Poll::Ready(None);
         }
         if self.pending.is_none() {
+            if let Some(bytes) = self.slice.memory() {
+                self.slice.entry.counters.memory.inc_by(bytes.len() as u64);
+                return Poll::Ready(Some(Ok(self.advance(bytes))));
+            }
             let handle = self.start_read();
             self.pending = Some(handle);
         }
@@ -105,23 +126,29 @@ impl Body for FileBody {
         if bytes.is_empty() {
             // The file shrank under us: end the connection rather than pad
             // or hang (DESIGN.md decision 4).
-            tracing::warn!(path = %self.entry.path.display(), missing = self.remaining, "file ended early; closing connection");
-            return Poll::Ready(Some(Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "file shrank while being sent",
-            ))));
+            let (path, missing) = (self.slice.entry.path.display(), self.slice.len);
+            tracing::warn!(path = %path, missing, "file ended early; closing connection");
+            return Poll::Ready(Some(Err(shrank())));
         }
-        self.offset += bytes.len() as u64;
-        self.remaining -= bytes.len() as u64;
-        self.sent.inc_by(bytes.len() as u64);
-        Poll::Ready(Some(Ok(Frame::data(bytes))))
+        self.slice.entry.counters.buffered.inc_by(bytes.len() as u64);
+        Poll::Ready(Some(Ok(self.advance(bytes))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.remaining == 0
+        self.slice.len == 0
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.remaining)
+        SizeHint::with_exact(self.slice.len)
     }
+}
+
+/// The error for a file that ended before its `Content-Length`.
+pub fn shrank() -> io::Error {
+    io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while being sent")
+}
+
+/// Resolves once shutdown has been asked for (or its sender is gone).
+pub async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }

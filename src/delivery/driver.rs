@@ -1,0 +1,375 @@
+//! The HTTP/1.1 connection driver (DESIGN.md decision 1).
+//!
+//! hyper owns its socket writes and cannot call sendfile, so tessera runs
+//! its own loop for requests without a body: read and parse a head
+//! ([`head`]), call the axum Router in-process, write the response head
+//! itself, then move the body by the fastest path the response allows:
+//!
+//! - a file kept in memory: head and body in one write;
+//! - a file on storage that allows it: head with `MSG_MORE`, then sendfile;
+//! - anything else: the response body's frames, with `Content-Length` when
+//!   the length is known and chunked encoding when it is not.
+//!
+//! Keep-alive and pipelining come naturally: requests are read from one
+//! buffer and answered in order. What the driver does not handle goes to
+//! hyper with the bytes already read ([`handoff`]).
+
+use std::cell::RefCell;
+use std::convert::Infallible;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, Response, StatusCode, Version};
+use axum::Router;
+use bytes::{Buf, BytesMut};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{timeout, timeout_at, Instant};
+use tower::ServiceExt;
+
+use super::head::{self, Parsed};
+use super::sendfile::{self, SendError};
+use super::{handoff, read_exact_at, FileSlice};
+use crate::config::HttpSettings;
+use crate::metrics::Metrics;
+use crate::roots::DeliveryPath;
+
+/// What every connection shares.
+pub struct Shared {
+    pub router: Router,
+    pub settings: HttpSettings,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// How a connection's own loop ended.
+enum End {
+    /// The peer closed, or was idle too long: nothing more to say.
+    Quiet,
+    /// We decided to close: linger so the last response is not lost to a reset.
+    Close,
+    /// hyper takes over from here.
+    Handoff,
+}
+
+/// Bodies written from memory are gathered up to this size before a write.
+const COALESCE: usize = 64 * 1024;
+/// How long a closing connection keeps reading (and discarding) what the
+/// client still sends, so that the kernel does not answer it with a reset.
+const LINGER: Duration = Duration::from_secs(2);
+
+pub async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    shared.metrics.connections.inc();
+    let mut conn = Conn { stream, buf: BytesMut::with_capacity(4096), shutdown: shared.shutdown.clone(), shared };
+    match conn.run().await {
+        Ok(End::Quiet) => {}
+        Ok(End::Close) => conn.linger().await,
+        Ok(End::Handoff) => {
+            conn.shared.metrics.handoffs.inc();
+            let Conn { stream, buf, shared, shutdown } = conn;
+            handoff::serve(stream, buf.freeze(), shared.router.clone(), shutdown).await;
+            shared.metrics.connections.dec();
+            return;
+        }
+        Err(e) => tracing::debug!(error = %e, "connection ended"),
+    }
+    conn.shared.metrics.connections.dec();
+}
+
+struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Conn {
+    async fn run(&mut self) -> io::Result<End> {
+        let mut first = true;
+        loop {
+            let Some(parsed) = self.read_head(first).await? else { return Ok(End::Quiet) };
+            first = false;
+            match parsed {
+                Parsed::Request { request, len, keep_alive } => {
+                    self.buf.advance(len);
+                    let keep_alive = self.respond(*request, keep_alive).await? && !*self.shutdown.borrow();
+                    if !keep_alive {
+                        return Ok(End::Close);
+                    }
+                }
+                Parsed::Handoff(why) => {
+                    tracing::debug!(why, "handing the connection to hyper");
+                    return Ok(End::Handoff);
+                }
+                Parsed::Reject(status, why) => {
+                    self.shared.metrics.rejected_heads.with_label_values(&[status.as_str()]).inc();
+                    tracing::debug!(status = status.as_u16(), why, "request refused");
+                    self.write_error(status, why).await?;
+                    return Ok(End::Close);
+                }
+                Parsed::Partial => unreachable!("read_head returns whole heads"),
+            }
+        }
+    }
+
+    /// Reads until the buffer starts with a whole head. `None`: close quietly
+    /// (end of stream, idle timeout, or shutdown while idle).
+    async fn read_head(&mut self, first: bool) -> io::Result<Option<Parsed>> {
+        let settings = &self.shared.settings;
+        let mut idle = !first && self.buf.is_empty();
+        let mut deadline = Instant::now() + if idle { settings.idle_timeout } else { settings.head_timeout };
+        loop {
+            if !self.buf.is_empty() {
+                match head::parse(&self.buf, settings) {
+                    Parsed::Partial => {}
+                    parsed => return Ok(Some(parsed)),
+                }
+            }
+            if self.buf.capacity() - self.buf.len() < 2048 {
+                self.buf.reserve(8192);
+            }
+            let read = tokio::select! {
+                read = timeout_at(deadline, self.stream.read_buf(&mut self.buf)) => read,
+                _ = super::stopped(&mut self.shutdown), if idle => return Ok(None),
+            };
+            match read {
+                Err(_) if idle => return Ok(None),
+                Err(_) => return Ok(Some(Parsed::Reject(StatusCode::REQUEST_TIMEOUT, "request head too slow"))),
+                Ok(Ok(0)) => return Ok(None),
+                Ok(Ok(_)) if idle => {
+                    idle = false;
+                    deadline = Instant::now() + settings.head_timeout;
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// Answers one request; returns whether the connection may stay open.
+    async fn respond(&mut self, request: Request<()>, keep_alive: bool) -> io::Result<bool> {
+        let is_head = request.method() == Method::HEAD;
+        let version = request.version();
+        let request = request.map(|()| Body::empty());
+        let response: Response<Body> =
+            self.shared.router.clone().oneshot(request).await.unwrap_or_else(|e: Infallible| match e {});
+        let (parts, body) = response.into_parts();
+        let status = parts.status;
+        let bodiless = is_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+
+        let mut out = Vec::with_capacity(1024);
+        write_status_and_headers(&mut out, &parts);
+        let has_length = parts.headers.contains_key(header::CONTENT_LENGTH);
+        let exact = body.size_hint().exact();
+        let chunked = !bodiless && !has_length && exact.is_none();
+        if !has_length && status != StatusCode::NO_CONTENT && status != StatusCode::NOT_MODIFIED {
+            if let Some(n) = exact {
+                push_header(&mut out, "content-length", itoa(n).as_bytes());
+            } else if chunked {
+                push_header(&mut out, "transfer-encoding", b"chunked");
+            }
+        }
+        if !keep_alive {
+            push_header(&mut out, "connection", b"close");
+        } else if version == Version::HTTP_10 {
+            push_header(&mut out, "connection", b"keep-alive");
+        }
+        out.extend_from_slice(b"\r\n");
+
+        if bodiless {
+            self.write(&out).await?;
+            return Ok(keep_alive);
+        }
+        if let Some(slice) = parts.extensions.get::<FileSlice>() {
+            self.send_file(out, slice).await?;
+            return Ok(keep_alive);
+        }
+        self.send_body(out, body, chunked, exact).await?;
+        Ok(keep_alive)
+    }
+
+    /// A file body: from memory, by sendfile, or buffered, in that order of preference.
+    async fn send_file(&mut self, mut out: Vec<u8>, slice: &FileSlice) -> io::Result<()> {
+        let entry = &slice.entry;
+        if let Some(bytes) = slice.memory() {
+            out.extend_from_slice(&bytes);
+            self.write(&out).await?;
+            entry.counters.memory.inc_by(slice.len);
+            return Ok(());
+        }
+        let settings = &self.shared.settings;
+        if entry.delivery == DeliveryPath::Sendfile
+            && !entry.sendfile_refused.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let result = sendfile::send_head_and_file(
+                &self.stream,
+                &out,
+                slice,
+                settings.sendfile_chunk,
+                settings.write_timeout,
+            )
+            .await;
+            return match result {
+                Ok(()) => Ok(()),
+                Err(SendError::Refused(e)) => {
+                    if !entry.sendfile_refused.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        entry.counters.fallbacks.inc();
+                        tracing::warn!(path = %entry.path.display(), error = %e, "sendfile refused; this file falls back to the buffered path");
+                    }
+                    self.copy_file(slice.offset, slice.len, slice).await
+                }
+                Err(SendError::Shrank) => {
+                    tracing::warn!(path = %entry.path.display(), "file ended early during sendfile; closing connection");
+                    Err(super::shrank())
+                }
+                Err(SendError::Io(e)) => Err(e),
+            };
+        }
+        self.write(&out).await?;
+        self.copy_file(slice.offset, slice.len, slice).await
+    }
+
+    /// The buffered path: `pread` on the blocking pool, then write.
+    async fn copy_file(&mut self, mut offset: u64, len: u64, slice: &FileSlice) -> io::Result<()> {
+        let end = offset + len;
+        while offset < end {
+            let want = (end - offset).min(256 * 1024) as usize;
+            let entry = slice.entry.clone();
+            let chunk = tokio::task::spawn_blocking(move || read_exact_at(&entry.file, offset, want))
+                .await
+                .map_err(io::Error::other)??;
+            if chunk.is_empty() {
+                tracing::warn!(path = %slice.entry.path.display(), "file ended early; closing connection");
+                return Err(super::shrank());
+            }
+            self.write(&chunk).await?;
+            slice.entry.counters.buffered.inc_by(chunk.len() as u64);
+            offset += chunk.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Any other body: its frames, framed by length or chunked.
+    async fn send_body(
+        &mut self,
+        mut out: Vec<u8>,
+        mut body: Body,
+        chunked: bool,
+        exact: Option<u64>,
+    ) -> io::Result<()> {
+        let mut written = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(io::Error::other)?;
+            let Ok(data) = frame.into_data() else { continue };
+            if data.is_empty() {
+                continue;
+            }
+            written += data.len() as u64;
+            if chunked {
+                out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                out.extend_from_slice(&data);
+                out.extend_from_slice(b"\r\n");
+            } else {
+                out.extend_from_slice(&data);
+            }
+            if out.len() >= COALESCE {
+                self.write(&out).await?;
+                out.clear();
+            }
+        }
+        if chunked {
+            out.extend_from_slice(b"0\r\n\r\n");
+        } else if exact.is_some_and(|n| n != written) {
+            return Err(io::Error::other("body length differs from Content-Length"));
+        }
+        self.write(&out).await
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match timeout(self.shared.settings.write_timeout, self.stream.write_all(bytes)).await {
+            Ok(result) => result,
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "write stalled")),
+        }
+    }
+
+    /// A refusal from the driver itself: a short text, CORS, and close.
+    async fn write_error(&mut self, status: StatusCode, why: &str) -> io::Result<()> {
+        let body = format!("{why}\n");
+        let head = format!(
+            "HTTP/1.1 {} {}\r\ndate: {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n\
+             access-control-allow-origin: *\r\nconnection: close\r\n\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            http_date(),
+            body.len()
+        );
+        self.write(format!("{head}{body}").as_bytes()).await
+    }
+
+    /// Half-close, then read and discard for a while: closing a socket with
+    /// unread input makes the kernel send a reset, which can destroy the
+    /// last response before the client reads it.
+    async fn linger(&mut self) {
+        let _ = self.stream.shutdown().await;
+        let deadline = Instant::now() + LINGER;
+        let mut sink = [0u8; 4096];
+        let mut total = 0usize;
+        while total < 1 << 20 {
+            match timeout_at(deadline, self.stream.read(&mut sink)).await {
+                Ok(Ok(n)) if n > 0 => total += n,
+                _ => break,
+            }
+        }
+    }
+}
+
+fn write_status_and_headers(out: &mut Vec<u8>, parts: &axum::http::response::Parts) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        // Framing and connection management are the driver's to decide.
+        if name == header::CONNECTION || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        push_header(out, name.as_str(), value.as_bytes());
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        push_header(out, "date", http_date().as_bytes());
+    }
+}
+
+fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn itoa(n: u64) -> String {
+    n.to_string()
+}
+
+/// The Date header value, formatted at most once a second per thread.
+fn http_date() -> String {
+    thread_local! {
+        static CACHE: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs {
+            *c = (secs, httpdate::fmt_http_date(now));
+        }
+        c.1.clone()
+    })
+}

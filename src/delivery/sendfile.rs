@@ -1,0 +1,119 @@
+//! The zero-copy path: a response head written with `MSG_MORE` so that it
+//! shares packets with the body, then `sendfile(2)` from the response's own
+//! offset, waiting for writability through tokio (the socket stays
+//! non-blocking; `EAGAIN` parks the task, it never spins).
+//!
+//! Each call moves at most `chunk` bytes and the task yields between calls,
+//! so one fast reader cannot starve the other connections of its worker
+//! thread. Linux moves at most 0x7ffff000 bytes a call anyway, so a loop is
+//! needed for large files regardless; offsets are 64-bit (`sendfile64`).
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+use super::FileSlice;
+
+/// Why a sendfile transfer stopped early.
+#[derive(Debug)]
+pub enum SendError {
+    /// The kernel cannot sendfile this file (`EINVAL`, `ENOSYS`,
+    /// `EOPNOTSUPP`) and no body byte has moved: send it the buffered way.
+    Refused(io::Error),
+    /// The file ended before the promised length: close the connection.
+    Shrank,
+    Io(io::Error),
+}
+
+impl From<io::Error> for SendError {
+    fn from(e: io::Error) -> Self {
+        SendError::Io(e)
+    }
+}
+
+/// Writes all of `buf`; with `more`, tells the kernel that more data follows
+/// (`MSG_MORE`), so a head is held back to share a packet with the body.
+pub async fn send_all(stream: &TcpStream, mut buf: &[u8], more: bool, timeout: Duration) -> io::Result<()> {
+    let flags = libc::MSG_NOSIGNAL | if more { libc::MSG_MORE } else { 0 };
+    while !buf.is_empty() {
+        let sent = stream.try_io(Interest::WRITABLE, || {
+            // SAFETY: the pointer and length describe `buf`, alive for the call.
+            let n = unsafe { libc::send(stream.as_raw_fd(), buf.as_ptr().cast(), buf.len(), flags) };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        });
+        match sent {
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => writable(stream, timeout).await?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+async fn writable(stream: &TcpStream, timeout: Duration) -> io::Result<()> {
+    match tokio::time::timeout(timeout, stream.writable()).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "write stalled")),
+    }
+}
+
+/// Sends `head`, then the slice's bytes straight from its file.
+pub async fn send_head_and_file(
+    stream: &TcpStream,
+    head: &[u8],
+    slice: &FileSlice,
+    chunk: u64,
+    timeout: Duration,
+) -> Result<(), SendError> {
+    let (file, offset, len, sent) = (&slice.entry.file, slice.offset, slice.len, &slice.entry.counters.sendfile);
+    send_all(stream, head, len > 0, timeout).await?;
+    let end = offset + len;
+    let mut off = offset as libc::off64_t;
+    let mut moved = 0u64;
+    while (off as u64) < end {
+        let want = (end - off as u64).min(chunk) as usize;
+        let result = stream.try_io(Interest::WRITABLE, || {
+            nix::sys::sendfile::sendfile64(stream.as_fd(), file.as_fd(), Some(&mut off), want).map_err(io::Error::from)
+        });
+        match result {
+            Ok(0) => return Err(SendError::Shrank),
+            Ok(n) => {
+                moved += n as u64;
+                sent.inc_by(n as u64);
+                if n == want && (off as u64) < end {
+                    // A full chunk went out: let the other connections run.
+                    tokio::task::yield_now().await;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => writable(stream, timeout).await?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if moved == 0 && refused(&e) => return Err(SendError::Refused(e)),
+            Err(e) => return Err(SendError::Io(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Errors that mean "this file cannot be sendfile'd", not "the peer is gone".
+fn refused(e: &io::Error) -> bool {
+    matches!(e.raw_os_error().map(Errno::from_raw), Some(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP))
+}
+
+/// `tessera doctor`'s live probe: sendfile up to 64 KiB of `file` into a
+/// socket pair. Returns the bytes moved.
+pub fn probe(file: &File) -> io::Result<usize> {
+    let (a, _b) = std::os::unix::net::UnixStream::pair()?;
+    let len = file.metadata()?.len().min(64 * 1024) as usize;
+    let mut off: libc::off64_t = 0;
+    Ok(nix::sys::sendfile::sendfile64(a.as_fd(), file.as_fd(), Some(&mut off), len)?)
+}
