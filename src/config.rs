@@ -35,6 +35,9 @@ pub enum Command {
     Index(ConfigArgs),
     /// Validate a configuration and exit non-zero naming the line and the reason.
     Check(ConfigArgs),
+    /// Per root: filesystem, local or shared, delivery path and why, watcher,
+    /// limits, and a live sendfile probe.
+    Doctor(ConfigArgs),
 }
 
 /// The flags shared by every subcommand; they override the configuration file.
@@ -205,7 +208,7 @@ impl Default for CacheSettings {
         CacheSettings {
             max_open_files: 1024,
             revalidate_after: Duration::from_secs(2),
-            memory_max_file: 64 * 1024,
+            memory_max_file: 16 * 1024,
             memory_budget: 64 * 1024 * 1024,
         }
     }

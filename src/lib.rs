@@ -10,6 +10,7 @@ pub mod cache;
 pub mod catalog;
 pub mod config;
 pub mod delivery;
+pub mod doctor;
 pub mod http;
 pub mod logging;
 pub mod metrics;

@@ -20,6 +20,10 @@ fn main() -> ExitCode {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(tessera::server::serve(config))
         }),
+        Command::Doctor(args) => run(&args, |config| {
+            print!("{}", tessera::server::doctor(&config)?);
+            Ok(())
+        }),
         Command::Index(args) => run(&args, |config| {
             let summary = tessera::server::index(&config)?;
             println!("{summary}");

@@ -149,6 +149,12 @@ pub fn index(config: &Config) -> anyhow::Result<String> {
     ))
 }
 
+/// `tessera doctor`: the report of [`crate::doctor`].
+pub fn doctor(config: &Config) -> anyhow::Result<String> {
+    let roots = open_roots(config)?;
+    Ok(crate::doctor::report(config, &roots))
+}
+
 /// `tessera check`: the configuration loads, every root opens, and the state
 /// directory is usable. Returns a one-line summary.
 pub fn check(args: &ConfigArgs) -> Result<String, String> {

@@ -16,7 +16,7 @@
 
 use std::cell::RefCell;
 use std::convert::Infallible;
-use std::io;
+use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -161,14 +161,14 @@ impl Conn {
             self.shared.router.clone().oneshot(request).await.unwrap_or_else(|e: Infallible| match e {});
         let (parts, body) = response.into_parts();
         let status = parts.status;
-        let bodiless = is_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+        let bodiless = is_head || bodiless_status(status);
 
         let mut out = Vec::with_capacity(1024);
         write_status_and_headers(&mut out, &parts);
-        let has_length = parts.headers.contains_key(header::CONTENT_LENGTH);
+        let has_length = parts.headers.contains_key(header::CONTENT_LENGTH) && !bodiless_status(status);
         let exact = body.size_hint().exact();
         let chunked = !bodiless && !has_length && exact.is_none();
-        if !has_length && status != StatusCode::NO_CONTENT && status != StatusCode::NOT_MODIFIED {
+        if !has_length && !bodiless_status(status) {
             if let Some(n) = exact {
                 push_header(&mut out, "content-length", itoa(n).as_bytes());
             } else if chunked {
@@ -195,11 +195,10 @@ impl Conn {
     }
 
     /// A file body: from memory, by sendfile, or buffered, in that order of preference.
-    async fn send_file(&mut self, mut out: Vec<u8>, slice: &FileSlice) -> io::Result<()> {
+    async fn send_file(&mut self, out: Vec<u8>, slice: &FileSlice) -> io::Result<()> {
         let entry = &slice.entry;
         if let Some(bytes) = slice.memory() {
-            out.extend_from_slice(&bytes);
-            self.write(&out).await?;
+            self.write_two(&out, &bytes).await?;
             entry.counters.memory.inc_by(slice.len);
             return Ok(());
         }
@@ -291,6 +290,25 @@ impl Conn {
         self.write(&out).await
     }
 
+    /// Head and body in one `writev`, without copying the body.
+    async fn write_two(&mut self, head: &[u8], body: &[u8]) -> io::Result<()> {
+        let (mut h, mut b) = (0, 0);
+        while h < head.len() || b < body.len() {
+            let bufs = [IoSlice::new(&head[h..]), IoSlice::new(&body[b..])];
+            let n = match timeout(self.shared.settings.write_timeout, self.stream.write_vectored(&bufs)).await {
+                Ok(result) => result?,
+                Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "write stalled")),
+            };
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            let from_head = n.min(head.len() - h);
+            h += from_head;
+            b += n - from_head;
+        }
+        Ok(())
+    }
+
     async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         match timeout(self.shared.settings.write_timeout, self.stream.write_all(bytes)).await {
             Ok(result) => result,
@@ -335,9 +353,16 @@ fn write_status_and_headers(out: &mut Vec<u8>, parts: &axum::http::response::Par
     out.push(b' ');
     out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
+    // A 204 never has a body, and a 304's Content-Length would have to be
+    // the length of the 200 it stands for (RFC 9110 8.6): axum sets 0 for
+    // their empty bodies, which is wrong for both, so drop it (as hyper does).
+    let no_length = bodiless_status(parts.status);
     for (name, value) in &parts.headers {
         // Framing and connection management are the driver's to decide.
-        if name == header::CONNECTION || name == header::TRANSFER_ENCODING {
+        if name == header::CONNECTION
+            || name == header::TRANSFER_ENCODING
+            || (no_length && name == header::CONTENT_LENGTH)
+        {
             continue;
         }
         push_header(out, name.as_str(), value.as_bytes());
@@ -345,6 +370,11 @@ fn write_status_and_headers(out: &mut Vec<u8>, parts: &axum::http::response::Par
     if !parts.headers.contains_key(header::DATE) {
         push_header(out, "date", http_date().as_bytes());
     }
+}
+
+/// Statuses whose responses never carry a body nor a body length.
+fn bodiless_status(status: StatusCode) -> bool {
+    status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED || status.is_informational()
 }
 
 fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {

@@ -892,3 +892,260 @@ pub fn tileset_names(listing: &Value) -> Vec<String> {
     names.sort();
     names
 }
+
+// ---------------------------------------------------------------------------
+// Servers with extra arguments
+// ---------------------------------------------------------------------------
+
+impl Fixture {
+    /// Starts `tessera serve` over this fixture's tiles/ and logs/, with the index in
+    /// `state` (so that several servers can share one fixture) and `extra` arguments
+    /// such as `--transport hyper` or `--delivery buffered`.
+    pub fn start_with(&self, state: &Path, extra: &[&str]) -> Server {
+        let n = self.starts.get();
+        self.starts.set(n + 1);
+        let mut args: Vec<OsString> = vec![
+            "serve".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--tiles".into(),
+            self.tiles().into(),
+            "--logs".into(),
+            self.logs().into(),
+            "--state".into(),
+            state.into(),
+        ];
+        args.extend(extra.iter().map(OsString::from));
+        let stderr = self.dir.path().join(format!("server-{n}.stderr"));
+        Server::spawn(&args, &stderr)
+    }
+
+    /// [`Fixture::start_with`], then waits until `/readyz` answers 200.
+    pub fn start_ready_with(&self, state: &Path, extra: &[&str]) -> Server {
+        let server = self.start_with(state, extra);
+        server.wait_ready();
+        server
+    }
+}
+
+/// The canonical path of a root directory, as the `root` label of the delivery metrics.
+pub fn root_label(dir: &Path) -> String {
+    fs::canonicalize(dir).unwrap_or_else(|e| panic!("canonicalize {}: {e}", dir.display())).display().to_string()
+}
+
+// ---------------------------------------------------------------------------
+// Raw connections: keep-alive, pipelining, exact framing
+// ---------------------------------------------------------------------------
+
+/// The bytes of `METHOD TARGET HTTP/1.1` with exactly `headers` (no Host or
+/// Connection added: pass them if wanted) and the empty line.
+pub fn request_bytes(method: &str, target: &str, headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut req = format!("{method} {target} HTTP/1.1\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.into_bytes()
+}
+
+/// Headers as a comparable set: names lowercased, values trimmed, sorted (so
+/// order-insensitive but multi-valued), without the names in `exclude`.
+pub fn header_set(r: &Response, exclude: &[&str]) -> Vec<(String, String)> {
+    let mut set: Vec<(String, String)> = r
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_string()))
+        .filter(|(k, _)| !exclude.contains(&k.as_str()))
+        .collect();
+    set.sort();
+    set
+}
+
+/// How a read of a connection to its end finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The peer closed (read returned 0).
+    Eof,
+    /// The peer reset the connection.
+    Reset,
+}
+
+/// One client connection that reads responses one at a time, framed by
+/// `Content-Length` or chunked encoding, keeping whatever follows for the next.
+pub struct RawConn {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawConn {
+    pub fn connect(addr: SocketAddr) -> RawConn {
+        let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        stream.set_read_timeout(Some(IO_TIMEOUT)).expect("read timeout");
+        stream.set_write_timeout(Some(IO_TIMEOUT)).expect("write timeout");
+        RawConn { stream, buf: Vec::new() }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)?;
+        self.stream.flush()
+    }
+
+    /// Bytes read but not yet consumed by a response.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Reads more into the buffer; `Ok(0)` at end of stream.
+    fn fill(&mut self) -> io::Result<usize> {
+        let mut chunk = [0u8; 64 * 1024];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn fill_or_eof_error(&mut self, what: &str) -> io::Result<()> {
+        if self.fill()? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("connection closed in {what} ({} bytes pending: {:?})", self.buf.len(), self.preview()),
+            ));
+        }
+        Ok(())
+    }
+
+    fn preview(&self) -> String {
+        String::from_utf8_lossy(&self.buf[..self.buf.len().min(300)]).into_owned()
+    }
+
+    /// Reads exactly one response (an interim 1xx counts as one). `head_request`:
+    /// the request was HEAD, so the response has no body whatever its headers say.
+    /// A response with neither length nor chunking is read to end of stream.
+    pub fn read_response(&mut self, head_request: bool) -> io::Result<Response> {
+        let Response { status, headers, .. } = self.read_head()?;
+        let find_header =
+            |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
+        let bodyless = head_request || status == 204 || status == 304 || (100..200).contains(&status);
+        let chunked = find_header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+        let body = if bodyless {
+            Vec::new()
+        } else if chunked {
+            self.read_chunked()?
+        } else if let Some(len) = find_header("content-length") {
+            let len: usize = len.parse().map_err(|_| invalid(format!("bad Content-Length {len:?}")))?;
+            while self.buf.len() < len {
+                self.fill_or_eof_error("a body")?;
+            }
+            self.buf.drain(..len).collect()
+        } else {
+            while self.fill()? > 0 {}
+            std::mem::take(&mut self.buf)
+        };
+        Ok(Response { status, headers, body })
+    }
+
+    /// Reads one response head only (the returned body is empty); whatever was read
+    /// past it stays buffered, see [`RawConn::take_buffered`].
+    pub fn read_head(&mut self) -> io::Result<Response> {
+        let (status, headers, head_len) = loop {
+            let mut hdrs = [httparse::EMPTY_HEADER; 128];
+            let mut parsed = httparse::Response::new(&mut hdrs);
+            match parsed.parse(&self.buf) {
+                Ok(httparse::Status::Complete(n)) => {
+                    let status = parsed.code.ok_or_else(|| invalid("no status code".into()))?;
+                    let headers: Vec<(String, String)> = parsed
+                        .headers
+                        .iter()
+                        .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).trim().to_string()))
+                        .collect();
+                    break (status, headers, n);
+                }
+                Ok(httparse::Status::Partial) => self.fill_or_eof_error("a response head")?,
+                Err(e) => return Err(invalid(format!("unparsable response ({e}): {:?}", self.preview()))),
+            }
+        };
+        self.buf.drain(..head_len);
+        Ok(Response { status, headers, body: Vec::new() })
+    }
+
+    /// Takes the bytes read but not yet consumed (after [`RawConn::read_head`]: the
+    /// start of the body), so that the caller can go on reading `stream` itself.
+    pub fn take_buffered(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+
+    fn read_chunked(&mut self) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        loop {
+            let line_end = loop {
+                match find(&self.buf, b"\r\n") {
+                    Some(i) => break i,
+                    None => self.fill_or_eof_error("a chunk size line")?,
+                }
+            };
+            let line = String::from_utf8_lossy(&self.buf[..line_end]).into_owned();
+            let size_str = line.split(';').next().unwrap_or("").trim();
+            let size =
+                usize::from_str_radix(size_str, 16).map_err(|_| invalid(format!("bad chunk size {size_str:?}")))?;
+            self.buf.drain(..line_end + 2);
+            if size == 0 {
+                // Trailers until an empty line.
+                loop {
+                    let end = loop {
+                        match find(&self.buf, b"\r\n") {
+                            Some(i) => break i,
+                            None => self.fill_or_eof_error("chunked trailers")?,
+                        }
+                    };
+                    self.buf.drain(..end + 2);
+                    if end == 0 {
+                        return Ok(out);
+                    }
+                }
+            }
+            while self.buf.len() < size + 2 {
+                self.fill_or_eof_error("a chunk")?;
+            }
+            out.extend_from_slice(&self.buf[..size]);
+            if &self.buf[size..size + 2] != b"\r\n" {
+                return Err(invalid("chunk not followed by CRLF".into()));
+            }
+            self.buf.drain(..size + 2);
+        }
+    }
+
+    /// Reads everything up to the end of the stream (EOF or reset), giving up with
+    /// `TimedOut` at `deadline`. Returns the unconsumed bytes and how it ended.
+    pub fn read_to_end(&mut self, deadline: Instant) -> io::Result<(Vec<u8>, Ending)> {
+        let ending = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let _ = self.stream.set_read_timeout(Some(IO_TIMEOUT));
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "no end of stream by the deadline ({} bytes pending: {:?})",
+                        self.buf.len(),
+                        self.preview()
+                    ),
+                ));
+            }
+            self.stream.set_read_timeout(Some(left.min(Duration::from_millis(100))))?;
+            match self.fill() {
+                Ok(0) => break Ending::Eof,
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break Ending::Reset,
+                Err(e) => return Err(e),
+            }
+        };
+        self.stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        Ok((std::mem::take(&mut self.buf), ending))
+    }
+}
