@@ -14,6 +14,7 @@
 //! `revalidate_after` is compared with one `stat` of its path before use.
 
 use std::fs::File;
+use std::hash::BuildHasher;
 use std::io;
 use std::num::NonZeroUsize;
 use std::os::unix::fs::MetadataExt;
@@ -157,14 +158,22 @@ impl MemoryBudget {
     }
 }
 
-struct Inner {
-    lru: LruCache<PathBuf, Arc<FileEntry>>,
-    /// Bumped by every invalidation; see the module comment.
-    epoch: u64,
-}
+/// The cache is split in shards by key hash so that the driver's worker
+/// threads rarely wait for each other (one lock showed as `sched_yield`
+/// spinning in strace); each shard is an LRU of its share of the capacity.
+const SHARDS: usize = 16;
+
+type Shard = Mutex<LruCache<String, Arc<FileEntry>>>;
 
 pub struct DescriptorCache {
-    inner: Mutex<Inner>,
+    /// Keyed by absolute path as a string: hashing a `str` is much cheaper
+    /// than hashing a `Path` component by component (perf).
+    shards: Vec<Shard>,
+    /// Bumped by every invalidation, before it removes anything; a miss
+    /// inserts only if it is unchanged (checked under the shard's lock).
+    /// See the module comment.
+    epoch: AtomicU64,
+    hasher: std::hash::RandomState,
     revalidate_after: Duration,
     started: Instant,
     budget: Arc<MemoryBudget>,
@@ -175,7 +184,7 @@ pub struct DescriptorCache {
 
 impl DescriptorCache {
     pub fn new(settings: &CacheSettings, roots: &[Root], metrics: Arc<Metrics>) -> DescriptorCache {
-        let cap = NonZeroUsize::new(settings.max_open_files.max(1)).expect("nonzero");
+        let per_shard = NonZeroUsize::new(settings.max_open_files.div_ceil(SHARDS).max(1)).expect("nonzero");
         let budget = MemoryBudget {
             used: AtomicU64::new(0),
             limit: settings.memory_budget,
@@ -183,7 +192,9 @@ impl DescriptorCache {
             gauge: metrics.memory_bytes.clone(),
         };
         DescriptorCache {
-            inner: Mutex::new(Inner { lru: LruCache::new(cap), epoch: 0 }),
+            shards: (0..SHARDS).map(|_| Mutex::new(LruCache::new(per_shard))).collect(),
+            epoch: AtomicU64::new(0),
+            hasher: std::hash::RandomState::new(),
             revalidate_after: settings.revalidate_after,
             started: Instant::now(),
             budget: Arc::new(budget),
@@ -192,45 +203,51 @@ impl DescriptorCache {
         }
     }
 
+    fn shard(&self, key: &str) -> &Shard {
+        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+    }
+
     /// The file at `rel` in `root`, from the cache or freshly opened.
     /// Files on shared storage are always opened afresh and never cached.
     pub fn open(&self, root: &Root, rel: &str) -> io::Result<Arc<FileEntry>> {
-        let path = root.join(rel);
+        let key = root.key(rel);
         let cacheable = root.caches_descriptors(rel);
         if cacheable {
-            if let Some(entry) = self.lookup(&path) {
+            if let Some(entry) = self.lookup(&key) {
                 self.metrics.cache_hits.inc();
                 return Ok(entry);
             }
         }
         self.metrics.cache_misses.inc();
-        let epoch = self.inner.lock().epoch;
+        let epoch = self.epoch.load(Ordering::SeqCst);
         let file = root.open_file(rel)?;
-        let entry = Arc::new(self.entry(root, rel, path.clone(), file, cacheable)?);
+        let entry = Arc::new(self.entry(root, rel, PathBuf::from(&key), file, cacheable)?);
         if cacheable {
-            let mut inner = self.inner.lock();
-            if inner.epoch == epoch {
-                inner.lru.put(path, entry.clone());
-                self.metrics.cache_open_files.set(inner.lru.len() as i64);
+            let mut shard = self.shard(&key).lock();
+            if self.epoch.load(Ordering::SeqCst) == epoch {
+                if shard.len() < shard.cap().get() {
+                    self.metrics.cache_open_files.inc();
+                }
+                shard.put(key, entry.clone());
             }
         }
         Ok(entry)
     }
 
-    fn lookup(&self, path: &Path) -> Option<Arc<FileEntry>> {
-        let entry = self.inner.lock().lru.get(path).cloned()?;
+    fn lookup(&self, key: &str) -> Option<Arc<FileEntry>> {
+        let entry = self.shard(key).lock().get(key).cloned()?;
         let now = self.now_ms();
         if now.saturating_sub(entry.checked_ms.load(Ordering::Relaxed)) < self.revalidate_after.as_millis() as u64 {
             return Some(entry);
         }
-        match std::fs::metadata(path) {
+        match std::fs::metadata(key) {
             Ok(meta) if Validators::of(&meta) == entry.validators => {
                 entry.checked_ms.store(now, Ordering::Relaxed);
                 Some(entry)
             }
             _ => {
-                tracing::warn!(path = %path.display(), "cached descriptor was stale without a watcher event; dropped");
-                self.invalidate(path);
+                tracing::warn!(path = key, "cached descriptor was stale without a watcher event; dropped");
+                self.invalidate(Path::new(key));
                 None
             }
         }
@@ -261,24 +278,37 @@ impl DescriptorCache {
 
     /// Drops `path` and everything under it (a directory event covers its tree).
     pub fn invalidate(&self, path: &Path) {
-        let mut inner = self.inner.lock();
-        inner.epoch += 1;
-        let doomed: Vec<PathBuf> =
-            inner.lru.iter().filter(|(k, _)| k.starts_with(path)).map(|(k, _)| k.clone()).collect();
-        for key in &doomed {
-            inner.lru.pop(key);
+        let prefix = path.to_string_lossy();
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        // A file's own entry is the common case; only a miss can be a directory.
+        if self.shard(&prefix).lock().pop(prefix.as_ref()).is_some() {
+            self.dropped(1);
+            return;
         }
-        self.metrics.cache_invalidations.inc_by(doomed.len() as u64);
-        self.metrics.cache_open_files.set(inner.lru.len() as i64);
+        let under = |k: &str| k.strip_prefix(prefix.as_ref()).is_some_and(|rest| rest.starts_with('/'));
+        for shard in &self.shards {
+            let mut shard = shard.lock();
+            let keys: Vec<String> = shard.iter().filter(|(k, _)| under(k)).map(|(k, _)| k.clone()).collect();
+            for key in &keys {
+                shard.pop(key);
+            }
+            self.dropped(keys.len());
+        }
     }
 
     /// Drops everything: after a watcher overflow nobody knows what changed.
     pub fn clear(&self) {
-        let mut inner = self.inner.lock();
-        inner.epoch += 1;
-        self.metrics.cache_invalidations.inc_by(inner.lru.len() as u64);
-        inner.lru.clear();
-        self.metrics.cache_open_files.set(0);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        for shard in &self.shards {
+            let mut shard = shard.lock();
+            self.dropped(shard.len());
+            shard.clear();
+        }
+    }
+
+    fn dropped(&self, n: usize) {
+        self.metrics.cache_invalidations.inc_by(n as u64);
+        self.metrics.cache_open_files.sub(n as i64);
     }
 
     fn now_ms(&self) -> u64 {

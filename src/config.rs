@@ -171,6 +171,9 @@ pub struct HttpSettings {
     pub write_timeout: Duration,
     /// Most bytes one sendfile call moves, so one fast reader cannot starve others.
     pub sendfile_chunk: u64,
+    /// Driver threads, each with its own single-threaded runtime and its own
+    /// `SO_REUSEPORT` listener (nginx's worker model); 0 means one per core.
+    pub workers: usize,
 }
 
 impl Default for HttpSettings {
@@ -183,6 +186,7 @@ impl Default for HttpSettings {
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(30),
             sendfile_chunk: 4 * 1024 * 1024,
+            workers: 0,
         }
     }
 }
@@ -207,7 +211,7 @@ impl Default for CacheSettings {
     fn default() -> Self {
         CacheSettings {
             max_open_files: 1024,
-            revalidate_after: Duration::from_secs(2),
+            revalidate_after: Duration::from_secs(10),
             memory_max_file: 16 * 1024,
             memory_budget: 64 * 1024 * 1024,
         }
@@ -295,6 +299,7 @@ struct FileHttp {
     idle_timeout_ms: Option<u64>,
     write_timeout_ms: Option<u64>,
     sendfile_chunk_kib: Option<Spanned<u64>>,
+    workers: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -402,6 +407,9 @@ impl Config {
         if let Some(t) = http.transport {
             h.transport = t;
         }
+        if let Some(w) = http.workers {
+            h.workers = w;
+        }
         let at_least = |v: &Spanned<usize>, min: usize, name: &str| {
             if *v.get_ref() < min {
                 Err(lines.error(Some(v.span()), format!("http.{name} must be at least {min}")))
@@ -414,6 +422,10 @@ impl Config {
         }
         if let Some(v) = &http.max_headers {
             h.max_headers = at_least(v, 8, "max_headers")?;
+            if h.max_headers > crate::delivery::head::MAX_HEADERS {
+                let max = crate::delivery::head::MAX_HEADERS;
+                return Err(lines.error(Some(v.span()), format!("http.max_headers must be at most {max}")));
+            }
         }
         if let Some(kib) = &http.sendfile_chunk_kib {
             if *kib.get_ref() < 64 {

@@ -1,6 +1,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+
+// glibc's malloc spent about a fifth of the server's user time on the tile
+// path (perf, 21,845 random tiles); mimalloc's thread-local free lists do not.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tessera::config::{Cli, Command, Config, ConfigArgs};
 
 fn main() -> ExitCode {

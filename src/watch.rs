@@ -13,7 +13,7 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
 use notify::event::{AccessKind, AccessMode};
-use notify::{Event, EventKind, PollWatcher, RecommendedWatcher, RecursiveMode, Watcher};
+use notify::{Event, EventKind, EventKindMask, PollWatcher, RecommendedWatcher, RecursiveMode, Watcher};
 
 use crate::cache::DescriptorCache;
 use crate::catalog::worker::Job;
@@ -110,7 +110,12 @@ fn start_one(root: &Root, sink: Sink) -> notify::Result<Option<Box<dyn Watcher +
         WatcherKind::Off => Ok(None),
         WatcherKind::Poll => poll_watcher(root, sink).map(Some),
         WatcherKind::Inotify => {
-            let mut w = RecommendedWatcher::new(move |r| sink.handle(r), notify::Config::default())?;
+            // Only events that can change content or the set of files, filtered
+            // in the kernel: inotify would otherwise wake this thread for
+            // every open of a file, tessera's own included.
+            let kinds = EventKindMask::CORE | EventKindMask::ACCESS_CLOSE;
+            let config = notify::Config::default().with_event_kinds(kinds);
+            let mut w = RecommendedWatcher::new(move |r| sink.handle(r), config)?;
             w.watch(root.path(), RecursiveMode::Recursive)?;
             tracing::debug!(root = %root.path().display(), "watching with inotify");
             Ok(Some(Box::new(w)))

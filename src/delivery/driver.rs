@@ -66,13 +66,19 @@ const LINGER: Duration = Duration::from_secs(2);
 pub async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
     shared.metrics.connections.inc();
-    let mut conn = Conn { stream, buf: BytesMut::with_capacity(4096), shutdown: shared.shutdown.clone(), shared };
+    let mut conn = Conn {
+        stream,
+        buf: BytesMut::with_capacity(4096),
+        out: Vec::with_capacity(1024),
+        shutdown: shared.shutdown.clone(),
+        shared,
+    };
     match conn.run().await {
         Ok(End::Quiet) => {}
         Ok(End::Close) => conn.linger().await,
         Ok(End::Handoff) => {
             conn.shared.metrics.handoffs.inc();
-            let Conn { stream, buf, shared, shutdown } = conn;
+            let Conn { stream, buf, shared, shutdown, .. } = conn;
             handoff::serve(stream, buf.freeze(), shared.router.clone(), shutdown).await;
             shared.metrics.connections.dec();
             return;
@@ -85,6 +91,8 @@ pub async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
 struct Conn {
     stream: TcpStream,
     buf: BytesMut,
+    /// The response head being built; kept between requests to reuse its allocation.
+    out: Vec<u8>,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
 }
@@ -163,7 +171,8 @@ impl Conn {
         let status = parts.status;
         let bodiless = is_head || bodiless_status(status);
 
-        let mut out = Vec::with_capacity(1024);
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
         write_status_and_headers(&mut out, &parts);
         let has_length = parts.headers.contains_key(header::CONTENT_LENGTH) && !bodiless_status(status);
         let exact = body.size_hint().exact();
@@ -182,23 +191,22 @@ impl Conn {
         }
         out.extend_from_slice(b"\r\n");
 
-        if bodiless {
-            self.write(&out).await?;
-            return Ok(keep_alive);
-        }
-        if let Some(slice) = parts.extensions.get::<FileSlice>() {
-            self.send_file(out, slice).await?;
-            return Ok(keep_alive);
-        }
-        self.send_body(out, body, chunked, exact).await?;
-        Ok(keep_alive)
+        let result = if bodiless {
+            self.write(&out).await
+        } else if let Some(slice) = parts.extensions.get::<FileSlice>() {
+            self.send_file(&out, slice).await
+        } else {
+            self.send_body(&mut out, body, chunked, exact).await
+        };
+        self.out = out;
+        result.map(|()| keep_alive)
     }
 
     /// A file body: from memory, by sendfile, or buffered, in that order of preference.
-    async fn send_file(&mut self, out: Vec<u8>, slice: &FileSlice) -> io::Result<()> {
+    async fn send_file(&mut self, out: &[u8], slice: &FileSlice) -> io::Result<()> {
         let entry = &slice.entry;
         if let Some(bytes) = slice.memory() {
-            self.write_two(&out, &bytes).await?;
+            self.write_two(out, &bytes).await?;
             entry.counters.memory.inc_by(slice.len);
             return Ok(());
         }
@@ -206,14 +214,9 @@ impl Conn {
         if entry.delivery == DeliveryPath::Sendfile
             && !entry.sendfile_refused.load(std::sync::atomic::Ordering::Relaxed)
         {
-            let result = sendfile::send_head_and_file(
-                &self.stream,
-                &out,
-                slice,
-                settings.sendfile_chunk,
-                settings.write_timeout,
-            )
-            .await;
+            let result =
+                sendfile::send_head_and_file(&self.stream, out, slice, settings.sendfile_chunk, settings.write_timeout)
+                    .await;
             return match result {
                 Ok(()) => Ok(()),
                 Err(SendError::Refused(e)) => {
@@ -230,7 +233,7 @@ impl Conn {
                 Err(SendError::Io(e)) => Err(e),
             };
         }
-        self.write(&out).await?;
+        self.write(out).await?;
         self.copy_file(slice.offset, slice.len, slice).await
     }
 
@@ -257,7 +260,7 @@ impl Conn {
     /// Any other body: its frames, framed by length or chunked.
     async fn send_body(
         &mut self,
-        mut out: Vec<u8>,
+        out: &mut Vec<u8>,
         mut body: Body,
         chunked: bool,
         exact: Option<u64>,
@@ -278,7 +281,7 @@ impl Conn {
                 out.extend_from_slice(&data);
             }
             if out.len() >= COALESCE {
-                self.write(&out).await?;
+                self.write(out).await?;
                 out.clear();
             }
         }
@@ -287,7 +290,7 @@ impl Conn {
         } else if exact.is_some_and(|n| n != written) {
             return Err(io::Error::other("body length differs from Content-Length"));
         }
-        self.write(&out).await
+        self.write(out).await
     }
 
     /// Head and body in one `writev`, without copying the body.
@@ -324,7 +327,7 @@ impl Conn {
              access-control-allow-origin: *\r\nconnection: close\r\n\r\n",
             status.as_u16(),
             status.canonical_reason().unwrap_or(""),
-            http_date(),
+            http_date_string(),
             body.len()
         );
         self.write(format!("{head}{body}").as_bytes()).await
@@ -368,7 +371,9 @@ fn write_status_and_headers(out: &mut Vec<u8>, parts: &axum::http::response::Par
         push_header(out, name.as_str(), value.as_bytes());
     }
     if !parts.headers.contains_key(header::DATE) {
-        push_header(out, "date", http_date().as_bytes());
+        out.extend_from_slice(b"date: ");
+        with_http_date(|date| out.extend_from_slice(date.as_bytes()));
+        out.extend_from_slice(b"\r\n");
     }
 }
 
@@ -388,8 +393,8 @@ fn itoa(n: u64) -> String {
     n.to_string()
 }
 
-/// The Date header value, formatted at most once a second per thread.
-fn http_date() -> String {
+/// Calls `f` with the Date header value, formatted at most once a second per thread.
+fn with_http_date<R>(f: impl FnOnce(&str) -> R) -> R {
     thread_local! {
         static CACHE: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
     }
@@ -400,6 +405,10 @@ fn http_date() -> String {
         if c.0 != secs {
             *c = (secs, httpdate::fmt_http_date(now));
         }
-        c.1.clone()
+        f(&c.1)
     })
+}
+
+fn http_date_string() -> String {
+    with_http_date(str::to_owned)
 }

@@ -27,13 +27,17 @@ pub enum Parsed {
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// The most header fields a request may have, whatever the configuration
+/// says: parsing uses a stack array of this size (no allocation).
+pub const MAX_HEADERS: usize = 128;
+
 pub fn parse(buf: &[u8], limits: &HttpSettings) -> Parsed {
     let n = buf.len().min(H2_PREFACE.len());
     if buf[..n] == H2_PREFACE[..n] && n > 0 {
         return if n == H2_PREFACE.len() { Parsed::Handoff("HTTP/2 prior knowledge") } else { Parsed::Partial };
     }
-    let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
-    let mut req = httparse::Request::new(&mut headers);
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers[..limits.max_headers.min(MAX_HEADERS)]);
     let len = match req.parse(buf) {
         Ok(httparse::Status::Partial) if buf.len() > limits.max_head_bytes => {
             return Parsed::Reject(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request head too large")

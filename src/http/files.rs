@@ -64,6 +64,8 @@ pub fn respond(method: &Method, headers: &HeaderMap, entry: Arc<FileEntry>) -> R
         response
     };
     *response.status_mut() = status;
+    // Room for these and the CORS headers added on the way out: no regrowth.
+    *response.headers_mut() = HeaderMap::with_capacity(12);
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, entry.content_type.clone());
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));

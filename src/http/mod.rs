@@ -3,6 +3,7 @@
 
 mod files;
 mod logs;
+mod observe;
 mod status;
 mod tiles;
 
@@ -10,18 +11,15 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use parking_lot::Mutex;
 use rusqlite::Connection;
-use tower_http::cors::{Any, CorsLayer};
 
 pub use files::{select, Selection};
 
@@ -131,30 +129,20 @@ impl App {
 
 /// The router with every URL of the contract in DESIGN.md.
 pub fn router(app: AppState) -> Router {
-    // CORS on every answer, errors included: map clients and dashboards run
-    // in browsers on other origins.
-    let cors = CorsLayer::new()
-        .allow_origin(Any)
-        .allow_methods([Method::GET, Method::HEAD, Method::OPTIONS])
-        .allow_headers(Any)
-        .expose_headers(Any)
-        .max_age(Duration::from_secs(86400))
-        // The answer is `*` for every origin, so caches need not vary on it.
-        .vary([]);
     Router::new()
         .route("/", get(status::index))
         .route("/healthz", get(status::healthz))
         .route("/readyz", get(status::readyz))
         .route("/metrics", get(status::metrics))
         .route("/tiles", get(tiles::catalog))
-        .route("/tiles/{tilejson}", get(tiles::tilejson))
-        .route("/tiles/{tileset}/{z}/{x}/{file}", get(tiles::tile))
+        // One route for TileJSON and tiles: the handler splits the raw path
+        // itself (cheaper than four extracted parameters on the hot path).
+        .route("/tiles/{*rest}", get(tiles::dispatch))
         .route("/logs", get(logs::list))
         .route("/logs/{device}", get(logs::list_device))
         .route("/logs/{device}/{file}", get(logs::download))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(app.clone(), observe))
-        .layer(cors)
+        .layer(observe::ObserveLayer::new(app.metrics.clone()))
         .with_state(app)
 }
 
@@ -165,47 +153,6 @@ async fn not_found() -> Response {
 /// A small JSON error body: `{"error": "..."}`.
 pub fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
-}
-
-/// Counts every answer by route and status, and logs it at debug level.
-async fn observe(State(app): State<AppState>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = route_label(request.uri().path());
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let response = next.run(request).await;
-    let status = response.status();
-    app.metrics.requests.with_label_values(&[route, status.as_str()]).inc();
-    let bytes = response.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("-");
-    tracing::debug!(
-        route,
-        %method,
-        path,
-        status = status.as_u16(),
-        bytes,
-        elapsed_us = started.elapsed().as_micros() as u64,
-        "request"
-    );
-    response
-}
-
-/// The route a path falls under, mirroring the router, for metric labels
-/// (the router's own MatchedPath is not known outside it).
-fn route_label(path: &str) -> &'static str {
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match segments.as_slice() {
-        [""] => "/",
-        ["healthz"] => "/healthz",
-        ["readyz"] => "/readyz",
-        ["metrics"] => "/metrics",
-        ["tiles"] => "/tiles",
-        ["tiles", _] => "/tiles/{tileset}.json",
-        ["tiles", _, _, _, _] => "/tiles/{tileset}/{z}/{x}/{y}",
-        ["logs"] => "/logs",
-        ["logs", _] => "/logs/{device}",
-        ["logs", _, _] => "/logs/{device}/{file}",
-        _ => "other",
-    }
 }
 
 /// The base URL clients reached us by, from the Host header when it is sane.

@@ -1,9 +1,10 @@
 //! Tiles: `/tiles` (catalog), `/tiles/{tileset}.json` (TileJSON 3.0.0) and
 //! `/tiles/{tileset}/{z}/{x}/{y}.{ext}`.
 
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
+use percent_encoding::percent_decode_str;
 use serde_json::json;
 
 use super::{base_url, error, json_response, AppState};
@@ -41,16 +42,48 @@ pub fn parse_tile(z: &str, x: &str, file: &str) -> Result<TileRequest, StatusCod
     Ok(TileRequest { z, x, y, ext })
 }
 
-pub async fn tile(
-    State(app): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
-    Path((tileset, z, x, file)): Path<(String, String, String, String)>,
+/// `/tiles/{tileset}.json` and `/tiles/{tileset}/{z}/{x}/{y}.{ext}`, told
+/// apart by their number of segments. Each segment of the raw path is
+/// percent-decoded on its own, so an encoded `/` stays inside its segment
+/// (and then fails `safe_segment`).
+pub async fn dispatch(State(app): State<AppState>, method: Method, headers: HeaderMap, uri: Uri) -> Response {
+    let rest = uri.path().strip_prefix("/tiles/").unwrap_or_default();
+    let mut parts = [""; 5];
+    let mut n = 0;
+    for part in rest.split('/') {
+        if n == parts.len() {
+            return error(StatusCode::NOT_FOUND, "not found");
+        }
+        parts[n] = part;
+        n += 1;
+    }
+    let mut decoded = Vec::with_capacity(n);
+    for part in &parts[..n] {
+        match percent_decode_str(part).decode_utf8() {
+            Ok(segment) => decoded.push(segment),
+            Err(_) => return error(StatusCode::BAD_REQUEST, "path is not UTF-8"),
+        }
+    }
+    match decoded.as_slice() {
+        [name] => tilejson(app, &headers, name).await,
+        [tileset, z, x, file] => tile(app, &method, &headers, tileset, z, x, file).await,
+        _ => error(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+async fn tile(
+    app: AppState,
+    method: &Method,
+    headers: &HeaderMap,
+    tileset: &str,
+    z: &str,
+    x: &str,
+    file: &str,
 ) -> Response {
-    if !safe_segment(&tileset) {
+    if !safe_segment(tileset) {
         return error(StatusCode::NOT_FOUND, "no such tileset");
     }
-    let tile = match parse_tile(&z, &x, &file) {
+    let tile = match parse_tile(z, x, file) {
         Ok(tile) => tile,
         Err(StatusCode::BAD_REQUEST) => {
             return error(StatusCode::BAD_REQUEST, "tile URLs are /tiles/{tileset}/{z}/{x}/{y}.{ext}")
@@ -59,7 +92,7 @@ pub async fn tile(
     };
     let rel = format!("{tileset}/{}/{}/{}.{}", tile.z, tile.x, tile.y, tile.ext);
     match app.open(RootKind::Tiles, rel).await {
-        Ok(entry) => app.file_response(&method, &headers, entry),
+        Ok(entry) => app.file_response(method, headers, entry),
         Err(response) => response,
     }
 }
@@ -84,7 +117,7 @@ pub async fn catalog(State(app): State<AppState>, headers: HeaderMap) -> Respons
 }
 
 /// `/tiles/{tileset}.json`: TileJSON 3.0.0 from the catalog.
-pub async fn tilejson(State(app): State<AppState>, headers: HeaderMap, Path(name): Path<String>) -> Response {
+async fn tilejson(app: AppState, headers: &HeaderMap, name: &str) -> Response {
     let Some(name) = name.strip_suffix(".json").filter(|n| safe_segment(n)).map(str::to_owned) else {
         return error(StatusCode::NOT_FOUND, "not found");
     };
@@ -94,7 +127,7 @@ pub async fn tilejson(State(app): State<AppState>, headers: HeaderMap, Path(name
         Err(response) => return response,
     };
     match tilesets.into_iter().find(|t| t.name == name) {
-        Some(t) => json_response(&tilejson_of(&t, &base_url(&headers))),
+        Some(t) => json_response(&tilejson_of(&t, &base_url(headers))),
         None => error(StatusCode::NOT_FOUND, "no such tileset"),
     }
 }

@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+"""Turns the raw CSV of benches/compare into the Markdown report.
+
+  report.py CSV META_JSON MARKDOWN_FILE
+
+The report goes between the markers <!-- compare:begin --> and
+<!-- compare:end --> of MARKDOWN_FILE (the rest of the file, such as
+profiling notes, is kept); a file without markers gets them appended.
+The report is also printed to stdout.
+"""
+import csv
+import json
+import os
+import statistics
+import sys
+from collections import defaultdict
+
+ORDER = ["nginx", "lighttpd", "apache", "tessera-sendfile", "tessera-buffered"]
+LABEL = {
+    "nginx": "nginx",
+    "lighttpd": "lighttpd",
+    "apache": "Apache httpd",
+    "tessera-sendfile": "tessera `--delivery sendfile`",
+    "tessera-buffered": "tessera `--delivery buffered`",
+}
+BEGIN, END = "<!-- compare:begin -->", "<!-- compare:end -->"
+
+
+def load(path):
+    data = defaultdict(lambda: defaultdict(list))  # server -> metric -> [values by round]
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            data[row["server"]][row["metric"]].append(float(row["value"]))
+    return data
+
+
+def mean(data, server, metric):
+    vals = data.get(server, {}).get(metric)
+    return statistics.fmean(vals) if vals else None
+
+
+def num(v, digits=0):
+    if v is None:
+        return "–"
+    return f"{v:,.{digits}f}"
+
+
+def ratio(v, ref):
+    if v is None or ref is None or ref == 0:
+        return ""
+    return f" ({v / ref:.2f}×)"
+
+
+def render(data, meta):
+    servers = [s for s in ORDER if s in data]
+    ng = lambda m: mean(data, "nginx", m)  # noqa: E731
+    out = []
+    w = out.append
+    w("## Latest run of `benches/compare`")
+    w("")
+    w(f"- Date: {meta['date']}")
+    w(f"- Machine: {meta['machine']}")
+    w(f"- Versions: {meta['versions']}")
+    w(f"- Command: `{meta['command']}`")
+    w(f"- Durations: {meta['durations']}")
+    w(f"- Limits: {meta['limits']}")
+    w(f"- Raw values (every round): `{meta['csv']}`; each server's config and logs: `{meta['csv'][:-4]}.d/`")
+    w("- Configurations:")
+    for c in meta.get("configs", []):
+        w(f"  - {c}")
+    w("")
+    w("| server | tiles req/s | tiles p99 ms | log MB/s | server CPU s/GB | stale >50 ms / responses | worst stale ms | RSS MiB |")
+    w("|---|---|---|---|---|---|---|---|")
+    for s in servers:
+        rps, p99 = mean(data, s, "tiles_rps"), mean(data, s, "tiles_p99_ms")
+        mbps, cpu = mean(data, s, "log_mbps"), mean(data, s, "log_cpu_s_per_gb")
+        stale, total = mean(data, s, "fresh_stale50"), mean(data, s, "fresh_total")
+        worst = max(data[s].get("fresh_worst_ms", [None]) or [None], key=lambda x: -1 if x is None else x)
+        rss = mean(data, s, "rss_mib")
+        stale_cell = "–" if stale is None else f"{num(stale)} / {num(total)}{ratio(stale, ng('fresh_stale50'))}"
+        w(
+            f"| {LABEL[s]} | {num(rps)}{ratio(rps, ng('tiles_rps'))} | {num(p99, 2)}{ratio(p99, ng('tiles_p99_ms'))}"
+            f" | {num(mbps)}{ratio(mbps, ng('log_mbps'))} | {num(cpu, 3)}{ratio(cpu, ng('log_cpu_s_per_gb'))}"
+            f" | {stale_cell} | {num(worst, 1)}{ratio(worst, max(data.get('nginx', {}).get('fresh_worst_ms', [0])))}"
+            f" | {num(rss)}{ratio(rss, ng('rss_mib'))} |"
+        )
+    lo = mean(data, "iperf3", "loopback_mbps")
+    w(f"| loopback limit (iperf3, one stream) | – | – | {num(lo)}{ratio(lo, ng('log_mbps'))} | – | – | – | – |")
+    w("")
+    w(
+        "Each figure is the mean of the rounds (servers measured in turns, A B … A B …); `(x×)` is the ratio to"
+        " nginx in the same run. MB = 10^6 bytes, GB = 10^9 bytes. Tiles: wrk, 1 thread, 64 keep-alive connections,"
+        " uniformly random URLs over the pyramid, after a sequential warm-up pass. Log: one connection, the whole log"
+        " with curl, server CPU = utime+stime of all the server's processes (its process group) around the downloads."
+        " Stale: responses carrying a version superseded (by atomic rename) more than 50 ms before the request was"
+        " sent; worst stale = the largest such age (any age, max over rounds). RSS: VmRSS of all the server's"
+        " processes after the tiles run."
+    )
+    errs = []
+    for s in servers:
+        for m, what in [("tiles_non2xx", "tiles answered with a status other than 2xx/3xx (not counted in req/s)"),
+                        ("tiles_sockerr", "wrk socket errors or timeouts"), ("tiles_warm_short", "warm-up did not cover every tile"),
+                        ("fresh_errors", "prober connection errors"), ("fresh_non200", "prober non-200 answers"),
+                        ("fresh_corrupt", "prober bodies not matching their version"), ("log_short", "log downloads short or not 200")]:
+            v = data[s].get(m)
+            if v and sum(v) > 0:
+                errs.append(f"{LABEL[s]}: {what}: {num(sum(v))}")
+    if errs:
+        w("")
+        w("**Errors seen in this run** (tiles req/s counts successful answers only):")
+        w("")
+        for e in errs:
+            w(f"- {e}")
+    w("")
+    w("### Goals (issue 4)")
+    w("")
+    w(goals(data))
+    w("")
+    w("Per-round values:")
+    w("")
+    metrics = ["tiles_rps", "tiles_p99_ms", "log_mbps", "log_cpu_s_per_gb", "fresh_stale50", "fresh_total", "fresh_worst_ms", "rss_mib"]
+    w("| server | " + " | ".join(metrics) + " |")
+    w("|---|" + "---|" * len(metrics))
+    for s in servers:
+        cells = []
+        for m in metrics:
+            vals = data[s].get(m, [])
+            cells.append(" / ".join(num(v, 2 if m in ("tiles_p99_ms", "log_cpu_s_per_gb") else 0) for v in vals) or "–")
+        w(f"| {s} | " + " | ".join(cells) + " |")
+    if "iperf3" in data:
+        w(f"| iperf3 loopback_mbps | {' / '.join(num(v) for v in data['iperf3']['loopback_mbps'])} |" + " |" * (len(metrics) - 1))
+    return "\n".join(out) + "\n"
+
+
+def goals(data):
+    lines = []
+    t = "tessera-sendfile"
+
+    def mark(ok):
+        return "met" if ok else "**NOT met**"
+
+    def have(*pairs):
+        return all(mean(data, s, m) is not None for s, m in pairs)
+
+    if have((t, "tiles_rps"), ("nginx", "tiles_rps")):
+        r = mean(data, t, "tiles_rps") / mean(data, "nginx", "tiles_rps")
+        p, pn = mean(data, t, "tiles_p99_ms"), mean(data, "nginx", "tiles_p99_ms")
+        lines.append(f"- [{'x' if r >= 1.3 else ' '}] Tiles req/s >= 1.3× nginx: {mark(r >= 1.3)} ({r:.2f}×, {num(mean(data, t, 'tiles_rps'))} vs {num(mean(data, 'nginx', 'tiles_rps'))})")
+        lines.append(f"- [{'x' if p <= pn else ' '}] Tiles p99 <= nginx's: {mark(p <= pn)} ({p:.2f} ms vs {pn:.2f} ms)")
+    else:
+        lines.append("- [ ] Tiles: not measured in this run (needs nginx and tessera-sendfile)")
+    if have((t, "log_mbps"), ("nginx", "log_mbps")):
+        r = mean(data, t, "log_mbps") / mean(data, "nginx", "log_mbps")
+        lines.append(f"- [{'x' if r >= 1.2 else ' '}] Log MB/s >= 1.2× nginx: {mark(r >= 1.2)} ({r:.2f}×, {num(mean(data, t, 'log_mbps'))} vs {num(mean(data, 'nginx', 'log_mbps'))} MB/s)")
+    else:
+        lines.append("- [ ] Log MB/s: not measured in this run (needs nginx and tessera-sendfile)")
+    if have((t, "log_cpu_s_per_gb"), ("lighttpd", "log_cpu_s_per_gb")):
+        c, cl = mean(data, t, "log_cpu_s_per_gb"), mean(data, "lighttpd", "log_cpu_s_per_gb")
+        lines.append(f"- [{'x' if c <= cl else ' '}] Log CPU/GB <= lighttpd's: {mark(c <= cl)} ({c:.3f} vs {cl:.3f} s/GB)")
+    else:
+        lines.append("- [ ] Log CPU/GB: not measured in this run (needs lighttpd and tessera-sendfile)")
+    for s in ("tessera-sendfile", "tessera-buffered"):
+        vals = data.get(s, {}).get("fresh_stale50")
+        if vals is not None:
+            n = sum(vals)
+            lines.append(f"- [{'x' if n == 0 else ' '}] Zero stale >50 ms, {s}: {mark(n == 0)} ({num(n)} of {num(sum(data[s]['fresh_total']))} responses over all rounds, worst {num(max(data[s]['fresh_worst_ms']), 1)} ms)")
+    for s in ("tessera-sendfile", "tessera-buffered"):
+        vals = data.get(s, {}).get("rss_mib")
+        if vals:
+            budget = data[s]["budget_mib"][0]
+            limit = budget + 64
+            worst = max(vals)
+            lines.append(f"- [{'x' if worst <= limit else ' '}] RSS <= cache budget + 64 MiB, {s}: {mark(worst <= limit)} ({worst:.0f} MiB, limit {budget:.0f} + 64 = {limit:.0f} MiB)")
+    return "\n".join(lines)
+
+
+def main():
+    csv_path, meta_path, md_path = sys.argv[1:4]
+    with open(meta_path) as f:
+        meta = json.load(f)
+    report = render(load(csv_path), meta)
+    block = f"{BEGIN}\n{report}{END}\n"
+    old = open(md_path).read() if os.path.exists(md_path) else ""
+    if BEGIN in old and END in old:
+        new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END) :].lstrip("\n")
+    else:
+        head = old or (
+            "# Benchmarks\n\n"
+            "`benches/compare` measures tessera against nginx, lighttpd and Apache httpd on this machine, side by side,"
+            " and checks issue 4's goals. Run it with `benches/compare` (about 10 minutes; `--quick` for a short"
+            " development run, `--only nginx,tessera-sendfile` for a subset, `--rounds N`). The section between the"
+            " markers below is rewritten by each run; notes outside it are kept.\n\n"
+        )
+        new = head.rstrip("\n") + "\n\n" + block
+    os.makedirs(os.path.dirname(os.path.abspath(md_path)), exist_ok=True)
+    with open(md_path, "w") as f:
+        f.write(new)
+    sys.stdout.write(report)
+
+
+if __name__ == "__main__":
+    main()
