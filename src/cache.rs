@@ -13,6 +13,7 @@
 //! As a safety net against a lost event, an entry older than
 //! `revalidate_after` is compared with one `stat` of its path before use.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::hash::BuildHasher;
 use std::io;
@@ -163,7 +164,79 @@ impl MemoryBudget {
 /// spinning in strace); each shard is an LRU of its share of the capacity.
 const SHARDS: usize = 16;
 
-type Shard = Mutex<LruCache<String, Arc<FileEntry>>>;
+type Shard = Mutex<ShardInner>;
+
+/// One shard: an LRU of entries, and for every directory above a cached
+/// file, how many of the shard's files are below it. notify does not say
+/// whether a renamed or deleted path was a directory; with these counts an
+/// event for an uncached path costs one lookup per shard instead of a scan
+/// of every entry (which, under a writer renaming tiles every few
+/// milliseconds, held the locks long enough to stall requests and delay
+/// later invalidations).
+struct ShardInner {
+    lru: LruCache<String, Arc<FileEntry>>,
+    dirs: HashMap<String, u32>,
+}
+
+impl ShardInner {
+    /// Inserts under the shard's lock; returns how many entries it added (0 or 1).
+    fn put(&mut self, key: String, entry: Arc<FileEntry>) -> usize {
+        let added = key.clone();
+        match self.lru.push(key, entry) {
+            // The same key again: replaced in place, nothing to count.
+            Some((old, _)) if old == added => 0,
+            Some((evicted, _)) => {
+                self.count_dirs(&evicted, false);
+                self.count_dirs(&added, true);
+                0
+            }
+            None => {
+                self.count_dirs(&added, true);
+                1
+            }
+        }
+    }
+
+    fn pop(&mut self, key: &str) -> bool {
+        if self.lru.pop(key).is_some() {
+            self.count_dirs(key, false);
+            return true;
+        }
+        false
+    }
+
+    /// Removes every entry under directory `dir`; returns how many.
+    fn pop_under(&mut self, dir: &str) -> usize {
+        if !self.dirs.contains_key(dir) {
+            return 0;
+        }
+        let under = |k: &str| k.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/'));
+        let keys: Vec<String> = self.lru.iter().filter(|(k, _)| under(k)).map(|(k, _)| k.clone()).collect();
+        for key in &keys {
+            self.pop(key);
+        }
+        keys.len()
+    }
+
+    fn count_dirs(&mut self, key: &str, add: bool) {
+        let mut end = key.len();
+        while let Some(slash) = key[..end].rfind('/') {
+            if slash == 0 {
+                break;
+            }
+            let dir = &key[..slash];
+            if add {
+                *self.dirs.entry(dir.to_string()).or_insert(0) += 1;
+            } else if let Some(n) = self.dirs.get_mut(dir) {
+                *n -= 1;
+                if *n == 0 {
+                    self.dirs.remove(dir);
+                }
+            }
+            end = slash;
+        }
+    }
+}
 
 pub struct DescriptorCache {
     /// Keyed by absolute path as a string: hashing a `str` is much cheaper
@@ -192,7 +265,9 @@ impl DescriptorCache {
             gauge: metrics.memory_bytes.clone(),
         };
         DescriptorCache {
-            shards: (0..SHARDS).map(|_| Mutex::new(LruCache::new(per_shard))).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(ShardInner { lru: LruCache::new(per_shard), dirs: HashMap::new() }))
+                .collect(),
             epoch: AtomicU64::new(0),
             hasher: std::hash::RandomState::new(),
             revalidate_after: settings.revalidate_after,
@@ -225,17 +300,15 @@ impl DescriptorCache {
         if cacheable {
             let mut shard = self.shard(&key).lock();
             if self.epoch.load(Ordering::SeqCst) == epoch {
-                if shard.len() < shard.cap().get() {
-                    self.metrics.cache_open_files.inc();
-                }
-                shard.put(key, entry.clone());
+                let added = shard.put(key, entry.clone());
+                self.metrics.cache_open_files.add(added as i64);
             }
         }
         Ok(entry)
     }
 
     fn lookup(&self, key: &str) -> Option<Arc<FileEntry>> {
-        let entry = self.shard(key).lock().get(key).cloned()?;
+        let entry = self.shard(key).lock().lru.get(key).cloned()?;
         let now = self.now_ms();
         if now.saturating_sub(entry.checked_ms.load(Ordering::Relaxed)) < self.revalidate_after.as_millis() as u64 {
             return Some(entry);
@@ -281,18 +354,13 @@ impl DescriptorCache {
         let prefix = path.to_string_lossy();
         self.epoch.fetch_add(1, Ordering::SeqCst);
         // A file's own entry is the common case; only a miss can be a directory.
-        if self.shard(&prefix).lock().pop(prefix.as_ref()).is_some() {
+        if self.shard(&prefix).lock().pop(prefix.as_ref()) {
             self.dropped(1);
             return;
         }
-        let under = |k: &str| k.strip_prefix(prefix.as_ref()).is_some_and(|rest| rest.starts_with('/'));
         for shard in &self.shards {
-            let mut shard = shard.lock();
-            let keys: Vec<String> = shard.iter().filter(|(k, _)| under(k)).map(|(k, _)| k.clone()).collect();
-            for key in &keys {
-                shard.pop(key);
-            }
-            self.dropped(keys.len());
+            let n = shard.lock().pop_under(prefix.as_ref());
+            self.dropped(n);
         }
     }
 
@@ -301,8 +369,9 @@ impl DescriptorCache {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         for shard in &self.shards {
             let mut shard = shard.lock();
-            self.dropped(shard.len());
-            shard.clear();
+            self.dropped(shard.lru.len());
+            shard.lru.clear();
+            shard.dirs.clear();
         }
     }
 
@@ -331,5 +400,54 @@ pub fn content_type(path: &Path) -> &'static str {
         "log" | "txt" => "text/plain; charset=utf-8",
         "gz" => "application/gzip",
         _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard() -> ShardInner {
+        ShardInner { lru: LruCache::new(NonZeroUsize::new(2).unwrap()), dirs: HashMap::new() }
+    }
+
+    /// A stand-in entry: the tests look only at keys and directory counts.
+    fn entry() -> Arc<FileEntry> {
+        let file = File::open("/proc/self/exe").unwrap();
+        let validators = Validators::of(&file.metadata().unwrap());
+        let metrics = Metrics::new();
+        Arc::new(FileEntry {
+            file,
+            path: PathBuf::from("/x"),
+            root: 0,
+            validators,
+            etag: HeaderValue::from_static("\"e\""),
+            last_modified: HeaderValue::from_static("x"),
+            content_type: HeaderValue::from_static("x"),
+            cache_control: HeaderValue::from_static("x"),
+            delivery: DeliveryPath::Sendfile,
+            counters: Arc::new(metrics.delivery("/r")),
+            sendfile_refused: AtomicBool::new(false),
+            memory: OnceLock::new(),
+            budget: None,
+            checked_ms: AtomicU64::new(0),
+        })
+    }
+
+    #[test]
+    fn directory_counts_follow_inserts_evictions_and_pops() {
+        let mut s = shard();
+        assert_eq!(s.put("/r/a/1.png".into(), entry()), 1);
+        assert_eq!(s.put("/r/b/2.png".into(), entry()), 1);
+        assert_eq!(s.dirs.get("/r"), Some(&2));
+        assert_eq!(s.put("/r/a/1.png".into(), entry()), 0, "replacing a key adds nothing");
+        assert_eq!(s.dirs.get("/r"), Some(&2));
+        // Capacity 2: this evicts the least recently used, /r/b/2.png.
+        assert_eq!(s.put("/r/c/3.png".into(), entry()), 0);
+        assert!(!s.dirs.contains_key("/r/b"));
+        assert_eq!(s.pop_under("/r/nothing"), 0);
+        assert_eq!(s.pop_under("/r/a"), 1);
+        assert!(s.pop("/r/c/3.png"));
+        assert!(s.dirs.is_empty() && s.lru.is_empty());
     }
 }
