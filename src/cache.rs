@@ -87,8 +87,17 @@ pub struct FileEntry {
     /// The whole content, for small files of cached areas; loaded on first use.
     memory: OnceLock<Option<Bytes>>,
     budget: Option<Arc<MemoryBudget>>,
-    /// Milliseconds since the cache's start when this entry was last known fresh.
+    /// Milliseconds on [`clock_ms`] when this entry was last known fresh.
     checked_ms: AtomicU64,
+    /// True while the entry is in the descriptor cache: false once an
+    /// invalidation, an eviction or a clear removed it (and for entries that
+    /// were never cached). The driver replays responses only for such entries.
+    pub cached: AtomicBool,
+    /// Whether a response for this file may be replayed by the driver: the
+    /// file is cacheable and its root is the first of its kind (no earlier
+    /// root can come to shadow the same URL without an event for this file).
+    pub replayable: bool,
+    revalidate_after_ms: u64,
 }
 
 impl FileEntry {
@@ -98,6 +107,12 @@ impl FileEntry {
 
     pub fn is_empty(&self) -> bool {
         self.validators.len == 0
+    }
+
+    /// Still the answer for its path: in the cache and checked recently enough.
+    pub fn is_current(&self) -> bool {
+        self.cached.load(Ordering::Acquire)
+            && clock_ms().saturating_sub(self.checked_ms.load(Ordering::Relaxed)) < self.revalidate_after_ms
     }
 
     /// The file's bytes from memory, if it is small enough and the budget allows.
@@ -182,10 +197,15 @@ impl ShardInner {
     /// Inserts under the shard's lock; returns how many entries it added (0 or 1).
     fn put(&mut self, key: String, entry: Arc<FileEntry>) -> usize {
         let added = key.clone();
+        entry.cached.store(true, Ordering::Release);
         match self.lru.push(key, entry) {
             // The same key again: replaced in place, nothing to count.
-            Some((old, _)) if old == added => 0,
-            Some((evicted, _)) => {
+            Some((old, previous)) if old == added => {
+                previous.cached.store(false, Ordering::Release);
+                0
+            }
+            Some((evicted, previous)) => {
+                previous.cached.store(false, Ordering::Release);
                 self.count_dirs(&evicted, false);
                 self.count_dirs(&added, true);
                 0
@@ -198,7 +218,8 @@ impl ShardInner {
     }
 
     fn pop(&mut self, key: &str) -> bool {
-        if self.lru.pop(key).is_some() {
+        if let Some(entry) = self.lru.pop(key) {
+            entry.cached.store(false, Ordering::Release);
             self.count_dirs(key, false);
             return true;
         }
@@ -248,7 +269,6 @@ pub struct DescriptorCache {
     epoch: AtomicU64,
     hasher: std::hash::RandomState,
     revalidate_after: Duration,
-    started: Instant,
     budget: Arc<MemoryBudget>,
     /// Delivery counters by root index.
     counters: Vec<Arc<DeliveryCounters>>,
@@ -271,7 +291,6 @@ impl DescriptorCache {
             epoch: AtomicU64::new(0),
             hasher: std::hash::RandomState::new(),
             revalidate_after: settings.revalidate_after,
-            started: Instant::now(),
             budget: Arc::new(budget),
             counters: roots.iter().map(|r| Arc::new(metrics.delivery(&r.path().display().to_string()))).collect(),
             metrics,
@@ -309,7 +328,7 @@ impl DescriptorCache {
 
     fn lookup(&self, key: &str) -> Option<Arc<FileEntry>> {
         let entry = self.shard(key).lock().lru.get(key).cloned()?;
-        let now = self.now_ms();
+        let now = clock_ms();
         if now.saturating_sub(entry.checked_ms.load(Ordering::Relaxed)) < self.revalidate_after.as_millis() as u64 {
             return Some(entry);
         }
@@ -345,7 +364,10 @@ impl DescriptorCache {
             validators,
             file,
             path,
-            checked_ms: AtomicU64::new(self.now_ms()),
+            checked_ms: AtomicU64::new(clock_ms()),
+            cached: AtomicBool::new(false),
+            replayable: cacheable && root.first_of_kind,
+            revalidate_after_ms: self.revalidate_after.as_millis() as u64,
         })
     }
 
@@ -370,6 +392,9 @@ impl DescriptorCache {
         for shard in &self.shards {
             let mut shard = shard.lock();
             self.dropped(shard.lru.len());
+            for (_, entry) in shard.lru.iter() {
+                entry.cached.store(false, Ordering::Release);
+            }
             shard.lru.clear();
             shard.dirs.clear();
         }
@@ -379,10 +404,12 @@ impl DescriptorCache {
         self.metrics.cache_invalidations.inc_by(n as u64);
         self.metrics.cache_open_files.sub(n as i64);
     }
+}
 
-    fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
-    }
+/// Milliseconds since the first call: the clock of `checked_ms`.
+fn clock_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 /// The media type for a stored file, by extension.
@@ -431,6 +458,9 @@ mod tests {
             memory: OnceLock::new(),
             budget: None,
             checked_ms: AtomicU64::new(0),
+            cached: AtomicBool::new(false),
+            replayable: false,
+            revalidate_after_ms: 0,
         })
     }
 

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub memory_bytes: IntGauge,
     pub connections: IntGauge,
     pub handoffs: IntCounter,
+    /// Requests answered by the driver from a replay of an earlier answer.
+    pub replays: IntCounter,
     pub rejected_heads: IntCounterVec,
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
@@ -79,6 +81,10 @@ impl Metrics {
             rejected_heads,
             memory_bytes,
             connections,
+            replays: counter(
+                "tessera_replays_total",
+                "Requests answered by replaying the Router's answer for a current file",
+            ),
             handoffs: counter(
                 "tessera_handoffs_total",
                 "Connections handed to hyper (bodies, Expect, Upgrade, HTTP/2)",

@@ -96,6 +96,8 @@ impl Area {
 pub struct Root {
     /// Position in the configuration; also the lookup order among roots of a kind.
     pub index: usize,
+    /// No earlier root of the same kind: nothing can shadow this root's files.
+    pub first_of_kind: bool,
     pub spec: RootSpec,
     /// Storage of the root directory itself.
     pub storage: Storage,
@@ -127,7 +129,7 @@ impl Root {
             WatchMode::Auto if storage.shared => WatcherKind::Poll,
             WatchMode::Auto => WatcherKind::Inotify,
         };
-        Ok(Root { index, spec, storage, delivery, watcher, areas, dir })
+        Ok(Root { index, first_of_kind: true, spec, storage, delivery, watcher, areas, dir })
     }
 
     /// The area a relative path falls in: the deepest configured

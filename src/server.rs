@@ -31,8 +31,9 @@ use crate::watch;
 fn open_roots(config: &Config) -> anyhow::Result<Vec<Root>> {
     let mut roots = Vec::new();
     for (index, spec) in config.roots.iter().enumerate() {
-        let root = Root::open(index, spec.clone())
+        let mut root = Root::open(index, spec.clone())
             .with_context(|| format!("cannot open {} root {}", spec.kind, spec.path.display()))?;
+        root.first_of_kind = !roots.iter().any(|r: &Root| r.kind() == root.kind());
         tracing::info!(
             kind = %root.kind(),
             root = %root.path().display(),

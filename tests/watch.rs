@@ -4,6 +4,7 @@ mod common;
 
 use std::fs;
 use std::io::Write;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -213,4 +214,60 @@ fn new_tileset_directory_is_indexed() {
     // The existing tileset is still there.
     let listing = server.get_json("/tiles");
     assert!(tileset(&listing, "world").is_some(), "world disappeared");
+}
+
+/// The driver replays the Router's answer to a repeated plain GET of a file;
+/// a replay must end the moment the file changes, by rename or in place. One
+/// keep-alive connection keeps every request on one worker thread (replays
+/// are per thread).
+#[test]
+fn replayed_answers_end_when_the_file_changes() {
+    let fx = Fixture::new();
+    let path = tile_path(&fx.tiles(), "rp", 3, 2, 1);
+    let first = tile_bytes(1, 5_000);
+    write_file(&path, &first);
+    let server = fx.start_ready();
+    let target = "/tiles/rp/3/2/1.png";
+    let mut conn = RawConn::connect(server.addr);
+    let mut get = |conn: &mut RawConn| {
+        conn.send(&request_bytes("GET", target, &[("Host", "tessera.test")])).expect("send");
+        conn.read_response(false).expect("response")
+    };
+
+    let before = server.metric("tessera_replays_total").unwrap_or(0.0);
+    let a = get(&mut conn);
+    let b = get(&mut conn);
+    let c = get(&mut conn);
+    assert_eq!((a.status, b.status, c.status), (200, 200, 200));
+    assert!(a.body == first && b.body == first && c.body == first);
+    let replays = server.metric("tessera_replays_total").unwrap_or(0.0) - before;
+    assert!(replays >= 2.0, "the repeats should be replays, counted {replays}");
+    let replay_headers = header_set(&b, &["date"]);
+    assert_eq!(header_set(&a, &["date"]), replay_headers, "a replay has the Router's headers");
+
+    // Atomic replace: the next answers carry the new bytes within the deadline.
+    let second = tile_bytes(2, 6_000);
+    let tmp = path.with_extension("png.tmp");
+    write_file(&tmp, &second);
+    std::fs::rename(&tmp, &path).expect("rename");
+    assert!(poll_until(Duration::from_secs(2), || get(&mut conn).body == second), "a replay outlived an atomic rename");
+    let again = get(&mut conn);
+    assert_eq!(again.body, second);
+    assert_eq!(again.header("content-length"), Some("6000"));
+
+    // In place, shorter: length and bytes change together.
+    let third = tile_bytes(3, 3_000);
+    write_file(&path, &third);
+    assert!(
+        poll_until(Duration::from_secs(2), || {
+            let r = get(&mut conn);
+            assert_eq!(
+                r.body.len().to_string(),
+                r.header("content-length").unwrap_or_default(),
+                "length disagrees with body"
+            );
+            r.body == third
+        }),
+        "a replay outlived an in-place rewrite"
+    );
 }

@@ -10,11 +10,20 @@
 //! - anything else: the response body's frames, with `Content-Length` when
 //!   the length is known and chunked encoding when it is not.
 //!
+//! Replays: the Router's answer to a plain GET or HEAD of a file (no
+//! conditional, no range, no `Vary`) is the same bytes for as long as the
+//! file's descriptor-cache entry stays current, so each worker thread keeps
+//! the head it wrote, by request target, next to that entry, and answers the
+//! same request again without calling the Router. An invalidation, eviction
+//! or due safety-net check of the entry ends the replay (perf: the Router
+//! stack was most of the tile path's user time).
+//!
 //! Keep-alive and pipelining come naturally: requests are read from one
 //! buffer and answered in order. What the driver does not handle goes to
 //! hyper with the bytes already read ([`handoff`]).
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::{self, IoSlice};
 use std::sync::Arc;
@@ -23,7 +32,7 @@ use std::time::{Duration, SystemTime};
 use axum::body::Body;
 use axum::http::{header, Method, Request, Response, StatusCode, Version};
 use axum::Router;
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,6 +44,7 @@ use tower::ServiceExt;
 use super::head::{self, Parsed};
 use super::sendfile::{self, SendError};
 use super::{handoff, read_exact_at, FileSlice};
+use crate::cache::FileEntry;
 use crate::config::HttpSettings;
 use crate::metrics::Metrics;
 use crate::roots::DeliveryPath;
@@ -106,7 +116,11 @@ impl Conn {
             match parsed {
                 Parsed::Request { request, len, keep_alive } => {
                     self.buf.advance(len);
-                    let keep_alive = self.respond(*request, keep_alive).await? && !*self.shutdown.borrow();
+                    let keep_alive = match self.replay(&request, keep_alive).await {
+                        Some(result) => result?,
+                        None => self.respond(*request, keep_alive).await?,
+                    };
+                    let keep_alive = keep_alive && !*self.shutdown.borrow();
                     if !keep_alive {
                         return Ok(End::Close);
                     }
@@ -161,9 +175,49 @@ impl Conn {
     }
 
     /// Answers one request; returns whether the connection may stay open.
+    /// Answers from a replay if there is a current one for this request.
+    async fn replay(&mut self, request: &Request<()>, keep_alive: bool) -> Option<io::Result<bool>> {
+        if !replayable(request) {
+            return None;
+        }
+        let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        let Replay { entry, head, route } = REPLAYS.with(|replays| {
+            let mut replays = replays.borrow_mut();
+            match replays.get(target) {
+                Some(replay) if replay.entry.is_current() => Some(replay.clone()),
+                Some(_) => {
+                    replays.remove(target);
+                    None
+                }
+                None => None,
+            }
+        })?;
+        let started = std::time::Instant::now();
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        out.extend_from_slice(&head);
+        finish_head(&mut out, keep_alive, request.version());
+        let result = if request.method() == Method::HEAD {
+            self.write(&out).await
+        } else {
+            let slice = FileSlice { offset: 0, len: entry.len(), entry: entry.clone() };
+            self.send_file(&out, &slice).await
+        };
+        self.out = out;
+        let metrics = &self.shared.metrics;
+        metrics.cache_hits.inc();
+        metrics.replays.inc();
+        crate::http::observe::count(metrics, route, StatusCode::OK);
+        tracing::debug!(route, method = %request.method(), path = target, status = 200, bytes = entry.len(),
+            elapsed_us = started.elapsed().as_micros() as u64, "request (replayed)");
+        Some(result.map(|()| keep_alive))
+    }
+
     async fn respond(&mut self, request: Request<()>, keep_alive: bool) -> io::Result<bool> {
         let is_head = request.method() == Method::HEAD;
         let version = request.version();
+        let replay_key =
+            replayable(&request).then(|| request.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned());
         let request = request.map(|()| Body::empty());
         let response: Response<Body> =
             self.shared.router.clone().oneshot(request).await.unwrap_or_else(|e: Infallible| match e {});
@@ -174,6 +228,10 @@ impl Conn {
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         write_status_and_headers(&mut out, &parts);
+        if let Some(target) = replay_key {
+            remember(target, &parts, &out);
+        }
+        write_date(&mut out, &parts);
         let has_length = parts.headers.contains_key(header::CONTENT_LENGTH) && !bodiless_status(status);
         let exact = body.size_hint().exact();
         let chunked = !bodiless && !has_length && exact.is_none();
@@ -184,12 +242,7 @@ impl Conn {
                 push_header(&mut out, "transfer-encoding", b"chunked");
             }
         }
-        if !keep_alive {
-            push_header(&mut out, "connection", b"close");
-        } else if version == Version::HTTP_10 {
-            push_header(&mut out, "connection", b"keep-alive");
-        }
-        out.extend_from_slice(b"\r\n");
+        finish_head(&mut out, keep_alive, version);
 
         let result = if bodiless {
             self.write(&out).await
@@ -370,11 +423,84 @@ fn write_status_and_headers(out: &mut Vec<u8>, parts: &axum::http::response::Par
         }
         push_header(out, name.as_str(), value.as_bytes());
     }
+}
+
+fn write_date(out: &mut Vec<u8>, parts: &axum::http::response::Parts) {
     if !parts.headers.contains_key(header::DATE) {
         out.extend_from_slice(b"date: ");
         with_http_date(|date| out.extend_from_slice(date.as_bytes()));
         out.extend_from_slice(b"\r\n");
     }
+}
+
+/// `Connection` as the request and version call for, and the head's end.
+fn finish_head(out: &mut Vec<u8>, keep_alive: bool, version: Version) {
+    if !keep_alive {
+        push_header(out, "connection", b"close");
+    } else if version == Version::HTTP_10 {
+        push_header(out, "connection", b"keep-alive");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A response the driver may send again for the same request target.
+#[derive(Clone)]
+struct Replay {
+    entry: Arc<FileEntry>,
+    /// Status line and headers as the Router's response had them, without
+    /// `Date`, framing of the driver's own or `Connection`.
+    head: Bytes,
+    route: &'static str,
+}
+
+thread_local! {
+    /// This worker thread's replays, by request target.
+    static REPLAYS: RefCell<HashMap<String, Replay>> = RefCell::new(HashMap::new());
+}
+
+/// More replays than this and the map starts afresh (it is a cache of
+/// what the descriptor cache already bounds).
+const REPLAYS_MAX: usize = 1 << 16;
+
+/// Whether the answer to this request can only depend on its target: a GET
+/// or HEAD without conditionals or ranges.
+fn replayable(request: &Request<()>) -> bool {
+    let h = request.headers();
+    (request.method() == Method::GET || request.method() == Method::HEAD)
+        && ![
+            header::RANGE,
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::IF_MATCH,
+            header::IF_UNMODIFIED_SINCE,
+            header::IF_RANGE,
+        ]
+        .iter()
+        .any(|name| h.contains_key(name))
+}
+
+/// Keeps the head of a whole-file 200 for replays, if it may be replayed.
+fn remember(target: String, parts: &axum::http::response::Parts, head: &[u8]) {
+    let Some(slice) = parts.extensions.get::<FileSlice>() else { return };
+    let entry = &slice.entry;
+    if parts.status != StatusCode::OK
+        || parts.headers.contains_key(header::VARY)
+        || slice.offset != 0
+        || slice.len != entry.len()
+        || !entry.replayable
+        || !entry.is_current()
+    {
+        return;
+    }
+    let route = crate::http::observe::route_label(&target);
+    let replay = Replay { entry: entry.clone(), head: Bytes::copy_from_slice(head), route };
+    REPLAYS.with(|replays| {
+        let mut replays = replays.borrow_mut();
+        if replays.len() >= REPLAYS_MAX {
+            replays.clear();
+        }
+        replays.insert(target, replay);
+    });
 }
 
 /// Statuses whose responses never carry a body nor a body length.

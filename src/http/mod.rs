@@ -3,7 +3,7 @@
 
 mod files;
 mod logs;
-mod observe;
+pub mod observe;
 mod status;
 mod tiles;
 

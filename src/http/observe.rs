@@ -133,7 +133,7 @@ fn preflight() -> Response<Body> {
 
 /// Counts a request. Label lookups hash strings under a lock; each thread
 /// keeps the counters it has used, keyed by the route's static address.
-fn count(metrics: &Metrics, route: &'static str, status: StatusCode) {
+pub fn count(metrics: &Metrics, route: &'static str, status: StatusCode) {
     thread_local! {
         static COUNTERS: RefCell<HashMap<(usize, u16), IntCounter>> = RefCell::new(HashMap::new());
     }
