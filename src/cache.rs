@@ -277,7 +277,10 @@ pub struct DescriptorCache {
 
 impl DescriptorCache {
     pub fn new(settings: &CacheSettings, roots: &[Root], metrics: Arc<Metrics>) -> DescriptorCache {
-        let per_shard = NonZeroUsize::new(settings.max_open_files.div_ceil(SHARDS).max(1)).expect("nonzero");
+        // Never more than max_open_files in all: at most that many shards,
+        // each holding the floor of its share.
+        let shards = SHARDS.min(settings.max_open_files.max(1));
+        let per_shard = NonZeroUsize::new((settings.max_open_files / shards).max(1)).expect("nonzero");
         let budget = MemoryBudget {
             used: AtomicU64::new(0),
             limit: settings.memory_budget,
@@ -285,7 +288,7 @@ impl DescriptorCache {
             gauge: metrics.memory_bytes.clone(),
         };
         DescriptorCache {
-            shards: (0..SHARDS)
+            shards: (0..shards)
                 .map(|_| Mutex::new(ShardInner { lru: LruCache::new(per_shard), dirs: HashMap::new() }))
                 .collect(),
             epoch: AtomicU64::new(0),
@@ -298,7 +301,7 @@ impl DescriptorCache {
     }
 
     fn shard(&self, key: &str) -> &Shard {
-        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+        &self.shards[(self.hasher.hash_one(key) as usize) % self.shards.len()]
     }
 
     /// The file at `rel` in `root`, from the cache or freshly opened.

@@ -768,3 +768,34 @@ fn smuggling_never_desynchronises() {
     let handed = server.metric("tessera_handoffs_total").unwrap_or(0.0) - handoffs_before;
     assert_eq!(handed, handoffs, "tessera_handoffs_total should count each connection given to hyper");
 }
+
+/// Replays must not keep descriptors the descriptor cache has let go: with
+/// the cache bounded to 50 files, serving 300 distinct tiles (each twice, so
+/// each gets a replay) leaves about 50 files open, not 300.
+#[test]
+fn replays_do_not_hold_descriptors_past_the_cache_bound() {
+    let fx = Fixture::new();
+    for i in 0..300u32 {
+        write_file(&tile_path(&fx.tiles(), "many", 9, i, 7), &tile_bytes(u64::from(i), 2_000));
+    }
+    let config = fx.root().join("small-cache.toml");
+    std::fs::write(&config, "[cache]\nmax_open_files = 50\n").expect("config");
+    let server = fx.start_with(&fx.state(), &["--config", config.to_str().expect("utf-8 path")]);
+    server.wait_ready();
+    let mut conn = RawConn::connect(server.addr);
+    for i in 0..300u32 {
+        for _ in 0..2 {
+            let target = format!("/tiles/many/9/{i}/7.png");
+            conn.send(&request_bytes("GET", &target, &[("Host", "tessera.test")])).expect("send");
+            let r = conn.read_response(false).expect("response");
+            assert_eq!(r.status, 200, "{target}");
+        }
+    }
+    assert!(server.metric("tessera_replays_total").unwrap_or(0.0) >= 250.0, "the repeats were replays");
+    let open_files = std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+        .expect("/proc/PID/fd")
+        .filter_map(Result::ok)
+        .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target.starts_with(fx.tiles())))
+        .count();
+    assert!(open_files <= 50, "{open_files} tile files open with max_open_files = 50");
+}

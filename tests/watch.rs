@@ -229,7 +229,7 @@ fn replayed_answers_end_when_the_file_changes() {
     let server = fx.start_ready();
     let target = "/tiles/rp/3/2/1.png";
     let mut conn = RawConn::connect(server.addr);
-    let mut get = |conn: &mut RawConn| {
+    let get = |conn: &mut RawConn| {
         conn.send(&request_bytes("GET", target, &[("Host", "tessera.test")])).expect("send");
         conn.read_response(false).expect("response")
     };

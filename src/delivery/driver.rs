@@ -26,7 +26,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::{self, IoSlice};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
@@ -181,15 +181,15 @@ impl Conn {
             return None;
         }
         let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
-        let Replay { entry, head, route } = REPLAYS.with(|replays| {
+        let (entry, head, route) = REPLAYS.with(|replays| {
             let mut replays = replays.borrow_mut();
-            match replays.get(target) {
-                Some(replay) if replay.entry.is_current() => Some(replay.clone()),
-                Some(_) => {
+            let replay = replays.get(target)?;
+            match replay.entry.upgrade().filter(|entry| entry.is_current()) {
+                Some(entry) => Some((entry, replay.head.clone(), replay.route)),
+                None => {
                     replays.remove(target);
                     None
                 }
-                None => None,
             }
         })?;
         let started = std::time::Instant::now();
@@ -444,9 +444,10 @@ fn finish_head(out: &mut Vec<u8>, keep_alive: bool, version: Version) {
 }
 
 /// A response the driver may send again for the same request target.
-#[derive(Clone)]
 struct Replay {
-    entry: Arc<FileEntry>,
+    /// Weak: a replay must not keep a descriptor open after the descriptor
+    /// cache let it go (that leaked descriptors past the open-file limit).
+    entry: Weak<FileEntry>,
     /// Status line and headers as the Router's response had them, without
     /// `Date`, framing of the driver's own or `Connection`.
     head: Bytes,
@@ -493,7 +494,7 @@ fn remember(target: String, parts: &axum::http::response::Parts, head: &[u8]) {
         return;
     }
     let route = crate::http::observe::route_label(&target);
-    let replay = Replay { entry: entry.clone(), head: Bytes::copy_from_slice(head), route };
+    let replay = Replay { entry: Arc::downgrade(entry), head: Bytes::copy_from_slice(head), route };
     REPLAYS.with(|replays| {
         let mut replays = replays.borrow_mut();
         if replays.len() >= REPLAYS_MAX {
