@@ -212,7 +212,7 @@ impl Default for CacheSettings {
         CacheSettings {
             max_open_files: 1024,
             revalidate_after: Duration::from_secs(10),
-            memory_max_file: 16 * 1024,
+            memory_max_file: 4 * 1024,
             memory_budget: 64 * 1024 * 1024,
         }
     }

@@ -122,7 +122,9 @@ async fn serve_with_driver(
     for (i, listener) in listeners.into_iter().enumerate() {
         let shared = shared.clone();
         threads.push(std::thread::Builder::new().name(format!("http-{i}")).spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            // Few blocking threads: only reads from shared storage use them.
+            let runtime =
+                tokio::runtime::Builder::new_current_thread().enable_all().max_blocking_threads(16).build()?;
             runtime.block_on(accept_loop(listener, shared))
         })?);
     }

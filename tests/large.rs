@@ -124,7 +124,7 @@ fn local_root_uses_sendfile_and_buffered_root_never_does() {
     let fx = Fixture::new();
     let log = pseudo_random(5, 5 * 1024 * 1024 + 17);
     write_file(&fx.logs().join("meter").join("five.bin"), &log);
-    let tile = tile_bytes(6, 12_000); // under the 16 KiB memory threshold
+    let tile = tile_bytes(6, 3_000); // under the 4 KiB memory threshold
     write_file(&tile_path(&fx.tiles(), "grid", 0, 0, 0), &tile);
     let (logs_root, tiles_root) = (root_label(&fx.logs()), root_label(&fx.tiles()));
     let log_len = log.len() as f64;

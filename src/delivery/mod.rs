@@ -76,6 +76,23 @@ impl FileBody {
         tokio::task::spawn_blocking(move || read_exact_at(&entry.file, offset, want))
     }
 
+    fn want(&self) -> usize {
+        self.slice.len.min(CHUNK) as usize
+    }
+
+    /// A chunk read: passed on, or the end of the connection if the file
+    /// shrank under us (never padded, never hung: DESIGN.md decision 4).
+    fn finish_read(&mut self, result: io::Result<Bytes>) -> Result<Frame<Bytes>, io::Error> {
+        let bytes = result?;
+        if bytes.is_empty() {
+            let (path, missing) = (self.slice.entry.path.display(), self.slice.len);
+            tracing::warn!(path = %path, missing, "file ended early; closing connection");
+            return Err(shrank());
+        }
+        self.slice.entry.counters.buffered.inc_by(bytes.len() as u64);
+        Ok(self.advance(bytes))
+    }
+
     fn advance(&mut self, bytes: Bytes) -> Frame<Bytes> {
         self.slice.offset += bytes.len() as u64;
         self.slice.len -= bytes.len() as u64;
@@ -112,26 +129,21 @@ impl Body for FileBody {
                 self.slice.entry.counters.memory.inc_by(bytes.len() as u64);
                 return Poll::Ready(Some(Ok(self.advance(bytes))));
             }
+            if self.slice.entry.local {
+                let result = read_exact_at(&self.slice.entry.file, self.slice.offset, self.want());
+                return Poll::Ready(Some(self.finish_read(result)));
+            }
             let handle = self.start_read();
             self.pending = Some(handle);
         }
         let handle = self.pending.as_mut().expect("read in flight");
         let result = ready!(Pin::new(handle).poll(cx));
         self.pending = None;
-        let bytes = match result {
-            Ok(Ok(bytes)) => bytes,
-            Ok(Err(e)) => return Poll::Ready(Some(Err(e))),
-            Err(join) => return Poll::Ready(Some(Err(io::Error::other(join)))),
+        let result = match result {
+            Ok(result) => result,
+            Err(join) => Err(io::Error::other(join)),
         };
-        if bytes.is_empty() {
-            // The file shrank under us: end the connection rather than pad
-            // or hang (DESIGN.md decision 4).
-            let (path, missing) = (self.slice.entry.path.display(), self.slice.len);
-            tracing::warn!(path = %path, missing, "file ended early; closing connection");
-            return Poll::Ready(Some(Err(shrank())));
-        }
-        self.slice.entry.counters.buffered.inc_by(bytes.len() as u64);
-        Poll::Ready(Some(Ok(self.advance(bytes))))
+        Poll::Ready(Some(self.finish_read(result)))
     }
 
     fn is_end_stream(&self) -> bool {
