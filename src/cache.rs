@@ -10,8 +10,10 @@
 //!   descriptor after the watcher had already dropped it, and serve it until
 //!   evicted.
 //!
-//! As a safety net against a lost event, an entry older than
-//! `revalidate_after` is compared with one `stat` of its path before use.
+//! And a bound that does not depend on the watcher: an entry not checked
+//! for `revalidate_after` (40 ms by default) is confirmed with one `stat` of
+//! its path before use, so a watcher thread waiting for a core under load,
+//! or a lost event, cannot keep an old file served for longer.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -115,8 +117,20 @@ impl FileEntry {
 
     /// Still the answer for its path: in the cache and checked recently enough.
     pub fn is_current(&self) -> bool {
-        self.cached.load(Ordering::Acquire)
-            && clock_ms().saturating_sub(self.checked_ms.load(Ordering::Relaxed)) < self.revalidate_after_ms
+        if !self.cached.load(Ordering::Acquire) {
+            return false;
+        }
+        let now = clock_ms();
+        if now.saturating_sub(self.checked_ms.load(Ordering::Relaxed)) < self.revalidate_after_ms {
+            return true;
+        }
+        match std::fs::metadata(&self.path) {
+            Ok(meta) if Validators::of(&meta) == self.validators => {
+                self.checked_ms.store(now, Ordering::Relaxed);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The file's bytes from memory, if it is small enough and the budget allows.
@@ -344,21 +358,12 @@ impl DescriptorCache {
 
     fn lookup(&self, key: &str) -> Option<Arc<FileEntry>> {
         let entry = self.shard(key).lock().lru.get(key).cloned()?;
-        let now = clock_ms();
-        if now.saturating_sub(entry.checked_ms.load(Ordering::Relaxed)) < self.revalidate_after.as_millis() as u64 {
+        if entry.is_current() {
             return Some(entry);
         }
-        match std::fs::metadata(key) {
-            Ok(meta) if Validators::of(&meta) == entry.validators => {
-                entry.checked_ms.store(now, Ordering::Relaxed);
-                Some(entry)
-            }
-            _ => {
-                tracing::warn!(path = key, "cached descriptor was stale without a watcher event; dropped");
-                self.invalidate(Path::new(key));
-                None
-            }
-        }
+        tracing::debug!(path = key, "cached descriptor changed before its watcher event; dropped");
+        self.invalidate(Path::new(key));
+        None
     }
 
     fn entry(&self, root: &Root, rel: &str, path: PathBuf, file: File, cacheable: bool) -> io::Result<FileEntry> {
