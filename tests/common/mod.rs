@@ -102,21 +102,7 @@ impl Fixture {
     /// Starts `tessera serve` over this fixture's tiles/, logs/ and state/.
     /// Its stderr goes to `server-N.stderr` in the fixture directory.
     pub fn start(&self) -> Server {
-        let n = self.starts.get();
-        self.starts.set(n + 1);
-        let args: Vec<OsString> = vec![
-            "serve".into(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--tiles".into(),
-            self.tiles().into(),
-            "--logs".into(),
-            self.logs().into(),
-            "--state".into(),
-            self.state().into(),
-        ];
-        let stderr = self.dir.path().join(format!("server-{n}.stderr"));
-        Server::spawn(&args, &stderr)
+        self.start_with(&self.state(), &[])
     }
 
     /// Starts the server and waits until `/readyz` answers 200.
