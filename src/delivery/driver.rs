@@ -43,7 +43,7 @@ use tower::ServiceExt;
 
 use super::head::{self, Parsed};
 use super::sendfile::{self, SendError};
-use super::{handoff, read_exact_at, FileSlice};
+use super::{handoff, read_chunk, FileSlice};
 use crate::cache::FileEntry;
 use crate::config::HttpSettings;
 use crate::metrics::Metrics;
@@ -237,7 +237,7 @@ impl Conn {
         let chunked = !bodiless && !has_length && exact.is_none();
         if !has_length && !bodiless_status(status) {
             if let Some(n) = exact {
-                push_header(&mut out, "content-length", itoa(n).as_bytes());
+                push_header(&mut out, "content-length", n.to_string().as_bytes());
             } else if chunked {
                 push_header(&mut out, "transfer-encoding", b"chunked");
             }
@@ -277,7 +277,7 @@ impl Conn {
                         entry.counters.fallbacks.inc();
                         tracing::warn!(path = %entry.path.display(), error = %e, "sendfile refused; this file falls back to the buffered path");
                     }
-                    self.copy_file(slice.offset, slice.len, slice).await
+                    self.copy_file(slice).await
                 }
                 Err(SendError::Shrank) => {
                     tracing::warn!(path = %entry.path.display(), "file ended early during sendfile; closing connection");
@@ -287,31 +287,15 @@ impl Conn {
             };
         }
         self.write(out).await?;
-        self.copy_file(slice.offset, slice.len, slice).await
+        self.copy_file(slice).await
     }
 
-    /// The buffered path: `pread` on the blocking pool, then write.
-    async fn copy_file(&mut self, mut offset: u64, len: u64, slice: &FileSlice) -> io::Result<()> {
-        let end = offset + len;
+    /// The buffered path: the slice chunk by chunk, read then written.
+    async fn copy_file(&mut self, slice: &FileSlice) -> io::Result<()> {
+        let (mut offset, end) = (slice.offset, slice.offset + slice.len);
         while offset < end {
-            let want = (end - offset).min(256 * 1024) as usize;
-            let chunk = if slice.entry.local {
-                // Local storage: a page-cache read of at most 256 KiB, done
-                // inline (a blocking-pool thread per busy connection cost
-                // hundreds of MiB of resident memory in the benchmark).
-                read_exact_at(&slice.entry.file, offset, want)?
-            } else {
-                let entry = slice.entry.clone();
-                tokio::task::spawn_blocking(move || read_exact_at(&entry.file, offset, want))
-                    .await
-                    .map_err(io::Error::other)??
-            };
-            if chunk.is_empty() {
-                tracing::warn!(path = %slice.entry.path.display(), "file ended early; closing connection");
-                return Err(super::shrank());
-            }
+            let chunk = read_chunk(&slice.entry, offset, end - offset).await?;
             self.write(&chunk).await?;
-            slice.entry.counters.buffered.inc_by(chunk.len() as u64);
             offset += chunk.len() as u64;
         }
         Ok(())
@@ -521,10 +505,6 @@ fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-fn itoa(n: u64) -> String {
-    n.to_string()
 }
 
 /// Calls `f` with the Date header value, formatted at most once a second per thread.

@@ -72,7 +72,7 @@ impl FileBody {
 
     fn start_read(&mut self) -> JoinHandle<io::Result<Bytes>> {
         let entry = self.slice.entry.clone();
-        let (offset, want) = (self.slice.offset, self.slice.len.min(CHUNK) as usize);
+        let (offset, want) = (self.slice.offset, self.want());
         tokio::task::spawn_blocking(move || read_exact_at(&entry.file, offset, want))
     }
 
@@ -83,13 +83,7 @@ impl FileBody {
     /// A chunk read: passed on, or the end of the connection if the file
     /// shrank under us (never padded, never hung: DESIGN.md decision 4).
     fn finish_read(&mut self, result: io::Result<Bytes>) -> Result<Frame<Bytes>, io::Error> {
-        let bytes = result?;
-        if bytes.is_empty() {
-            let (path, missing) = (self.slice.entry.path.display(), self.slice.len);
-            tracing::warn!(path = %path, missing, "file ended early; closing connection");
-            return Err(shrank());
-        }
-        self.slice.entry.counters.buffered.inc_by(bytes.len() as u64);
+        let bytes = accept_chunk(&self.slice.entry, self.slice.len, result?)?;
         Ok(self.advance(bytes))
     }
 
@@ -98,6 +92,36 @@ impl FileBody {
         self.slice.len -= bytes.len() as u64;
         Frame::data(bytes)
     }
+}
+
+/// One chunk of the buffered path: up to `remaining` (at most [`CHUNK`])
+/// bytes at `offset`. Local storage is read inline (a page-cache read; a
+/// blocking-pool thread per busy connection cost hundreds of MiB of resident
+/// memory in the benchmark); shared storage, which can block for long, on
+/// the blocking pool.
+pub async fn read_chunk(entry: &Arc<FileEntry>, offset: u64, remaining: u64) -> io::Result<Bytes> {
+    let want = remaining.min(CHUNK) as usize;
+    let bytes = if entry.local {
+        read_exact_at(&entry.file, offset, want)?
+    } else {
+        let entry = entry.clone();
+        tokio::task::spawn_blocking(move || read_exact_at(&entry.file, offset, want))
+            .await
+            .map_err(io::Error::other)??
+    };
+    accept_chunk(entry, remaining, bytes)
+}
+
+/// A chunk read for the buffered path, counted; an empty one means the file
+/// shrank under us, which ends the connection (never padded, never hung:
+/// DESIGN.md decision 4).
+fn accept_chunk(entry: &FileEntry, missing: u64, bytes: Bytes) -> io::Result<Bytes> {
+    if bytes.is_empty() {
+        tracing::warn!(path = %entry.path.display(), missing, "file ended early; closing connection");
+        return Err(shrank());
+    }
+    entry.counters.buffered.inc_by(bytes.len() as u64);
+    Ok(bytes)
 }
 
 /// Reads up to `want` bytes at `offset`; fewer only if the file ended.

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::Response;
 use serde_json::json;
 
-use super::{error, json_response, AppState};
+use super::{error, files, json_response, AppState};
 use crate::catalog::{self, LogFilter};
 use crate::config::RootKind;
 use crate::roots::safe_segment;
@@ -74,7 +74,7 @@ pub async fn download(
         return error(StatusCode::NOT_FOUND, "not found");
     }
     match app.open(RootKind::Logs, format!("{device}/{file}")).await {
-        Ok(entry) => app.file_response(&method, &headers, entry),
+        Ok(entry) => files::respond(&method, &headers, entry),
         Err(response) => response,
     }
 }

@@ -14,14 +14,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use parking_lot::Mutex;
 use rusqlite::Connection;
-
-pub use files::{select, Selection};
 
 use crate::cache::{DescriptorCache, FileEntry};
 use crate::catalog;
@@ -119,11 +117,6 @@ impl App {
             }
         }
         Err(error(StatusCode::NOT_FOUND, "not found"))
-    }
-
-    /// Answers for an opened file (GET or HEAD, conditionals and ranges).
-    fn file_response(&self, method: &Method, headers: &HeaderMap, entry: Arc<FileEntry>) -> Response {
-        files::respond(method, headers, entry)
     }
 }
 

@@ -7,7 +7,7 @@ use axum::response::Response;
 use percent_encoding::percent_decode_str;
 use serde_json::json;
 
-use super::{base_url, error, json_response, AppState};
+use super::{base_url, error, files, json_response, AppState};
 use crate::catalog::{self, Tileset};
 use crate::config::RootKind;
 use crate::roots::safe_segment;
@@ -92,7 +92,7 @@ async fn tile(
     };
     let rel = format!("{tileset}/{}/{}/{}.{}", tile.z, tile.x, tile.y, tile.ext);
     match app.open(RootKind::Tiles, rel).await {
-        Ok(entry) => app.file_response(method, headers, entry),
+        Ok(entry) => files::respond(method, headers, entry),
         Err(response) => response,
     }
 }

@@ -456,11 +456,7 @@ pub fn parse_response(raw: &[u8], head_request: bool) -> io::Result<Response> {
         }
     };
     let status = parsed.code.ok_or_else(|| invalid("no status code".into()))?;
-    let headers: Vec<(String, String)> = parsed
-        .headers
-        .iter()
-        .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).trim().to_string()))
-        .collect();
+    let headers = owned_headers(parsed.headers);
     let rest = &raw[head_len..];
     let chunked = headers
         .iter()
@@ -495,6 +491,11 @@ fn decode_chunked(mut data: &[u8]) -> io::Result<Vec<u8>> {
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A parsed head's fields as owned (name, trimmed value) pairs.
+fn owned_headers(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    headers.iter().map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).trim().to_string())).collect()
 }
 
 pub fn contains_bytes(hay: &[u8], needle: &[u8]) -> bool {
@@ -1045,12 +1046,7 @@ impl RawConn {
             match parsed.parse(&self.buf) {
                 Ok(httparse::Status::Complete(n)) => {
                     let status = parsed.code.ok_or_else(|| invalid("no status code".into()))?;
-                    let headers: Vec<(String, String)> = parsed
-                        .headers
-                        .iter()
-                        .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).trim().to_string()))
-                        .collect();
-                    break (status, headers, n);
+                    break (status, owned_headers(parsed.headers), n);
                 }
                 Ok(httparse::Status::Partial) => self.fill_or_eof_error("a response head")?,
                 Err(e) => return Err(invalid(format!("unparsable response ({e}): {:?}", self.preview()))),
