@@ -85,10 +85,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(%addr, state = %config.state.display(), "listening");
 
     let app = Arc::new(App::new(roots, root_ids, cache, metrics.clone(), ready, config.state.clone()));
+    // The driver re-opens files of evicted replays through the same cache.
+    let files = (app.cache.clone(), app.roots.clone());
     let router = http::router(app);
     match config.http.transport {
         Transport::Hyper => axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await?,
-        Transport::Driver => serve_with_driver(listener, router, config.http.clone(), metrics).await?,
+        Transport::Driver => serve_with_driver(listener, router, config.http.clone(), metrics, files).await?,
     }
     drop(watchers);
     tracing::info!("stopped");
@@ -106,6 +108,7 @@ async fn serve_with_driver(
     router: Router,
     settings: HttpSettings,
     metrics: Arc<Metrics>,
+    (cache, roots): (Arc<DescriptorCache>, Arc<Vec<Root>>),
 ) -> anyhow::Result<()> {
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let workers = match settings.workers {
@@ -117,7 +120,7 @@ async fn serve_with_driver(
     for _ in 1..workers {
         listeners.push(bind(addr)?);
     }
-    let shared = Arc::new(Shared { router, settings, metrics: metrics.clone(), shutdown });
+    let shared = Arc::new(Shared { router, cache, roots, settings, metrics: metrics.clone(), shutdown });
     let mut threads = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
         let shared = shared.clone();

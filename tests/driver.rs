@@ -799,3 +799,49 @@ fn replays_do_not_hold_descriptors_past_the_cache_bound() {
         .count();
     assert!(open_files <= 50, "{open_files} tile files open with max_open_files = 50");
 }
+
+/// A replay whose descriptor the cache evicted re-opens its file and is
+/// still a replay if the file is the same version; if the file was replaced
+/// meanwhile, the new version is served with its own headers, never the old
+/// head over the new bytes. One connection keeps every request on one
+/// worker thread (replays are per thread); a cache of one file evicts on
+/// every alternate request.
+#[test]
+fn evicted_replays_reopen_and_never_outlive_their_version() {
+    let fx = Fixture::new();
+    let (a, b) = (tile_path(&fx.tiles(), "ev", 2, 1, 1), tile_path(&fx.tiles(), "ev", 2, 1, 2));
+    write_file(&a, &tile_bytes(1, 3_000));
+    write_file(&b, &tile_bytes(2, 5_000));
+    let config = fx.root().join("one-file.toml");
+    std::fs::write(&config, "[cache]\nmax_open_files = 1\n").expect("config");
+    let server = fx.start_with(&fx.state(), &["--config", config.to_str().expect("utf-8 path")]);
+    server.wait_ready();
+    let mut conn = RawConn::connect(server.addr);
+    let mut get = |target: &str| {
+        conn.send(&request_bytes("GET", target, &[("Host", "tessera.test")])).expect("send");
+        conn.read_response(false).expect("response")
+    };
+    let (ta, tb) = ("/tiles/ev/2/1/1.png", "/tiles/ev/2/1/2.png");
+    let first_a = get(ta);
+    get(tb);
+    let before = server.metric("tessera_replays_total").unwrap_or(0.0);
+    for _ in 0..5 {
+        let ra = get(ta);
+        assert_eq!(ra.body, tile_bytes(1, 3_000));
+        assert_eq!(header_set(&ra, &["date"]), header_set(&first_a, &["date"]));
+        assert_eq!(get(tb).body, tile_bytes(2, 5_000));
+    }
+    // Ten replays; the counter of the last may be bumped just after its bytes arrive.
+    let replays = server.metric("tessera_replays_total").unwrap_or(0.0) - before;
+    assert!(replays >= 9.0, "alternating requests should replay after each eviction, counted {replays}");
+
+    // Replace `a` while its entry is evicted (b was asked last): the watcher
+    // invalidation finds nothing cached, so only the validators stop the replay.
+    let tmp = a.with_extension("png.tmp");
+    write_file(&tmp, &tile_bytes(3, 4_000));
+    std::fs::rename(&tmp, &a).expect("rename");
+    let ra = get(ta);
+    assert_eq!(ra.body, tile_bytes(3, 4_000));
+    assert_eq!(ra.header("content-length"), Some("4000"));
+    assert_ne!(ra.header("etag"), first_a.header("etag"), "the new version has its own ETag");
+}

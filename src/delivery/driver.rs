@@ -44,14 +44,18 @@ use tower::ServiceExt;
 use super::head::{self, Parsed};
 use super::sendfile::{self, SendError};
 use super::{handoff, read_chunk, FileSlice};
-use crate::cache::FileEntry;
+use crate::cache::{DescriptorCache, FileEntry, Validators};
 use crate::config::HttpSettings;
 use crate::metrics::Metrics;
-use crate::roots::DeliveryPath;
+use crate::roots::{DeliveryPath, Root};
 
 /// What every connection shares.
 pub struct Shared {
     pub router: Router,
+    /// The descriptor cache and roots the Router opens files through: a
+    /// replay whose descriptor was evicted re-opens its file here.
+    pub cache: Arc<DescriptorCache>,
+    pub roots: Arc<Vec<Root>>,
     pub settings: HttpSettings,
     pub metrics: Arc<Metrics>,
     pub shutdown: watch::Receiver<bool>,
@@ -181,17 +185,7 @@ impl Conn {
             return None;
         }
         let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
-        let (entry, head, route) = REPLAYS.with(|replays| {
-            let mut replays = replays.borrow_mut();
-            let replay = replays.get(target)?;
-            match replay.entry.upgrade().filter(|entry| entry.is_current()) {
-                Some(entry) => Some((entry, replay.head.clone(), replay.route)),
-                None => {
-                    replays.remove(target);
-                    None
-                }
-            }
-        })?;
+        let (entry, head, route) = self.replay_entry(target)?;
         let started = std::time::Instant::now();
         let mut out = std::mem::take(&mut self.out);
         out.clear();
@@ -205,12 +199,54 @@ impl Conn {
         };
         self.out = out;
         let metrics = &self.shared.metrics;
-        metrics.cache_hits.inc();
         metrics.replays.inc();
         crate::http::observe::count(metrics, route, StatusCode::OK);
         tracing::debug!(route, method = %request.method(), path = target, status = 200, bytes = entry.len(),
             elapsed_us = started.elapsed().as_micros() as u64, "request (replayed)");
         Some(result.map(|()| keep_alive))
+    }
+
+    /// The file and head of a replay for `target`, if it is still the answer.
+    /// The common case is a live, current descriptor-cache entry. If the
+    /// cache let the entry go (an eviction under the open-file limit, or an
+    /// invalidation), the file is opened again through the cache, and the
+    /// replay holds only if the new descriptor has the validators the head
+    /// was written for (so `ETag`, `Last-Modified` and `Content-Length` are
+    /// still true); anything else drops the replay and the Router answers.
+    fn replay_entry(&self, target: &str) -> Option<(Arc<FileEntry>, Bytes, &'static str)> {
+        let stale = REPLAYS.with(|replays| {
+            let replays = replays.borrow();
+            let replay = replays.get(target)?;
+            if let Some(entry) = replay.entry.upgrade().filter(|entry| entry.is_current()) {
+                self.shared.metrics.cache_hits.inc();
+                return Some(Ok((entry, replay.head.clone(), replay.route)));
+            }
+            Some(Err((replay.root, replay.rel.clone(), replay.validators)))
+        })?;
+        let (root, rel, validators) = match stale {
+            Ok(found) => return Some(found),
+            Err(stale) => stale,
+        };
+        let reopened = self
+            .shared
+            .cache
+            .open(&self.shared.roots[root], &rel)
+            .ok()
+            .filter(|entry| entry.validators == validators && entry.replayable && entry.is_current());
+        REPLAYS.with(|replays| {
+            let mut replays = replays.borrow_mut();
+            match reopened {
+                Some(entry) => {
+                    let replay = replays.get_mut(target)?;
+                    replay.entry = Arc::downgrade(&entry);
+                    Some((entry, replay.head.clone(), replay.route))
+                }
+                None => {
+                    replays.remove(target);
+                    None
+                }
+            }
+        })
     }
 
     async fn respond(&mut self, request: Request<()>, keep_alive: bool) -> io::Result<bool> {
@@ -229,7 +265,7 @@ impl Conn {
         out.clear();
         write_status_and_headers(&mut out, &parts);
         if let Some(target) = replay_key {
-            remember(target, &parts, &out);
+            remember(target, &parts, &out, &self.shared.roots);
         }
         write_date(&mut out, &parts);
         let has_length = parts.headers.contains_key(header::CONTENT_LENGTH) && !bodiless_status(status);
@@ -443,6 +479,11 @@ struct Replay {
     /// `Date`, framing of the driver's own or `Connection`.
     head: Bytes,
     route: &'static str,
+    /// Where the file is and which version the head describes, to re-open
+    /// it once the cache has let the entry go.
+    root: usize,
+    rel: Box<str>,
+    validators: Validators,
 }
 
 thread_local! {
@@ -472,7 +513,7 @@ fn replayable(request: &Request<()>) -> bool {
 }
 
 /// Keeps the head of a whole-file 200 for replays, if it may be replayed.
-fn remember(target: String, parts: &axum::http::response::Parts, head: &[u8]) {
+fn remember(target: String, parts: &axum::http::response::Parts, head: &[u8], roots: &[Root]) {
     let Some(slice) = parts.extensions.get::<FileSlice>() else { return };
     let entry = &slice.entry;
     if parts.status != StatusCode::OK
@@ -484,8 +525,16 @@ fn remember(target: String, parts: &axum::http::response::Parts, head: &[u8]) {
     {
         return;
     }
+    let Some(rel) = roots.get(entry.root).and_then(|root| relative(&entry.path, root)) else { return };
     let route = crate::http::observe::route_label(&target);
-    let replay = Replay { entry: Arc::downgrade(entry), head: Bytes::copy_from_slice(head), route };
+    let replay = Replay {
+        entry: Arc::downgrade(entry),
+        head: Bytes::copy_from_slice(head),
+        route,
+        root: entry.root,
+        rel: rel.into(),
+        validators: entry.validators,
+    };
     REPLAYS.with(|replays| {
         let mut replays = replays.borrow_mut();
         if replays.len() >= REPLAYS_MAX {
@@ -493,6 +542,12 @@ fn remember(target: String, parts: &axum::http::response::Parts, head: &[u8]) {
         }
         replays.insert(target, replay);
     });
+}
+
+/// `path` relative to `root`, as the cache's key was built from them.
+fn relative<'a>(path: &'a std::path::Path, root: &Root) -> Option<&'a str> {
+    let rel = path.to_str()?.strip_prefix(root.path().to_str()?)?.strip_prefix('/')?;
+    (!rel.is_empty()).then_some(rel)
 }
 
 /// Statuses whose responses never carry a body nor a body length.
