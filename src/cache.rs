@@ -20,7 +20,7 @@ use std::fs::File;
 use std::hash::BuildHasher;
 use std::io;
 use std::num::NonZeroUsize;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -88,6 +88,8 @@ pub struct FileEntry {
     pub sendfile_refused: AtomicBool,
     /// The whole content, for small files of cached areas; loaded on first use.
     memory: OnceLock<Option<Bytes>>,
+    /// Whether the content is gzip-compressed; read on first need.
+    gzip: OnceLock<bool>,
     budget: Option<Arc<MemoryBudget>>,
     /// Milliseconds on [`clock_ms`] when this entry was last known fresh.
     checked_ms: AtomicU64,
@@ -131,6 +133,14 @@ impl FileEntry {
             }
             _ => false,
         }
+    }
+
+    /// Whether the file starts with the gzip magic bytes (read once).
+    pub fn is_gzip(&self) -> bool {
+        *self.gzip.get_or_init(|| {
+            let mut magic = [0u8; 2];
+            matches!(self.file.read_at(&mut magic, 0), Ok(2)) && magic == [0x1f, 0x8b]
+        })
     }
 
     /// The file's bytes from memory, if it is small enough and the budget allows.
@@ -375,12 +385,13 @@ impl DescriptorCache {
             etag: header(&validators.etag())?,
             last_modified: header(&httpdate::fmt_http_date(validators.modified()))?,
             content_type: HeaderValue::from_static(content_type(&path)),
-            cache_control: header(&root.spec.cache_control)?,
+            cache_control: header(root.cache_control_for(rel))?,
             root: root.index,
             delivery: root.area(rel).delivery,
             counters: self.counters[root.index].clone(),
             sendfile_refused: AtomicBool::new(false),
             memory: OnceLock::new(),
+            gzip: OnceLock::new(),
             budget: cacheable.then(|| self.budget.clone()),
             validators,
             file,
@@ -478,6 +489,7 @@ mod tests {
             counters: Arc::new(metrics.delivery("/r")),
             sendfile_refused: AtomicBool::new(false),
             memory: OnceLock::new(),
+            gzip: OnceLock::new(),
             budget: None,
             checked_ms: AtomicU64::new(0),
             cached: AtomicBool::new(false),

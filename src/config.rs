@@ -9,12 +9,15 @@
 //! `apachectl configtest` does, so that `tessera check` can refuse a bad edit
 //! before it replaces a working server.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::StatusCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use toml::Spanned;
@@ -144,6 +147,42 @@ pub struct RootSpec {
     /// `EnableSendfile` in a `<Directory>` block); each is also classified
     /// on its own, since it may be a mount point of other storage.
     pub dirs: Vec<DirSpec>,
+    /// Per-tileset settings (`[tilesets.NAME]`), shared by every tiles root:
+    /// the descriptor cache reads a tileset's `cache_control` from here.
+    pub tilesets: Arc<BTreeMap<String, TilesetSpec>>,
+}
+
+/// How a tileset directory numbers its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    /// Row 0 at the top (OSM, Google, MapLibre): what tessera serves.
+    Xyz,
+    /// Row 0 at the bottom (TMS, MBTiles): flipped on the way in.
+    Tms,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Xyz => "xyz",
+            Scheme::Tms => "tms",
+        }
+    }
+}
+
+/// Settings of one tileset, by name (`[tilesets.NAME]` in the file). Each
+/// is optional: unset means what the tileset's own files say, then the default.
+#[derive(Debug, Clone, Default)]
+pub struct TilesetSpec {
+    /// Overrides `scheme` of `metadata.json`; the default is XYZ.
+    pub scheme: Option<Scheme>,
+    /// Status of a missing tile inside the zoom range: 204 or 404 (default:
+    /// 204 for vector tilesets, where MapLibre takes 204 as "empty", and 404
+    /// for raster ones).
+    pub missing_tile: Option<StatusCode>,
+    /// Overrides the root's `cache_control` for this tileset's tiles.
+    pub cache_control: Option<String>,
 }
 
 /// A subdirectory of a root with its own delivery setting.
@@ -174,6 +213,10 @@ pub struct HttpSettings {
     /// Driver threads, each with its own single-threaded runtime and its own
     /// `SO_REUSEPORT` listener (nginx's worker model); 0 means one per core.
     pub workers: usize,
+    /// The URL clients reach tessera by (behind a proxy, say), without a
+    /// trailing slash; TileJSON builds its tile URLs from it. Unset: from the
+    /// request's `Host`.
+    pub public_url: Option<String>,
 }
 
 impl Default for HttpSettings {
@@ -187,6 +230,7 @@ impl Default for HttpSettings {
             write_timeout: Duration::from_secs(30),
             sendfile_chunk: 4 * 1024 * 1024,
             workers: 0,
+            public_url: None,
         }
     }
 }
@@ -228,6 +272,7 @@ pub struct Config {
     pub roots: Vec<RootSpec>,
     pub cache: CacheSettings,
     pub http: HttpSettings,
+    pub tilesets: Arc<BTreeMap<String, TilesetSpec>>,
     /// Where the configuration came from, for messages.
     pub source: Option<PathBuf>,
 }
@@ -270,6 +315,16 @@ struct FileConfig {
     logs: Vec<FileRoot>,
     cache: Option<FileCache>,
     http: Option<FileHttp>,
+    #[serde(default)]
+    tilesets: BTreeMap<Spanned<String>, FileTileset>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTileset {
+    scheme: Option<Scheme>,
+    missing_tile: Option<Spanned<u16>>,
+    cache_control: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -302,6 +357,7 @@ struct FileHttp {
     write_timeout_ms: Option<u64>,
     sendfile_chunk_kib: Option<Spanned<u64>>,
     workers: Option<usize>,
+    public_url: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -343,6 +399,7 @@ impl Config {
             roots: Vec::new(),
             cache: CacheSettings::default(),
             http: HttpSettings::default(),
+            tilesets: Arc::default(),
             source: args.config.clone(),
         };
         if let Some(path) = &args.config {
@@ -361,6 +418,9 @@ impl Config {
             config.roots = default_roots()?;
         }
         config.check_roots()?;
+        for root in &mut config.roots {
+            root.tilesets = config.tilesets.clone();
+        }
         Ok(config)
     }
 
@@ -401,6 +461,14 @@ impl Config {
         if let Some(http) = &file.http {
             self.apply_http(http, lines)?;
         }
+        let mut tilesets = BTreeMap::new();
+        for (name, t) in &file.tilesets {
+            if !crate::roots::safe_segment(name.get_ref()) {
+                return Err(lines.error(Some(name.span()), format!("tilesets.{}: not a tileset name", name.get_ref())));
+            }
+            tilesets.insert(name.get_ref().clone(), tileset_spec(name.get_ref(), t, lines)?);
+        }
+        self.tilesets = Arc::new(tilesets);
         Ok(())
     }
 
@@ -428,6 +496,20 @@ impl Config {
                 let max = crate::delivery::head::MAX_HEADERS;
                 return Err(lines.error(Some(v.span()), format!("http.max_headers must be at most {max}")));
             }
+        }
+        if let Some(url) = &http.public_url {
+            let trimmed = url.get_ref().trim_end_matches('/');
+            let valid = (trimmed.starts_with("http://") || trimmed.starts_with("https://"))
+                && trimmed.split_once("://").is_some_and(|(_, rest)| !rest.is_empty())
+                && axum::http::HeaderValue::from_str(trimmed).is_ok()
+                && !trimmed.contains(['?', '#', ' ']);
+            if !valid {
+                return Err(lines.error(
+                    Some(url.span()),
+                    "http.public_url must be an http:// or https:// URL without query, like https://maps.example.net",
+                ));
+            }
+            h.public_url = Some(trimmed.to_string());
         }
         if let Some(kib) = &http.sendfile_chunk_kib {
             if *kib.get_ref() < 64 {
@@ -523,8 +605,33 @@ impl RootSpec {
             }
             .to_string(),
             dirs: Vec::new(),
+            tilesets: Arc::default(),
         }
     }
+}
+
+fn tileset_spec(name: &str, t: &FileTileset, lines: &Lines<'_>) -> Result<TilesetSpec, ConfigError> {
+    let missing_tile = match &t.missing_tile {
+        None => None,
+        Some(code) if matches!(code.get_ref(), 204 | 404) => {
+            Some(StatusCode::from_u16(*code.get_ref()).expect("valid status"))
+        }
+        Some(code) => {
+            return Err(lines.error(Some(code.span()), format!("tilesets.{name}.missing_tile must be 204 or 404")))
+        }
+    };
+    if let Some(cc) = &t.cache_control {
+        if axum::http::HeaderValue::from_str(cc.get_ref()).is_err() {
+            return Err(
+                lines.error(Some(cc.span()), format!("tilesets.{name}.cache_control is not a valid header value"))
+            );
+        }
+    }
+    Ok(TilesetSpec {
+        scheme: t.scheme,
+        missing_tile,
+        cache_control: t.cache_control.as_ref().map(|c| c.get_ref().clone()),
+    })
 }
 
 fn parse_file(lines: &Lines<'_>) -> Result<FileConfig, ConfigError> {

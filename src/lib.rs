@@ -2,7 +2,7 @@
 //!
 //! Data flows one way through the modules, in this order: [`config`] and
 //! [`roots`] (what to serve, on what storage), [`watch`] (changes on disk),
-//! [`catalog`] (the SQLite index), [`cache`] (open descriptors), [`http`]
+//! [`catalog`] (the SQLite index; [`mbtiles`] reads MBTiles files), [`cache`] (open descriptors), [`http`]
 //! (the axum Router that produces every response) and [`delivery`] (how the
 //! bytes travel). [`server`] wires them together. See ARCHITECTURE.md.
 
@@ -13,6 +13,7 @@ pub mod delivery;
 pub mod doctor;
 pub mod http;
 pub mod logging;
+pub mod mbtiles;
 pub mod metrics;
 pub mod roots;
 pub mod server;

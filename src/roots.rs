@@ -207,6 +207,16 @@ impl Root {
 
     /// The absolute path of `rel` in this root as a string: the descriptor
     /// cache's key, the same form the watcher reports paths in.
+    /// `Cache-Control` for a file: its tileset's setting, else the root's.
+    pub fn cache_control_for(&self, rel: &str) -> &str {
+        let tileset = rel.split('/').next().unwrap_or_default();
+        match self.spec.kind {
+            RootKind::Tiles => self.spec.tilesets.get(tileset).and_then(|t| t.cache_control.as_deref()),
+            RootKind::Logs => None,
+        }
+        .unwrap_or(&self.spec.cache_control)
+    }
+
     pub fn key(&self, rel: &str) -> String {
         let root = self.spec.path.to_string_lossy();
         let mut key = String::with_capacity(root.len() + 1 + rel.len());

@@ -59,7 +59,7 @@ fn catalog_worker(config: &Config, roots: Arc<Vec<Root>>, metrics: Arc<Metrics>)
         .iter()
         .map(|r| catalog::root_id(&conn, &r.kind().to_string(), r.path()))
         .collect::<rusqlite::Result<Vec<i64>>>()?;
-    Ok(Worker { conn, roots, root_ids, metrics, ready: Arc::new(AtomicBool::new(false)) })
+    Ok(Worker { conn, roots, root_ids, metrics, ready: Arc::new(AtomicBool::new(false)), generation: Arc::default() })
 }
 
 /// `tessera serve`: index, watch and serve until SIGTERM or SIGINT.
@@ -67,7 +67,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let roots = Arc::new(open_roots(&config)?);
     let worker = catalog_worker(&config, roots.clone(), metrics.clone())?;
-    let (root_ids, ready) = (worker.root_ids.clone(), worker.ready.clone());
+    let (root_ids, ready, generation) = (worker.root_ids.clone(), worker.ready.clone(), worker.generation.clone());
     let cache = Arc::new(DescriptorCache::new(&config.cache, &roots, metrics.clone()));
 
     let (jobs, job_queue) = std::sync::mpsc::channel();
@@ -84,7 +84,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     std::io::stdout().flush()?;
     tracing::info!(%addr, state = %config.state.display(), "listening");
 
-    let app = Arc::new(App::new(roots, root_ids, cache, metrics.clone(), ready, config.state.clone()));
+    let app = Arc::new(App::new(&config, roots, root_ids, cache, metrics.clone(), ready, generation));
     // The driver re-opens files of evicted replays through the same cache.
     let files = (app.cache.clone(), app.roots.clone());
     let router = http::router(app);

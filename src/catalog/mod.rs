@@ -17,11 +17,11 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 
 pub use logscan::time_span;
-pub use reconcile::{classify, reconcile, tile_range_bounds, Entry, ReconcileStats, TILE_EXTENSIONS};
+pub use reconcile::{classify, normalise_format, reconcile, tile_range_bounds, Entry, ReconcileStats, TILE_EXTENSIONS};
 
 /// Bump when the schema changes: an older database is rebuilt, not migrated,
 /// since everything in it can be read again from the disk.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 const DB_FILE: &str = "tessera.db";
 
 const SCHEMA: &str = "
@@ -46,20 +46,42 @@ CREATE TABLE tiles (
     PRIMARY KEY (root, rel)
 ) WITHOUT ROWID;
 CREATE INDEX tiles_by_tileset ON tiles (root, tileset, z, x, y);
+-- Files that describe or hold a whole tileset: `{tileset}/metadata.json`
+-- (kind 'metadata') and `{tileset}.mbtiles` (kind 'mbtiles', with the
+-- summary of its tiles table).
+CREATE TABLE sources (
+    root        INTEGER NOT NULL,
+    rel         TEXT NOT NULL,
+    tileset     TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    mtime_ns    INTEGER NOT NULL,
+    dev         INTEGER NOT NULL,
+    ino         INTEGER NOT NULL,
+    etag        TEXT NOT NULL,
+    metadata    TEXT,
+    format      TEXT,
+    levels      TEXT,
+    tile_count  INTEGER,
+    PRIMARY KEY (root, rel)
+) WITHOUT ROWID;
+-- One row per tileset: its tiles' extent per zoom level as stored on disk
+-- (`levels`: JSON [[z, x0, x1, y0, y1], ...], rows in the tileset's own
+-- scheme), and the metadata its files declare.
 CREATE TABLE tilesets (
     root        INTEGER NOT NULL,
     name        TEXT NOT NULL,
+    source      TEXT NOT NULL,
     format      TEXT NOT NULL,
     scheme      TEXT NOT NULL,
     minzoom     INTEGER NOT NULL,
     maxzoom     INTEGER NOT NULL,
-    west        REAL NOT NULL,
-    south       REAL NOT NULL,
-    east        REAL NOT NULL,
-    north       REAL NOT NULL,
+    levels      TEXT NOT NULL,
     tile_count  INTEGER NOT NULL,
+    fingerprint INTEGER NOT NULL,
     max_mtime_ns INTEGER NOT NULL,
     deleted_ns  INTEGER NOT NULL DEFAULT 0,
+    metadata    TEXT,
     PRIMARY KEY (root, name)
 );
 CREATE TABLE logs (
@@ -164,23 +186,64 @@ pub fn root_id(conn: &Connection, kind: &str, path: &Path) -> rusqlite::Result<i
     Ok(conn.last_insert_rowid())
 }
 
-/// A tileset as the catalog knows it.
-#[derive(Debug, Clone, Serialize)]
+/// A tileset as the catalog knows it: facts of the disk only. What the
+/// configuration adds (a scheme override, the missing-tile status) is the
+/// HTTP layer's to apply.
+#[derive(Debug, Clone)]
 pub struct Tileset {
     pub name: String,
+    /// `directory` or `mbtiles`.
+    pub source: String,
     pub format: String,
+    /// The row order the files declare: `tms` for MBTiles and for a
+    /// `metadata.json` saying so, else `xyz`.
     pub scheme: String,
     pub minzoom: u32,
     pub maxzoom: u32,
-    /// west, south, east, north in degrees.
-    pub bounds: [f64; 4],
+    /// Per zoom level: z, first and last column, first and last row, as stored.
+    pub levels: Vec<[u32; 5]>,
     pub tile_count: u64,
-    /// RFC 3339: the newest tile's mtime, or the last deletion, whichever is later.
+    /// RFC 3339: the newest file's mtime, or the last deletion, whichever is later.
     pub last_change: String,
-    #[serde(skip)]
     pub last_change_ns: i64,
-    #[serde(skip)]
+    /// Changes whenever any tile of the tileset does (see `refresh_tileset`).
+    pub fingerprint: i64,
+    /// `metadata.json`, or the MBTiles `metadata` table as an object of strings.
+    pub metadata: Option<serde_json::Value>,
     pub root: i64,
+}
+
+impl Tileset {
+    /// West, south, east, north in degrees, reading rows as `tms` or not.
+    pub fn bounds(&self, tms: bool) -> [f64; 4] {
+        let mut bounds = [f64::MAX, f64::MAX, f64::MIN, f64::MIN];
+        for &[z, x0, x1, y0, y1] in &self.levels {
+            let (y0, y1) = if tms { (flip_row(z, y1), flip_row(z, y0)) } else { (y0, y1) };
+            let b = tile_range_bounds(z, x0, x1, y0, y1);
+            bounds = [bounds[0].min(b[0]), bounds[1].min(b[1]), bounds[2].max(b[2]), bounds[3].max(b[3])];
+        }
+        if self.levels.is_empty() {
+            return [-180.0, -85.051_128_779_806_6, 180.0, 85.051_128_779_806_6];
+        }
+        bounds
+    }
+
+    /// A short token that changes whenever the tileset does: tile URLs carry
+    /// it (`?v=`) so that clients caching tiles for long still see changes.
+    pub fn version(&self) -> String {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for v in [self.last_change_ns, self.fingerprint, self.tile_count as i64] {
+            for b in v.to_le_bytes() {
+                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        format!("{:012x}", h & 0xffff_ffff_ffff)
+    }
+}
+
+/// Row `y` of zoom `z` counted from the other edge (XYZ <-> TMS).
+pub fn flip_row(z: u32, y: u32) -> u32 {
+    ((1u64 << z) - 1 - u64::from(y)) as u32
 }
 
 /// A log file as the catalog knows it.
@@ -208,23 +271,28 @@ pub struct LogFilter {
 /// configuration order); a name in an earlier root hides the same name later.
 pub fn tilesets(conn: &Connection, root_order: &[i64]) -> rusqlite::Result<Vec<Tileset>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT root, name, format, scheme, minzoom, maxzoom, west, south, east, north, tile_count,
-                MAX(max_mtime_ns, deleted_ns)
+        "SELECT root, name, source, format, scheme, minzoom, maxzoom, levels, tile_count, fingerprint,
+                MAX(max_mtime_ns, deleted_ns), metadata
          FROM tilesets ORDER BY name",
     )?;
     let rows = stmt.query_map([], |r| {
-        let last_change_ns: i64 = r.get(11)?;
+        let last_change_ns: i64 = r.get(10)?;
+        let levels: String = r.get(7)?;
+        let metadata: Option<String> = r.get(11)?;
         Ok(Tileset {
             root: r.get(0)?,
             name: r.get(1)?,
-            format: r.get(2)?,
-            scheme: r.get(3)?,
-            minzoom: r.get(4)?,
-            maxzoom: r.get(5)?,
-            bounds: [r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?],
-            tile_count: r.get(10)?,
+            source: r.get(2)?,
+            format: r.get(3)?,
+            scheme: r.get(4)?,
+            minzoom: r.get(5)?,
+            maxzoom: r.get(6)?,
+            levels: serde_json::from_str(&levels).unwrap_or_default(),
+            tile_count: r.get(8)?,
+            fingerprint: r.get(9)?,
             last_change: rfc3339_ns(last_change_ns),
             last_change_ns,
+            metadata: metadata.and_then(|m| serde_json::from_str(&m).ok()),
         })
     })?;
     let mut all: Vec<Tileset> = rows.filter_map(Result::ok).filter(|t| root_order.contains(&t.root)).collect();

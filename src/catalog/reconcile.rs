@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use walkdir::WalkDir;
 
 use crate::cache::Validators;
@@ -40,8 +40,35 @@ impl ReconcileStats {
 /// What a path inside a root is, judged by its shape alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
-    Tile { tileset: String, z: u32, x: u32, y: u32, ext: String },
-    Log { device: String, file: String },
+    Tile {
+        tileset: String,
+        z: u32,
+        x: u32,
+        y: u32,
+        ext: String,
+    },
+    /// `{tileset}/metadata.json`, as tippecanoe, ogr2ogr and mbutil write it.
+    Metadata {
+        tileset: String,
+    },
+    /// `{tileset}.mbtiles` at the top of a tiles root.
+    Mbtiles {
+        tileset: String,
+    },
+    Log {
+        device: String,
+        file: String,
+    },
+}
+
+impl Entry {
+    /// The tileset a tiles-root entry belongs to.
+    fn tileset(&self) -> Option<&str> {
+        match self {
+            Entry::Tile { tileset, .. } | Entry::Metadata { tileset } | Entry::Mbtiles { tileset } => Some(tileset),
+            Entry::Log { .. } => None,
+        }
+    }
 }
 
 pub const TILE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "pbf", "mvt"];
@@ -50,6 +77,11 @@ pub const TILE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "pbf", "mvt
 pub fn classify(kind: RootKind, rel: &str) -> Option<Entry> {
     let parts: Vec<&str> = rel.split('/').collect();
     match (kind, parts.as_slice()) {
+        (RootKind::Tiles, [tileset, "metadata.json"]) => Some(Entry::Metadata { tileset: tileset.to_string() }),
+        (RootKind::Tiles, [file]) => {
+            let tileset = file.strip_suffix(".mbtiles").filter(|t| !t.is_empty())?;
+            Some(Entry::Mbtiles { tileset: tileset.to_string() })
+        }
         (RootKind::Tiles, [tileset, z, x, file]) => {
             let (y, ext) = file.split_once('.')?;
             let (z, x, y) = (z.parse().ok()?, x.parse().ok()?, y.parse().ok()?);
@@ -77,9 +109,11 @@ pub fn reconcile(
     if is_hidden(Path::new(prefix)) {
         return Ok(stats);
     }
-    let table = table(kind);
     let tx = conn.transaction()?;
-    let mut known = known_rows(&tx, table, root_id, prefix)?;
+    let mut known = HashMap::new();
+    for table in tables(kind) {
+        known.extend(known_rows(&tx, table, root_id, prefix)?);
+    }
     // tileset name -> whether a tile of it was deleted
     let mut touched: BTreeMap<String, bool> = BTreeMap::new();
 
@@ -107,18 +141,20 @@ pub fn reconcile(
             }
             upsert(&tx, root_id, rel, &entry, &v, item.path())?;
             stats.rereads += 1;
-            if let Entry::Tile { tileset, .. } = entry {
-                touched.entry(tileset).or_insert(false);
+            if let Some(tileset) = entry.tileset() {
+                touched.entry(tileset.to_string()).or_insert(false);
             }
         }
     }
 
     for rel in known.keys() {
-        tx.execute(&format!("DELETE FROM {table} WHERE root = ?1 AND rel = ?2"), params![root_id, rel])?;
+        for table in tables(kind) {
+            tx.prepare_cached(&format!("DELETE FROM {table} WHERE root = ?1 AND rel = ?2"))?
+                .execute(params![root_id, rel])?;
+        }
         stats.deleted += 1;
-        if kind == RootKind::Tiles {
-            let tileset = rel.split('/').next().unwrap_or_default().to_string();
-            touched.insert(tileset, true);
+        if let Some(tileset) = classify(kind, rel).as_ref().and_then(Entry::tileset) {
+            touched.insert(tileset.to_string(), true);
         }
     }
     for (tileset, deleted) in &touched {
@@ -128,10 +164,11 @@ pub fn reconcile(
     Ok(stats)
 }
 
-fn table(kind: RootKind) -> &'static str {
+/// The tables whose rows are files of a root of `kind`.
+fn tables(kind: RootKind) -> &'static [&'static str] {
     match kind {
-        RootKind::Tiles => "tiles",
-        RootKind::Logs => "logs",
+        RootKind::Tiles => &["tiles", "sources"],
+        RootKind::Logs => &["logs"],
     }
 }
 
@@ -178,6 +215,37 @@ fn upsert(
             )?
             .execute(params![root_id, rel, tileset, z, x, y, ext, size, mtime, dev, ino, v.etag()])?;
         }
+        Entry::Metadata { tileset } => {
+            let metadata = read_metadata_json(path);
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO sources (root, rel, tileset, kind, size, mtime_ns, dev, ino, etag, metadata)
+                 VALUES (?1, ?2, ?3, 'metadata', ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![root_id, rel, tileset, size, mtime, dev, ino, v.etag(), metadata])?;
+        }
+        Entry::Mbtiles { tileset } => {
+            let summary = match crate::mbtiles::summarise(path) {
+                Ok(summary) => Some(summary),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot read MBTiles file; not serving it until it changes");
+                    None
+                }
+            };
+            let (metadata, format, levels, count) = match &summary {
+                Some(s) => (
+                    Some(s.metadata.to_string()),
+                    Some(s.format.clone()),
+                    Some(serde_json::to_string(&s.levels).expect("serialisable")),
+                    Some(s.tile_count as i64),
+                ),
+                None => (None, None, None, None),
+            };
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO sources (root, rel, tileset, kind, size, mtime_ns, dev, ino, etag, metadata, format, levels, tile_count)
+                 VALUES (?1, ?2, ?3, 'mbtiles', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )?
+            .execute(params![root_id, rel, tileset, size, mtime, dev, ino, v.etag(), metadata, format, levels, count])?;
+        }
         Entry::Log { device, file } => {
             let (first, last) = match super::time_span(path) {
                 Ok(span) => span,
@@ -196,53 +264,148 @@ fn upsert(
     Ok(())
 }
 
-/// Recomputes a tileset's summary row from its tiles.
+/// What a tileset's summary row is made of.
+struct Summary {
+    source: &'static str,
+    format: String,
+    scheme: &'static str,
+    levels: Vec<[u32; 5]>,
+    tile_count: i64,
+    fingerprint: i64,
+    max_mtime_ns: i64,
+    metadata: Option<String>,
+}
+
+/// Recomputes a tileset's summary row from its tiles (a directory) or, when
+/// it has no tile files, from its MBTiles file. A directory wins over an
+/// MBTiles file of the same name.
 fn refresh_tileset(conn: &Connection, root_id: i64, tileset: &str, deleted: bool) -> rusqlite::Result<()> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT z, MIN(x), MAX(x), MIN(y), MAX(y), COUNT(*), MAX(mtime_ns) FROM tiles
-         WHERE root = ?1 AND tileset = ?2 GROUP BY z",
-    )?;
-    let levels: Vec<(u32, u32, u32, u32, u32, i64, i64)> = stmt
-        .query_map(params![root_id, tileset], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    if levels.is_empty() {
+    let summary = match directory_summary(conn, root_id, tileset)? {
+        Some(summary) => Some(summary),
+        None => mbtiles_summary(conn, root_id, tileset)?,
+    };
+    let Some(summary) = summary else {
         conn.execute("DELETE FROM tilesets WHERE root = ?1 AND name = ?2", params![root_id, tileset])?;
         return Ok(());
+    };
+    let minzoom = summary.levels.iter().map(|l| l[0]).min().unwrap_or(0);
+    let maxzoom = summary.levels.iter().map(|l| l[0]).max().unwrap_or(0);
+    let deleted_ns = if deleted { now_ns() } else { 0 };
+    conn.prepare_cached(
+        "INSERT INTO tilesets (root, name, source, format, scheme, minzoom, maxzoom, levels, tile_count, fingerprint, max_mtime_ns, deleted_ns, metadata)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+         ON CONFLICT (root, name) DO UPDATE SET
+            source = excluded.source, format = excluded.format, scheme = excluded.scheme,
+            minzoom = excluded.minzoom, maxzoom = excluded.maxzoom, levels = excluded.levels,
+            tile_count = excluded.tile_count, fingerprint = excluded.fingerprint,
+            max_mtime_ns = excluded.max_mtime_ns, deleted_ns = MAX(deleted_ns, excluded.deleted_ns),
+            metadata = excluded.metadata",
+    )?
+    .execute(params![
+        root_id,
+        tileset,
+        summary.source,
+        summary.format,
+        summary.scheme,
+        minzoom,
+        maxzoom,
+        serde_json::to_string(&summary.levels).expect("serialisable"),
+        summary.tile_count,
+        summary.fingerprint,
+        summary.max_mtime_ns,
+        deleted_ns,
+        summary.metadata,
+    ])?;
+    Ok(())
+}
+
+/// A directory tileset from its tile rows and its `metadata.json`, if any.
+/// The fingerprint sums each tile's mtime and inode, so that replacing any
+/// tile changes it even when no mtime moves forward (`cp -p`, `rsync -t`).
+fn directory_summary(conn: &Connection, root_id: i64, tileset: &str) -> rusqlite::Result<Option<Summary>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT z, MIN(x), MAX(x), MIN(y), MAX(y), COUNT(*), MAX(mtime_ns), SUM((mtime_ns + ino) % 4294967291)
+         FROM tiles WHERE root = ?1 AND tileset = ?2 GROUP BY z",
+    )?;
+    let rows: Vec<([u32; 5], i64, i64, i64)> = stmt
+        .query_map(params![root_id, tileset], |r| {
+            Ok(([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?], r.get(5)?, r.get(6)?, r.get(7)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    if rows.is_empty() {
+        return Ok(None);
     }
     let format: String = conn.query_row(
         "SELECT ext FROM tiles WHERE root = ?1 AND tileset = ?2 GROUP BY ext ORDER BY COUNT(*) DESC, ext LIMIT 1",
         params![root_id, tileset],
         |r| r.get(0),
     )?;
-    let minzoom = levels.iter().map(|l| l.0).min().unwrap_or(0);
-    let maxzoom = levels.iter().map(|l| l.0).max().unwrap_or(0);
-    let count: i64 = levels.iter().map(|l| l.5).sum();
-    let max_mtime = levels.iter().map(|l| l.6).max().unwrap_or(0);
-    let mut bounds = [f64::MAX, f64::MAX, f64::MIN, f64::MIN];
-    for &(z, x0, x1, y0, y1, _, _) in &levels {
-        let b = tile_range_bounds(z, x0, x1, y0, y1);
-        bounds = [bounds[0].min(b[0]), bounds[1].min(b[1]), bounds[2].max(b[2]), bounds[3].max(b[3])];
-    }
-    let deleted_ns = if deleted { now_ns() } else { 0 };
-    conn.prepare_cached(
-        "INSERT INTO tilesets (root, name, format, scheme, minzoom, maxzoom, west, south, east, north, tile_count, max_mtime_ns, deleted_ns)
-         VALUES (?1, ?2, ?3, 'xyz', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-         ON CONFLICT (root, name) DO UPDATE SET
-            format = excluded.format, minzoom = excluded.minzoom, maxzoom = excluded.maxzoom,
-            west = excluded.west, south = excluded.south, east = excluded.east, north = excluded.north,
-            tile_count = excluded.tile_count, max_mtime_ns = excluded.max_mtime_ns,
-            deleted_ns = MAX(deleted_ns, excluded.deleted_ns)",
-    )?
-    .execute(params![
-        root_id, tileset, normalise_format(&format), minzoom, maxzoom,
-        bounds[0], bounds[1], bounds[2], bounds[3], count, max_mtime, deleted_ns
-    ])?;
-    Ok(())
+    let meta: Option<(Option<String>, i64)> = conn
+        .prepare_cached("SELECT metadata, mtime_ns FROM sources WHERE root = ?1 AND rel = ?2")?
+        .query_row(params![root_id, format!("{tileset}/metadata.json")], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let (metadata, meta_mtime) = meta.unwrap_or((None, 0));
+    let tms = metadata
+        .as_deref()
+        .and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok())
+        .is_some_and(|m| m["scheme"].as_str().is_some_and(|s| s.eq_ignore_ascii_case("tms")));
+    Ok(Some(Summary {
+        source: "directory",
+        format: normalise_format(&format).to_string(),
+        scheme: if tms { "tms" } else { "xyz" },
+        levels: rows.iter().map(|r| r.0).collect(),
+        tile_count: rows.iter().map(|r| r.1).sum(),
+        max_mtime_ns: rows.iter().map(|r| r.2).max().unwrap_or(0).max(meta_mtime),
+        fingerprint: rows.iter().fold(meta_mtime, |acc, r| acc.wrapping_add(r.3)),
+        metadata,
+    }))
 }
 
-fn normalise_format(ext: &str) -> &str {
+/// An MBTiles tileset from the summary stored when its file was read.
+fn mbtiles_summary(conn: &Connection, root_id: i64, tileset: &str) -> rusqlite::Result<Option<Summary>> {
+    let row: Option<(Option<String>, String, String, i64, i64, i64)> = conn
+        .prepare_cached(
+            "SELECT metadata, format, levels, tile_count, mtime_ns, ino FROM sources
+             WHERE root = ?1 AND rel = ?2 AND levels IS NOT NULL",
+        )?
+        .query_row(params![root_id, format!("{tileset}.mbtiles")], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+        })
+        .optional()?;
+    Ok(row.map(|(metadata, format, levels, tile_count, mtime, ino)| Summary {
+        source: "mbtiles",
+        format,
+        scheme: "tms",
+        levels: serde_json::from_str(&levels).unwrap_or_default(),
+        tile_count,
+        max_mtime_ns: mtime,
+        fingerprint: mtime.wrapping_add(ino),
+        metadata,
+    }))
+}
+
+/// `metadata.json` as a JSON object, or None (with a warning) if it is not one.
+fn read_metadata_json(path: &Path) -> Option<String> {
+    const MAX: u64 = 4 << 20;
+    let text = match std::fs::metadata(path) {
+        Ok(m) if m.len() > MAX => Err(format!("larger than {MAX} bytes")),
+        Ok(_) => std::fs::read_to_string(path).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match text.and_then(|t| serde_json::from_str::<serde_json::Value>(&t).map_err(|e| e.to_string())) {
+        Ok(value) if value.is_object() => Some(value.to_string()),
+        Ok(_) => {
+            tracing::warn!(path = %path.display(), "metadata.json is not a JSON object; ignored");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read metadata.json; ignored");
+            None
+        }
+    }
+}
+
+pub fn normalise_format(ext: &str) -> &str {
     match ext {
         "jpeg" => "jpg",
         "mvt" => "pbf",
@@ -274,7 +437,10 @@ mod tests {
         );
         assert_eq!(classify(RootKind::Tiles, "world/2/4/0.png"), None, "x outside the zoom level");
         assert_eq!(classify(RootKind::Tiles, "world/2/1/1.txt"), None);
-        assert_eq!(classify(RootKind::Tiles, "world/metadata.json"), None);
+        assert_eq!(classify(RootKind::Tiles, "world/metadata.json"), Some(Entry::Metadata { tileset: "world".into() }));
+        assert_eq!(classify(RootKind::Tiles, "roads.mbtiles"), Some(Entry::Mbtiles { tileset: "roads".into() }));
+        assert_eq!(classify(RootKind::Tiles, ".mbtiles"), None);
+        assert_eq!(classify(RootKind::Tiles, "world/notes.json"), None);
         assert_eq!(
             classify(RootKind::Logs, "pump/2026.csv"),
             Some(Entry::Log { device: "pump".into(), file: "2026.csv".into() })

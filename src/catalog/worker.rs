@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,6 +40,9 @@ pub struct Worker {
     pub metrics: Arc<Metrics>,
     /// Set once the start-up reconcile is done (`/readyz`).
     pub ready: Arc<AtomicBool>,
+    /// Bumped after every reconcile that may have changed the catalog, so
+    /// that readers can keep what they derived from it until it moves.
+    pub generation: Arc<AtomicU64>,
 }
 
 impl Worker {
@@ -55,6 +58,7 @@ impl Worker {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "catalog reconciled with the disk"
         );
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.ready.store(true, Ordering::Release);
 
         let mut retry: BTreeSet<Job> = BTreeSet::new();
@@ -78,6 +82,7 @@ impl Worker {
                 }
             }
             retry = self.apply(batch);
+            self.generation.fetch_add(1, Ordering::AcqRel);
         }
     }
 

@@ -13,6 +13,7 @@ use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use http_range_header::{EndPosition, StartPosition};
+use sha2::Digest;
 
 use crate::cache::FileEntry;
 use crate::delivery::{FileBody, FileSlice};
@@ -28,7 +29,8 @@ pub enum Selection {
 
 /// Answers a GET or HEAD for an open file.
 pub fn respond(method: &Method, headers: &HeaderMap, entry: Arc<FileEntry>) -> Response {
-    if let Some(status) = precondition(headers, &entry) {
+    let etag = entry.etag.to_str().unwrap_or_default();
+    if let Some(status) = precondition(headers, etag, entry.validators.modified()) {
         let mut response = Response::new(Body::empty());
         *response.status_mut() = status;
         let h = response.headers_mut();
@@ -80,10 +82,10 @@ pub fn respond(method: &Method, headers: &HeaderMap, entry: Arc<FileEntry>) -> R
     response
 }
 
-/// 412 or 304 if a precondition says so, in RFC 9110's order.
-fn precondition(headers: &HeaderMap, entry: &FileEntry) -> Option<StatusCode> {
-    let etag = entry.etag.to_str().unwrap_or_default();
-    let modified = truncate_to_seconds(entry.validators.modified());
+/// 412 or 304 if a precondition says so, in RFC 9110's order, for a
+/// representation with these validators.
+pub fn precondition(headers: &HeaderMap, etag: &str, modified: SystemTime) -> Option<StatusCode> {
+    let modified = truncate_to_seconds(modified);
     if let Some(if_match) = header_str(headers, header::IF_MATCH) {
         if !etag_list_matches(if_match, etag, true) {
             return Some(StatusCode::PRECONDITION_FAILED);
@@ -103,6 +105,50 @@ fn precondition(headers: &HeaderMap, entry: &FileEntry) -> Option<StatusCode> {
         }
     }
     None
+}
+
+/// A representation held in memory (a tile from an MBTiles file, a
+/// decompressed vector tile): its bytes and the headers that describe it.
+pub struct Representation {
+    pub data: bytes::Bytes,
+    pub content_type: HeaderValue,
+    pub etag: HeaderValue,
+    pub modified: SystemTime,
+    pub cache_control: HeaderValue,
+}
+
+impl Representation {
+    /// A strong entity tag from the content itself, for representations with
+    /// no file of their own to take validators from.
+    pub fn content_etag(data: &[u8]) -> HeaderValue {
+        let digest = sha2::Sha256::digest(data);
+        let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+        HeaderValue::from_str(&format!("\"{hex}\"")).expect("ascii")
+    }
+}
+
+/// Answers a GET or HEAD for a representation in memory: preconditions as
+/// for files; a Range is not honoured (the answer is the whole, 200).
+pub fn respond_bytes(method: &Method, headers: &HeaderMap, rep: Representation) -> Response {
+    let status = precondition(headers, rep.etag.to_str().unwrap_or_default(), rep.modified);
+    let len = rep.data.len();
+    let mut response = match status {
+        Some(_) => Response::new(Body::empty()),
+        None if method == Method::HEAD => Response::new(Body::empty()),
+        None => Response::new(Body::from(rep.data)),
+    };
+    *response.status_mut() = status.unwrap_or(StatusCode::OK);
+    let h = response.headers_mut();
+    if status.is_none() {
+        h.insert(header::CONTENT_TYPE, rep.content_type);
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    h.insert(header::ETAG, rep.etag);
+    if let Ok(value) = HeaderValue::from_str(&httpdate::fmt_http_date(rep.modified)) {
+        h.insert(header::LAST_MODIFIED, value);
+    }
+    h.insert(header::CACHE_CONTROL, rep.cache_control);
+    response
 }
 
 /// If-Range: the range applies only to the representation the client has.

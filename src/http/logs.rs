@@ -74,7 +74,8 @@ pub async fn download(
         return error(StatusCode::NOT_FOUND, "not found");
     }
     match app.open(RootKind::Logs, format!("{device}/{file}")).await {
-        Ok(entry) => files::respond(&method, &headers, entry),
+        Ok(Some(entry)) => files::respond(&method, &headers, entry),
+        Ok(None) => error(StatusCode::NOT_FOUND, "no such log"),
         Err(response) => response,
     }
 }

@@ -7,9 +7,10 @@ pub mod observe;
 mod status;
 mod tiles;
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,8 +23,9 @@ use parking_lot::Mutex;
 use rusqlite::Connection;
 
 use crate::cache::{DescriptorCache, FileEntry};
-use crate::catalog;
-use crate::config::RootKind;
+use crate::catalog::{self, Tileset};
+use crate::config::{Config, RootKind, TilesetSpec};
+use crate::mbtiles::MbtilesFiles;
 use crate::metrics::Metrics;
 use crate::roots::Root;
 
@@ -37,6 +39,13 @@ pub struct App {
     pub ready: Arc<AtomicBool>,
     pub state_dir: PathBuf,
     pub started: Instant,
+    /// `[tilesets.NAME]` settings.
+    pub tilesets: Arc<BTreeMap<String, TilesetSpec>>,
+    pub public_url: Option<String>,
+    pub mbtiles: MbtilesFiles,
+    /// The catalog worker's generation, and the tilesets read at one.
+    generation: Arc<AtomicU64>,
+    snapshot: Mutex<Option<(u64, Arc<Vec<Tileset>>)>>,
     /// Read connection to the catalog, opened on first use and reopened after an error.
     reader: Mutex<Option<Connection>>,
 }
@@ -45,14 +54,56 @@ pub type AppState = Arc<App>;
 
 impl App {
     pub fn new(
+        config: &Config,
         roots: Arc<Vec<Root>>,
         root_ids: Vec<i64>,
         cache: Arc<DescriptorCache>,
         metrics: Arc<Metrics>,
         ready: Arc<AtomicBool>,
-        state_dir: PathBuf,
+        generation: Arc<AtomicU64>,
     ) -> App {
-        App { roots, root_ids, cache, metrics, ready, state_dir, started: Instant::now(), reader: Mutex::new(None) }
+        App {
+            roots,
+            root_ids,
+            cache,
+            metrics,
+            ready,
+            state_dir: config.state.clone(),
+            started: Instant::now(),
+            tilesets: config.tilesets.clone(),
+            public_url: config.http.public_url.clone(),
+            mbtiles: MbtilesFiles::default(),
+            generation,
+            snapshot: Mutex::new(None),
+            reader: Mutex::new(None),
+        }
+    }
+
+    /// The catalog's tilesets (first root wins a name), read again only
+    /// when the catalog worker has moved on since the last read: the tile
+    /// path asks for them on every request it does not find a file for.
+    async fn tileset_list(self: &Arc<Self>) -> Result<Arc<Vec<Tileset>>, Response> {
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some((at, list)) = self.snapshot.lock().as_ref() {
+            if *at == generation {
+                return Ok(list.clone());
+            }
+        }
+        let order = self.root_order(RootKind::Tiles);
+        let list = Arc::new(self.query(move |c| catalog::tilesets(c, &order)).await?);
+        *self.snapshot.lock() = Some((generation, list.clone()));
+        Ok(list)
+    }
+
+    /// The index of the root with this database id.
+    fn root_by_id(&self, id: i64) -> Option<usize> {
+        self.root_ids.iter().position(|r| *r == id)
+    }
+
+    /// The base URL for links clients follow: the configured public URL,
+    /// else the one the request came by.
+    fn base_url(&self, headers: &HeaderMap) -> String {
+        self.public_url.clone().unwrap_or_else(|| base_url(headers))
     }
 
     /// Database ids of the roots of `kind`, in lookup order.
@@ -92,7 +143,8 @@ impl App {
     /// Opens `rel` in the first root of `kind` that has it. Local roots open
     /// inline (a cache hit costs no syscall, a miss one `openat2`); shared
     /// storage can block for long, so it opens on the blocking pool.
-    async fn open(self: &Arc<Self>, kind: RootKind, rel: String) -> Result<Arc<FileEntry>, Response> {
+    /// `Ok(None)`: no root has it.
+    async fn open(self: &Arc<Self>, kind: RootKind, rel: String) -> Result<Option<Arc<FileEntry>>, Response> {
         for root in self.roots.iter().filter(|r| r.kind() == kind) {
             let result = if root.caches_descriptors(&rel) {
                 self.cache.open(root, &rel)
@@ -103,7 +155,7 @@ impl App {
                     .unwrap_or_else(|e| Err(io::Error::other(e)))
             };
             match result {
-                Ok(entry) => return Ok(entry),
+                Ok(entry) => return Ok(Some(entry)),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) || e.raw_os_error() == Some(libc::ELOOP) => continue,
                 Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
@@ -116,7 +168,7 @@ impl App {
                 }
             }
         }
-        Err(error(StatusCode::NOT_FOUND, "not found"))
+        Ok(None)
     }
 }
 

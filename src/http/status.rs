@@ -61,14 +61,16 @@ pub async fn index(State(app): State<AppState>) -> Response {
             root.watcher
         );
     }
-    page.push_str("</table><h2>Tilesets</h2><table><tr><th>name<th>format<th>zoom<th>tiles<th>TileJSON</tr>");
+    page.push_str(
+        "</table><h2>Tilesets</h2><table><tr><th>name (preview)<th>source<th>format<th>zoom<th>tiles<th>TileJSON</tr>",
+    );
     for t in &tilesets {
         let name = escape(&t.name);
         let url = catalog::urlencode(&t.name);
         let _ = write!(
             page,
-            "<tr><td>{name}<td>{}<td>{}&ndash;{}<td>{}<td><a href=\"/tiles/{url}.json\">/tiles/{name}.json</a></tr>",
-            t.format, t.minzoom, t.maxzoom, t.tile_count
+            "<tr><td><a href=\"/tiles/{url}/\">{name}</a><td>{}<td>{}<td>{}&ndash;{}<td>{}<td><a href=\"/tiles/{url}.json\">/tiles/{name}.json</a></tr>",
+            t.source, t.format, t.minzoom, t.maxzoom, t.tile_count
         );
     }
     page.push_str("</table><h2>Logs</h2><table><tr><th>device<th>file<th>size<th>first<th>last</tr>");

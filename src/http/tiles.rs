@@ -2,14 +2,19 @@
 //! `/tiles/{tileset}/{z}/{x}/{y}.{ext}`.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::Response;
 use percent_encoding::percent_decode_str;
 use serde_json::json;
 
-use super::{base_url, error, files, json_response, AppState};
-use crate::catalog::{self, Tileset};
-use crate::config::RootKind;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{error, files, json_response, AppState};
+use crate::cache::FileEntry;
+use crate::catalog::{self, normalise_format, Tileset};
+use crate::config::{RootKind, Scheme, TilesetSpec, DEFAULT_TILES_CACHE_CONTROL};
 use crate::roots::safe_segment;
 
 /// Tile coordinates from a request, checked before any path is built.
@@ -65,7 +70,9 @@ pub async fn dispatch(State(app): State<AppState>, method: Method, headers: Head
         }
     }
     match decoded.as_slice() {
-        [name] => tilejson(app, &headers, name).await,
+        [name] if name.ends_with(".json") => tilejson(app, &headers, name).await,
+        [name] if safe_segment(name) => redirect_to_preview(name),
+        [name, last] if last.is_empty() && safe_segment(name) => preview(),
         [tileset, z, x, file] => tile(app, &method, &headers, tileset, z, x, file).await,
         _ => error(StatusCode::NOT_FOUND, "not found"),
     }
@@ -90,62 +97,379 @@ async fn tile(
         }
         Err(status) => return error(status, "no such tile"),
     };
-    let rel = format!("{tileset}/{}/{}/{}.{}", tile.z, tile.x, tile.y, tile.ext);
+    let spec = app.tilesets.get(tileset);
+    // What the catalog knows decides the row order, MBTiles or files, and
+    // what a missing tile gets. Tiles are still served from the disk if the
+    // catalog cannot be read.
+    let list = app.tileset_list().await.ok();
+    let info = list.as_deref().and_then(|l| l.iter().find(|t| t.name == tileset));
+    if let Some(t) = info.filter(|t| t.source == "mbtiles") {
+        return mbtiles_tile(&app, method, headers, t, spec, &tile).await;
+    }
+    let tms = match spec.and_then(|s| s.scheme) {
+        Some(scheme) => scheme == Scheme::Tms,
+        None => info.is_some_and(|t| t.scheme == "tms"),
+    };
+    let y = if tms { catalog::flip_row(tile.z, tile.y) } else { tile.y };
+    let rel = format!("{tileset}/{}/{}/{y}.{}", tile.z, tile.x, tile.ext);
     match app.open(RootKind::Tiles, rel).await {
-        Ok(entry) => files::respond(method, headers, entry),
+        Ok(Some(entry)) => file_tile(method, headers, entry, is_vector(&tile.ext)),
+        Ok(None) => missing(&app, info, spec, &tile),
         Err(response) => response,
     }
 }
 
-/// `/tiles`: every tileset with its catalog facts and its TileJSON URL.
+fn is_vector(ext: &str) -> bool {
+    matches!(ext, "pbf" | "mvt")
+}
+
+/// A tile file. A gzipped vector tile goes as stored with `Content-Encoding:
+/// gzip` to clients that accept it (sendfile and ranges as for any file),
+/// and decompressed to those that do not; both say `Vary: Accept-Encoding`
+/// (which also keeps the driver from replaying either to the other).
+fn file_tile(method: &Method, headers: &HeaderMap, entry: Arc<FileEntry>, vector: bool) -> Response {
+    if !(vector && entry.is_gzip()) {
+        return files::respond(method, headers, entry);
+    }
+    if accepts_gzip(headers) {
+        let mut response = files::respond(method, headers, entry);
+        let h = response.headers_mut();
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+        return response;
+    }
+    let stored = match entry.memory() {
+        Some(bytes) => Ok(bytes.clone()),
+        None => crate::delivery::read_exact_at(&entry.file, 0, entry.len() as usize),
+    };
+    let decoded = stored.and_then(|stored| {
+        if stored.len() as u64 != entry.len() {
+            return Err(std::io::Error::other("file changed while read"));
+        }
+        gunzip(&stored)
+    });
+    let rep = |data: Bytes| files::Representation {
+        etag: files::Representation::content_etag(&data),
+        data,
+        content_type: entry.content_type.clone(),
+        modified: entry.validators.modified(),
+        cache_control: entry.cache_control.clone(),
+    };
+    match decoded {
+        Ok(data) => {
+            let len = data.len() as u64;
+            let response = identity(files::respond_bytes(method, headers, rep(data)));
+            if response.status() == StatusCode::OK && method == Method::GET {
+                entry.counters.buffered.inc_by(len);
+            }
+            response
+        }
+        Err(e) => {
+            tracing::warn!(path = %entry.path.display(), error = %e, "cannot decompress a gzipped vector tile");
+            error(StatusCode::SERVICE_UNAVAILABLE, "cannot decompress this tile now")
+        }
+    }
+}
+
+/// Marks a decompressed answer as varying by `Accept-Encoding`.
+fn identity(mut response: Response) -> Response {
+    response.headers_mut().insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    response
+}
+
+/// The largest decompressed vector tile served (a gzip bomb stops here).
+const MAX_DECODED: u64 = 32 << 20;
+
+fn gunzip(data: &[u8]) -> std::io::Result<Bytes> {
+    use std::io::Read;
+    let mut out = Vec::with_capacity(data.len() * 3);
+    flate2::read::MultiGzDecoder::new(data).take(MAX_DECODED + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > MAX_DECODED {
+        return Err(std::io::Error::other("decompressed tile larger than 32 MiB"));
+    }
+    Ok(Bytes::from(out))
+}
+
+/// Whether `Accept-Encoding` admits gzip (RFC 9110 12.5.3): `gzip`,
+/// `x-gzip` or `*`, with a non-zero weight; a bare `gzip;q=0` refuses it.
+pub fn accepts_gzip(headers: &HeaderMap) -> bool {
+    let mut star = None;
+    for value in headers.get_all(header::ACCEPT_ENCODING) {
+        let Ok(value) = value.to_str() else { continue };
+        for item in value.split(',') {
+            let mut parts = item.split(';');
+            let coding = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| p.trim().strip_prefix("q=").or_else(|| p.trim().strip_prefix("Q=")))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            match coding.as_str() {
+                "gzip" | "x-gzip" => return q > 0.0,
+                "*" => star = Some(q > 0.0),
+                _ => {}
+            }
+        }
+    }
+    star.unwrap_or(false)
+}
+
+/// A tile from an MBTiles file (rows stored from the bottom), answered from
+/// memory with an entity tag of its content.
+async fn mbtiles_tile(
+    app: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+    t: &Tileset,
+    spec: Option<&TilesetSpec>,
+    tile: &TileRequest,
+) -> Response {
+    if normalise_format(&tile.ext) != t.format {
+        return error(StatusCode::NOT_FOUND, "this tileset has no tiles of that format");
+    }
+    let Some(root) = app.root_by_id(t.root) else { return error(StatusCode::NOT_FOUND, "no such tileset") };
+    let (app2, name, (z, x, row)) = (app.clone(), t.name.clone(), (tile.z, tile.x, catalog::flip_row(tile.z, tile.y)));
+    let read = tokio::task::spawn_blocking(move || app2.mbtiles.tile(&app2.roots[root], &name, z, x, row)).await;
+    let blob = match read {
+        Ok(Ok(Some(blob))) => blob,
+        Ok(Ok(None)) => return missing(app, Some(t), spec, tile),
+        Ok(Err(e)) => {
+            tracing::warn!(tileset = t.name, error = %e, "cannot read MBTiles tile");
+            return error(StatusCode::SERVICE_UNAVAILABLE, "cannot read this tileset now, retry shortly");
+        }
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    let gzipped = blob.data.starts_with(&[0x1f, 0x8b]) && t.format == "pbf";
+    let data = if gzipped && !accepts_gzip(headers) {
+        match gunzip(&blob.data) {
+            Ok(data) => data,
+            Err(e) => {
+                tracing::warn!(tileset = t.name, error = %e, "cannot decompress an MBTiles vector tile");
+                return error(StatusCode::SERVICE_UNAVAILABLE, "cannot decompress this tile now");
+            }
+        }
+    } else {
+        blob.data.clone()
+    };
+    let encoded = gzipped && data.len() == blob.data.len() && data.starts_with(&[0x1f, 0x8b]);
+    let rep = files::Representation {
+        etag: files::Representation::content_etag(&data),
+        data,
+        content_type: HeaderValue::from_static(content_type_of(&t.format)),
+        modified: blob.file.modified(),
+        cache_control: cache_control(app, Some(t), spec),
+    };
+    let len = rep.data.len() as u64;
+    let mut response = files::respond_bytes(method, headers, rep);
+    if response.status() == StatusCode::OK && method == Method::GET {
+        let root_label = app.roots[root].path().display().to_string();
+        app.metrics.bytes_sent.with_label_values(&["buffered", &root_label]).inc_by(len);
+    }
+    if gzipped {
+        let h = response.headers_mut();
+        h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+        if encoded {
+            h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+    }
+    response
+}
+
+fn content_type_of(format: &str) -> &'static str {
+    match format {
+        "png" => "image/png",
+        "jpg" => "image/jpeg",
+        "webp" => "image/webp",
+        _ => "application/x-protobuf",
+    }
+}
+
+/// `Cache-Control` of a tileset: its own setting, else its root's.
+fn cache_control(app: &AppState, t: Option<&Tileset>, spec: Option<&TilesetSpec>) -> HeaderValue {
+    let configured = spec.and_then(|s| s.cache_control.as_deref()).or_else(|| {
+        let root = app.root_by_id(t?.root)?;
+        Some(app.roots[root].spec.cache_control.as_str())
+    });
+    configured
+        .and_then(|c| HeaderValue::from_str(c).ok())
+        .unwrap_or(HeaderValue::from_static(DEFAULT_TILES_CACHE_CONTROL))
+}
+
+/// No tile at these coordinates. Inside the tileset's zoom levels that is
+/// an empty area: 204 for vector tilesets (MapLibre draws nothing, without
+/// an error) and 404 for raster ones, as configured per tileset; outside
+/// them, or for a tileset nobody knows, 404.
+fn missing(app: &AppState, info: Option<&Tileset>, spec: Option<&TilesetSpec>, tile: &TileRequest) -> Response {
+    let Some(t) = info else { return error(StatusCode::NOT_FOUND, "no such tileset") };
+    if tile.z < t.minzoom || tile.z > t.maxzoom {
+        return error(StatusCode::NOT_FOUND, "outside the tileset's zoom levels");
+    }
+    if normalise_format(&tile.ext) != t.format {
+        return error(StatusCode::NOT_FOUND, "this tileset has no tiles of that format");
+    }
+    let default = if t.format == "pbf" { StatusCode::NO_CONTENT } else { StatusCode::NOT_FOUND };
+    let status = spec.and_then(|s| s.missing_tile).unwrap_or(default);
+    let mut response = if status == StatusCode::NO_CONTENT {
+        let mut response = Response::new(axum::body::Body::empty());
+        *response.status_mut() = status;
+        response
+    } else {
+        error(status, "no tile here")
+    };
+    response.headers_mut().insert(header::CACHE_CONTROL, cache_control(app, Some(t), spec));
+    response
+}
+
+/// `/tiles/{tileset}/`: a self-contained map page that reads the tileset's
+/// TileJSON and draws its tiles (raster as images, vector tiles decoded in
+/// the page), with no script from outside the appliance: control rooms are
+/// often offline.
+fn preview() -> Response {
+    let mut response = Response::new(axum::body::Body::from(PREVIEW_HTML));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+const PREVIEW_HTML: &str = include_str!("preview.html");
+
+/// `/tiles/{tileset}` without the slash: the preview page's URL is the
+/// directory form, so that its relative links resolve.
+fn redirect_to_preview(name: &str) -> Response {
+    let location = format!("/tiles/{}/", catalog::urlencode(name));
+    let mut response = error(StatusCode::PERMANENT_REDIRECT, &format!("see {location}"));
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+/// `/tiles`: every tileset with its catalog facts, its TileJSON and its preview page.
 pub async fn catalog(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    let order = app.root_order(RootKind::Tiles);
-    let tilesets = match app.query(move |c| catalog::tilesets(c, &order)).await {
+    let tilesets = match app.tileset_list().await {
         Ok(t) => t,
         Err(response) => return response,
     };
-    let base = base_url(&headers);
+    let base = app.base_url(&headers);
     let list: Vec<serde_json::Value> = tilesets
         .iter()
         .map(|t| {
-            let mut v = serde_json::to_value(t).expect("serialisable");
-            v["tilejson"] = json!(format!("{base}/tiles/{}.json", catalog::urlencode(&t.name)));
-            v
+            let spec = app.tilesets.get(&t.name);
+            let id = catalog::urlencode(&t.name);
+            json!({
+                "name": t.name,
+                "source": t.source,
+                "format": t.format,
+                "scheme": stored_scheme(t, spec).as_str(),
+                "minzoom": t.minzoom,
+                "maxzoom": t.maxzoom,
+                "bounds": t.bounds(stored_scheme(t, spec) == Scheme::Tms),
+                "tile_count": t.tile_count,
+                "last_change": t.last_change,
+                "version": t.version(),
+                "tilejson": format!("{base}/tiles/{id}.json"),
+                "preview": format!("{base}/tiles/{id}/"),
+            })
         })
         .collect();
     json_response(&json!({ "tilesets": list }))
 }
 
+/// How a tileset's rows are numbered on disk: the configuration's word,
+/// else what its files say.
+fn stored_scheme(t: &Tileset, spec: Option<&TilesetSpec>) -> Scheme {
+    match spec.and_then(|s| s.scheme) {
+        Some(scheme) if t.source == "directory" => scheme,
+        _ if t.scheme == "tms" => Scheme::Tms,
+        _ => Scheme::Xyz,
+    }
+}
+
 /// `/tiles/{tileset}.json`: TileJSON 3.0.0 from the catalog.
 async fn tilejson(app: AppState, headers: &HeaderMap, name: &str) -> Response {
-    let Some(name) = name.strip_suffix(".json").filter(|n| safe_segment(n)).map(str::to_owned) else {
+    let Some(name) = name.strip_suffix(".json").filter(|n| safe_segment(n)) else {
         return error(StatusCode::NOT_FOUND, "not found");
     };
-    let order = app.root_order(RootKind::Tiles);
-    let tilesets = match app.query(move |c| catalog::tilesets(c, &order)).await {
+    let tilesets = match app.tileset_list().await {
         Ok(t) => t,
         Err(response) => return response,
     };
-    match tilesets.into_iter().find(|t| t.name == name) {
-        Some(t) => json_response(&tilejson_of(&t, &base_url(headers))),
+    match tilesets.iter().find(|t| t.name == name) {
+        Some(t) => json_response(&tilejson_of(t, app.tilesets.get(name), &app.base_url(headers))),
         None => error(StatusCode::NOT_FOUND, "no such tileset"),
     }
 }
 
-fn tilejson_of(t: &Tileset, base: &str) -> serde_json::Value {
-    let [w, s, e, n] = t.bounds;
-    let center_zoom = t.minzoom.max(t.maxzoom.min(2));
-    json!({
+/// TileJSON 3.0.0. Zoom levels and bounds are the catalog's (what is really
+/// on disk); name, description, attribution, center and vector_layers come
+/// from `metadata.json` or the MBTiles metadata table when they are there.
+/// Tiles are always served in XYZ order, whatever the storage's scheme.
+fn tilejson_of(t: &Tileset, spec: Option<&TilesetSpec>, base: &str) -> serde_json::Value {
+    let bounds = t.bounds(stored_scheme(t, spec) == Scheme::Tms);
+    let meta = t.metadata.as_ref().and_then(|m| m.as_object());
+    let text = |key: &str| meta.and_then(|m| m.get(key)).and_then(|v| v.as_str()).filter(|v| !v.is_empty());
+    let id = catalog::urlencode(&t.name);
+    let mut tj = json!({
         "tilejson": "3.0.0",
-        "name": t.name,
-        "scheme": t.scheme,
+        "name": text("name").unwrap_or(&t.name),
+        "scheme": "xyz",
         "format": t.format,
-        "tiles": [format!("{base}/tiles/{}/{{z}}/{{x}}/{{y}}.{}", catalog::urlencode(&t.name), t.format)],
+        "tiles": [format!("{base}/tiles/{id}/{{z}}/{{x}}/{{y}}.{}?v={}", t.format, t.version())],
         "minzoom": t.minzoom,
         "maxzoom": t.maxzoom,
-        "bounds": t.bounds,
-        "center": [(w + e) / 2.0, (s + n) / 2.0, center_zoom],
-    })
+        "bounds": bounds,
+        "center": center(meta, &bounds, t.minzoom, t.maxzoom),
+    });
+    for key in ["description", "attribution"] {
+        if let Some(value) = text(key) {
+            tj[key] = json!(value);
+        }
+    }
+    // TileJSON's `version` is a semver; metadata often has a bare counter.
+    if let Some(version) = text("version").filter(|v| v.split('.').count() == 3) {
+        tj["version"] = json!(version);
+    }
+    if t.format == "pbf" {
+        tj["vector_layers"] = vector_layers(meta);
+    }
+    tj
+}
+
+/// `center` from the metadata ("lon,lat,zoom" or an array) if it lies in
+/// the bounds and zoom levels; else the middle of the bounds.
+fn center(
+    meta: Option<&serde_json::Map<String, serde_json::Value>>,
+    bounds: &[f64; 4],
+    minzoom: u32,
+    maxzoom: u32,
+) -> serde_json::Value {
+    let [w, s, e, n] = *bounds;
+    let declared: Option<Vec<f64>> = meta.and_then(|m| m.get("center")).and_then(|c| match c {
+        serde_json::Value::String(text) => text.split(',').map(|p| p.trim().parse().ok()).collect(),
+        serde_json::Value::Array(items) => items.iter().map(|v| v.as_f64()).collect(),
+        _ => None,
+    });
+    if let Some([lon, lat, zoom]) = declared.as_deref() {
+        let zoom = zoom.round();
+        if (w..=e).contains(lon) && (s..=n).contains(lat) && (f64::from(minzoom)..=f64::from(maxzoom)).contains(&zoom) {
+            return json!([lon, lat, zoom as u32]);
+        }
+    }
+    json!([(w + e) / 2.0, (s + n) / 2.0, minzoom.max(maxzoom.min(2))])
+}
+
+/// `vector_layers` as tippecanoe writes it (inside the `json` string of
+/// metadata.json or of the MBTiles metadata table) or as a plain array.
+fn vector_layers(meta: Option<&serde_json::Map<String, serde_json::Value>>) -> serde_json::Value {
+    let Some(meta) = meta else { return json!([]) };
+    if let Some(layers) = meta.get("vector_layers").filter(|v| v.is_array()) {
+        return layers.clone();
+    }
+    meta.get("json")
+        .and_then(|j| j.as_str())
+        .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+        .and_then(|j| j.get("vector_layers").filter(|v| v.is_array()).cloned())
+        .unwrap_or_else(|| json!([]))
 }
 
 #[cfg(test)]

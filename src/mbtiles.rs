@@ -1,0 +1,153 @@
+//! MBTiles files: SQLite databases of tiles, rows numbered from the bottom
+//! (TMS), opened read-only.
+//!
+//! The catalog reads a file's metadata and extent once per change
+//! ([`summarise`]); the HTTP layer reads tiles through [`MbtilesFiles`], which
+//! keeps a few connections per file and drops them the moment the file's
+//! validators change, so a replaced `.mbtiles` is served new at once, with or
+//! without a watcher event.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use crate::cache::Validators;
+use crate::roots::Root;
+
+/// What the catalog keeps of an MBTiles file.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// The `metadata` table as a JSON object of strings (`json` included as written).
+    pub metadata: serde_json::Value,
+    pub format: String,
+    /// Per zoom level: z, first and last column, first and last (TMS) row.
+    pub levels: Vec<[u32; 5]>,
+    pub tile_count: u64,
+}
+
+fn open(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    conn.busy_timeout(std::time::Duration::from_secs(2))?;
+    Ok(conn)
+}
+
+/// Reads an MBTiles file's metadata and the extent of its tiles.
+pub fn summarise(path: &Path) -> rusqlite::Result<Summary> {
+    let conn = open(path)?;
+    let mut metadata = serde_json::Map::new();
+    let mut stmt = conn.prepare("SELECT name, value FROM metadata")?;
+    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)))? {
+        let (name, value) = row?;
+        metadata.insert(name, serde_json::Value::String(value.unwrap_or_default()));
+    }
+    let mut stmt = conn.prepare(
+        "SELECT zoom_level, MIN(tile_column), MAX(tile_column), MIN(tile_row), MAX(tile_row), COUNT(*)
+         FROM tiles WHERE zoom_level BETWEEN 0 AND 30 GROUP BY zoom_level ORDER BY zoom_level",
+    )?;
+    let mut levels = Vec::new();
+    let mut tile_count = 0u64;
+    for row in
+        stmt.query_map([], |r| Ok(([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?], r.get::<_, i64>(5)?)))?
+    {
+        let (level, count): ([u32; 5], i64) = row?;
+        levels.push(level);
+        tile_count += count as u64;
+    }
+    let declared = metadata.get("format").and_then(|f| f.as_str()).map(str::to_ascii_lowercase);
+    let format = match declared.as_deref() {
+        Some(f @ ("png" | "jpg" | "webp" | "pbf")) => f.to_string(),
+        Some("jpeg") => "jpg".into(),
+        Some("mvt") => "pbf".into(),
+        _ => {
+            let first: Option<Vec<u8>> =
+                conn.query_row("SELECT tile_data FROM tiles LIMIT 1", [], |r| r.get(0)).optional()?;
+            sniff(first.as_deref().unwrap_or_default()).to_string()
+        }
+    };
+    Ok(Summary { metadata: serde_json::Value::Object(metadata), format, levels, tile_count })
+}
+
+/// The tile format from the first bytes of a tile.
+pub fn sniff(data: &[u8]) -> &'static str {
+    match data {
+        [0x89, b'P', b'N', b'G', ..] => "png",
+        [0xff, 0xd8, 0xff, ..] => "jpg",
+        [b'R', b'I', b'F', b'F', _, _, _, _, b'W', b'E', b'B', b'P', ..] => "webp",
+        _ => "pbf",
+    }
+}
+
+/// One tile read from an MBTiles file, with the validators of the file it came from.
+#[derive(Debug, Clone)]
+pub struct Blob {
+    pub data: Bytes,
+    pub file: Validators,
+}
+
+/// The MBTiles files being served, each with a few idle read connections.
+#[derive(Default)]
+pub struct MbtilesFiles {
+    open: Mutex<HashMap<PathBuf, Arc<Handle>>>,
+}
+
+struct Handle {
+    validators: Validators,
+    idle: Mutex<Vec<Connection>>,
+}
+
+/// Idle connections kept per file (one per worker thread is the common need).
+const IDLE_MAX: usize = 4;
+
+impl MbtilesFiles {
+    /// Tile `z/x/row` (row counted from the bottom, as MBTiles stores it) of
+    /// `{tileset}.mbtiles` in `root`. `Ok(None)`: no such tile, or no such
+    /// file. Blocking: call from a blocking thread.
+    pub fn tile(&self, root: &Root, tileset: &str, z: u32, x: u32, row: u32) -> io::Result<Option<Blob>> {
+        let rel = format!("{tileset}.mbtiles");
+        let path = root.path().join(&rel);
+        let validators = match std::fs::metadata(&path) {
+            Ok(meta) => Validators::of(&meta),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let handle = self.handle(root, &rel, &path, validators)?;
+        let conn = match handle.idle.lock().pop() {
+            Some(conn) => conn,
+            None => open(&path).map_err(io::Error::other)?,
+        };
+        let data: Option<Vec<u8>> = conn
+            .prepare_cached("SELECT tile_data FROM tiles WHERE zoom_level = ?1 AND tile_column = ?2 AND tile_row = ?3")
+            .and_then(|mut stmt| stmt.query_row([z, x, row], |r| r.get(0)).optional())
+            .map_err(io::Error::other)?;
+        let mut idle = handle.idle.lock();
+        if idle.len() < IDLE_MAX {
+            idle.push(conn);
+        }
+        Ok(data.map(|data| Blob { data: Bytes::from(data), file: validators }))
+    }
+
+    /// The handle for the file as it is now: a changed file (new inode,
+    /// size or mtime) gets fresh connections, so no connection keeps
+    /// reading a replaced file.
+    fn handle(&self, root: &Root, rel: &str, path: &Path, validators: Validators) -> io::Result<Arc<Handle>> {
+        let mut open = self.open.lock();
+        if let Some(handle) = open.get(path).filter(|h| h.validators == validators) {
+            return Ok(handle.clone());
+        }
+        // SQLite opens by path; first make sure the path stays inside the
+        // root (a symlink planted in a root must not expose another file),
+        // the same way every other file is opened.
+        let file = root.open_file(rel)?;
+        if Validators::of(&file.metadata()?) != validators {
+            return Err(io::Error::other("MBTiles file changed while being opened; retry"));
+        }
+        let handle = Arc::new(Handle { validators, idle: Mutex::new(Vec::new()) });
+        open.insert(path.to_path_buf(), handle.clone());
+        Ok(handle)
+    }
+}
