@@ -151,3 +151,25 @@ fn check_rejects_a_tiles_path_that_does_not_exist() {
         "stderr must say the path does not exist:\n{stderr}"
     );
 }
+
+/// Per-tileset settings and the public URL are checked like the rest: the
+/// line of the bad value and what is allowed.
+#[test]
+fn check_rejects_bad_tileset_settings_and_public_urls() {
+    let fx = Fixture::new();
+    let bad_status = write_config(&fx, "status.toml", "[tilesets.roads]\nscheme = \"tms\"\nmissing_tile = 500\n");
+    assert_rejected(&bad_status, 3, &["missing_tile", "204 or 404"]);
+    let bad_scheme = write_config(&fx, "scheme.toml", "[tilesets.roads]\nscheme = \"quadkey\"\n");
+    assert_rejected(&bad_scheme, 2, &["quadkey"]);
+    let bad_name = write_config(&fx, "name.toml", "[tilesets.\".hidden\"]\nscheme = \"tms\"\n");
+    assert_rejected(&bad_name, 1, &["not a tileset name"]);
+    let bad_url = write_config(&fx, "url.toml", "[http]\n\npublic_url = \"maps.example.net\"\n");
+    assert_rejected(&bad_url, 3, &["public_url", "https://"]);
+    let good = write_config(
+        &fx,
+        "good.toml",
+        "[http]\npublic_url = \"https://maps.example.net/\"\n[tilesets.roads]\nscheme = \"tms\"\nmissing_tile = 404\n",
+    );
+    let (ok, code, stderr) = check(&good);
+    assert!(ok, "a good tileset config was refused ({code:?}): {stderr}");
+}
