@@ -37,7 +37,7 @@ use crate::metrics::{DeliveryCounters, Metrics};
 use crate::roots::{DeliveryPath, Root};
 
 /// What identifies one version of a file on this machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Validators {
     pub dev: u64,
     pub ino: u64,

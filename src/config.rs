@@ -217,6 +217,8 @@ pub struct HttpSettings {
     /// trailing slash; TileJSON builds its tile URLs from it. Unset: from the
     /// request's `Host`.
     pub public_url: Option<String>,
+    /// Most `?follow` downloads at once (each holds a descriptor and a task); more get 503.
+    pub max_followers: usize,
 }
 
 impl Default for HttpSettings {
@@ -231,6 +233,7 @@ impl Default for HttpSettings {
             sendfile_chunk: 4 * 1024 * 1024,
             workers: 0,
             public_url: None,
+            max_followers: 256,
         }
     }
 }
@@ -358,6 +361,7 @@ struct FileHttp {
     sendfile_chunk_kib: Option<Spanned<u64>>,
     workers: Option<usize>,
     public_url: Option<Spanned<String>>,
+    max_followers: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -479,6 +483,9 @@ impl Config {
         }
         if let Some(w) = http.workers {
             h.workers = w;
+        }
+        if let Some(n) = http.max_followers {
+            h.max_followers = n;
         }
         let at_least = |v: &Spanned<usize>, min: usize, name: &str| {
             if *v.get_ref() < min {

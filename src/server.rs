@@ -70,10 +70,20 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let (root_ids, ready, generation) = (worker.root_ids.clone(), worker.ready.clone(), worker.generation.clone());
     let cache = Arc::new(DescriptorCache::new(&config.cache, &roots, metrics.clone()));
 
+    let followers = Arc::new(watch::Followers::default());
     let (jobs, job_queue) = std::sync::mpsc::channel();
-    let watchers = watch::start(&roots, &cache, &jobs, &metrics);
+    let watchers = watch::start(&roots, &cache, &jobs, &metrics, &followers);
     drop(jobs); // the watchers hold the senders; the worker stops when they are gone
     std::thread::Builder::new().name("catalog".into()).spawn(move || worker.run(job_queue))?;
+    let digests = Arc::new(catalog::digest::Digests::default());
+    let digester = catalog::digest::Digester {
+        conn: catalog::open_second_writer(&config.state)?,
+        roots: roots.clone(),
+        root_ids: root_ids.clone(),
+        digests: digests.clone(),
+        generation: generation.clone(),
+    };
+    std::thread::Builder::new().name("digest".into()).spawn(move || digester.run())?;
 
     let listener = bind(config.listen)
         .and_then(TcpListener::from_std)
@@ -84,7 +94,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     std::io::stdout().flush()?;
     tracing::info!(%addr, state = %config.state.display(), "listening");
 
-    let app = Arc::new(App::new(&config, roots, root_ids, cache, metrics.clone(), ready, generation));
+    let catalog = http::CatalogState { root_ids, ready, generation, digests };
+    let app = Arc::new(App::new(&config, roots, cache, metrics.clone(), catalog, followers));
     // The driver re-opens files of evicted replays through the same cache.
     let files = (app.cache.clone(), app.roots.clone());
     let router = http::router(app);

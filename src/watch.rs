@@ -8,9 +8,13 @@
 //! Local roots use inotify; shared roots use polling, since changes made by
 //! other machines never reach this kernel's inotify.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
 
 use notify::event::{AccessKind, AccessMode};
 use notify::{Event, EventKind, EventKindMask, PollWatcher, RecommendedWatcher, RecursiveMode, Watcher};
@@ -19,6 +23,46 @@ use crate::cache::DescriptorCache;
 use crate::catalog::worker::Job;
 use crate::metrics::Metrics;
 use crate::roots::{Root, WatcherKind};
+
+/// Wake-ups for follow-mode downloads (`?follow`), by absolute path: a
+/// follower waits on its path's `Notify`, and every watcher event for that
+/// path (an append, a rename over it, a removal) wakes it. Paths nobody
+/// follows cost one map lookup per event.
+#[derive(Default)]
+pub struct Followers {
+    waiting: Mutex<HashMap<PathBuf, Weak<Notify>>>,
+}
+
+impl Followers {
+    /// The `Notify` for `path`; held by the follower for as long as it follows.
+    pub fn subscribe(&self, path: &Path) -> Arc<Notify> {
+        let mut waiting = self.waiting.lock();
+        if let Some(notify) = waiting.get(path).and_then(Weak::upgrade) {
+            return notify;
+        }
+        waiting.retain(|_, w| w.strong_count() > 0);
+        let notify = Arc::new(Notify::new());
+        waiting.insert(path.to_path_buf(), Arc::downgrade(&notify));
+        notify
+    }
+
+    fn wake(&self, path: &Path) {
+        let waiting = self.waiting.lock();
+        if waiting.is_empty() {
+            return;
+        }
+        if let Some(notify) = waiting.get(path).and_then(Weak::upgrade) {
+            notify.notify_waiters();
+        }
+    }
+
+    /// After an overflow nobody knows which path changed: wake everyone.
+    fn wake_all(&self) {
+        for notify in self.waiting.lock().values().filter_map(Weak::upgrade) {
+            notify.notify_waiters();
+        }
+    }
+}
 
 /// The running watchers; dropping this stops them.
 pub struct Watchers {
@@ -33,6 +77,7 @@ struct Sink {
     cache: Arc<DescriptorCache>,
     jobs: Sender<Job>,
     metrics: Arc<Metrics>,
+    followers: Arc<Followers>,
 }
 
 impl Sink {
@@ -49,6 +94,7 @@ impl Sink {
                 self.metrics.watch_events.inc();
                 for path in event.paths {
                     self.cache.invalidate(&path);
+                    self.followers.wake(&path);
                     let _ = self.jobs.send(Job::Path(self.root, path));
                 }
             }
@@ -63,6 +109,7 @@ impl Sink {
         self.metrics.watch_events.inc();
         self.metrics.rescans.inc();
         self.cache.clear();
+        self.followers.wake_all();
         let _ = self.jobs.send(Job::Rescan(self.root));
     }
 }
@@ -78,7 +125,13 @@ fn changes_content(kind: &EventKind) -> bool {
 }
 
 /// Starts one watcher per root according to its [`WatcherKind`].
-pub fn start(roots: &[Root], cache: &Arc<DescriptorCache>, jobs: &Sender<Job>, metrics: &Arc<Metrics>) -> Watchers {
+pub fn start(
+    roots: &[Root],
+    cache: &Arc<DescriptorCache>,
+    jobs: &Sender<Job>,
+    metrics: &Arc<Metrics>,
+    followers: &Arc<Followers>,
+) -> Watchers {
     let mut watchers: Vec<Box<dyn Watcher + Send>> = Vec::new();
     for root in roots {
         let sink = Sink {
@@ -87,6 +140,7 @@ pub fn start(roots: &[Root], cache: &Arc<DescriptorCache>, jobs: &Sender<Job>, m
             cache: cache.clone(),
             jobs: jobs.clone(),
             metrics: metrics.clone(),
+            followers: followers.clone(),
         };
         match start_one(root, sink.clone()) {
             Ok(Some(w)) => watchers.push(w),

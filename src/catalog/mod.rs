@@ -6,6 +6,7 @@
 //! catalog worker thread; HTTP handlers read through a second connection on
 //! blocking threads (WAL lets them run side by side).
 
+pub mod digest;
 mod logscan;
 mod reconcile;
 pub mod worker;
@@ -21,7 +22,7 @@ pub use reconcile::{classify, normalise_format, reconcile, tile_range_bounds, En
 
 /// Bump when the schema changes: an older database is rebuilt, not migrated,
 /// since everything in it can be read again from the disk.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 const DB_FILE: &str = "tessera.db";
 
 const SCHEMA: &str = "
@@ -96,6 +97,11 @@ CREATE TABLE logs (
     etag     TEXT NOT NULL,
     first_ms INTEGER,
     last_ms  INTEGER,
+    -- When a reconcile last saw the same file (device, inode) longer than before.
+    appended_ns INTEGER NOT NULL DEFAULT 0,
+    -- `sha-256=:BASE64:` (RFC 9530) of the file with exactly these validators;
+    -- computed in the background, NULL until then and after any change.
+    digest   TEXT,
     PRIMARY KEY (root, rel)
 ) WITHOUT ROWID;
 CREATE INDEX logs_by_device ON logs (device, file);
@@ -161,6 +167,17 @@ fn move_aside(path: &Path) {
     for suffix in ["-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
+}
+
+/// A second writer for background work (the digester): SQLite serialises
+/// it with the catalog worker's writes (WAL, busy timeout).
+pub fn open_second_writer(state: &Path) -> anyhow::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        state.join(DB_FILE),
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    configure(&conn)?;
+    Ok(conn)
 }
 
 /// A read-only connection for the HTTP handlers.
@@ -253,11 +270,20 @@ pub struct LogEntry {
     pub file: String,
     pub url: String,
     pub size: u64,
+    /// RFC 3339 modification time (`last_change` says the same; `mtime` is kept for older clients).
     pub mtime: String,
+    pub last_change: String,
     pub first: Option<String>,
     pub last: Option<String>,
     pub etag: String,
+    /// Appended to within the last [`GROWING_WINDOW`].
+    pub growing: bool,
+    /// `sha-256=:…:` once computed for the file as it is now.
+    pub digest: Option<String>,
 }
+
+/// A log appended to within this long is listed as growing.
+pub const GROWING_WINDOW: Duration = Duration::from_secs(300);
 
 /// Filter for the log listing: the logs whose time span overlaps [since, until].
 #[derive(Debug, Default, Clone)]
@@ -265,6 +291,10 @@ pub struct LogFilter {
     pub device: Option<String>,
     pub since_ms: Option<i64>,
     pub until_ms: Option<i64>,
+    /// Keyset pagination: only logs after this (device, file).
+    pub after: Option<(String, String)>,
+    /// At most this many logs (None: all).
+    pub limit: Option<usize>,
 }
 
 /// Tilesets in root order (`root_order` lists database root ids by
@@ -302,41 +332,66 @@ pub fn tilesets(conn: &Connection, root_order: &[i64]) -> rusqlite::Result<Vec<T
     Ok(all)
 }
 
-/// Logs matching `filter`, ordered by device and file.
+/// Logs matching `filter`, ordered by device and file. Pagination is by
+/// key (the last device and file of the previous page), so a page boundary
+/// stays put while logs come and go.
 pub fn logs(conn: &Connection, root_order: &[i64], filter: &LogFilter) -> rusqlite::Result<Vec<LogEntry>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT root, device, file, size, mtime_ns, etag, first_ms, last_ms FROM logs
+        "SELECT root, device, file, size, mtime_ns, etag, first_ms, last_ms, appended_ns, digest FROM logs
          WHERE (?1 IS NULL OR device = ?1)
            AND (?2 IS NULL OR last_ms IS NULL OR last_ms >= ?2)
            AND (?3 IS NULL OR first_ms IS NULL OR first_ms <= ?3)
+           AND (?4 IS NULL OR device > ?4 OR (device = ?4 AND file > ?5))
          ORDER BY device, file",
     )?;
-    let rows = stmt.query_map(params![filter.device, filter.since_ms, filter.until_ms], |r| {
-        let device: String = r.get(1)?;
-        let file: String = r.get(2)?;
-        Ok((
-            r.get::<_, i64>(0)?,
-            LogEntry {
-                url: format!("/logs/{}/{}", urlencode(&device), urlencode(&file)),
-                device,
-                file,
-                size: r.get(3)?,
-                mtime: rfc3339_ns(r.get(4)?),
-                etag: r.get(5)?,
-                first: r.get::<_, Option<i64>>(6)?.map(rfc3339_ms),
-                last: r.get::<_, Option<i64>>(7)?.map(rfc3339_ms),
-            },
-        ))
-    })?;
-    let mut out: Vec<LogEntry> = Vec::new();
+    let (after_device, after_file) = filter.after.clone().unzip();
+    let growing_since = reconcile::now_ns() - GROWING_WINDOW.as_nanos() as i64;
+    let rows =
+        stmt.query_map(params![filter.device, filter.since_ms, filter.until_ms, after_device, after_file], |r| {
+            let device: String = r.get(1)?;
+            let file: String = r.get(2)?;
+            let mtime = rfc3339_ns(r.get(4)?);
+            Ok((
+                r.get::<_, i64>(0)?,
+                LogEntry {
+                    url: format!("/logs/{}/{}", urlencode(&device), urlencode(&file)),
+                    device,
+                    file,
+                    size: r.get(3)?,
+                    last_change: mtime.clone(),
+                    mtime,
+                    etag: r.get(5)?,
+                    first: r.get::<_, Option<i64>>(6)?.map(rfc3339_ms),
+                    last: r.get::<_, Option<i64>>(7)?.map(rfc3339_ms),
+                    growing: r.get::<_, i64>(8)? > growing_since,
+                    digest: r.get(9)?,
+                },
+            ))
+        })?;
+    let rank = |id: i64| root_order.iter().position(|r| *r == id).unwrap_or(usize::MAX);
+    let mut out: Vec<(usize, LogEntry)> = Vec::new();
     for row in rows {
         let (root, entry) = row?;
-        // A device/file pair in an earlier root hides the same pair later.
-        if root_order.contains(&root) && !out.iter().any(|e| e.device == entry.device && e.file == entry.file) {
-            out.push(entry);
+        if !root_order.contains(&root) {
+            continue;
+        }
+        // A device/file pair in an earlier root hides the same pair later
+        // (rows come sorted by device and file, so the pair is adjacent).
+        match out.last_mut() {
+            Some((r, last)) if last.device == entry.device && last.file == entry.file => {
+                if rank(root) < *r {
+                    (*r, *last) = (rank(root), entry);
+                }
+            }
+            _ => out.push((rank(root), entry)),
+        }
+        // One past the limit: that pair belongs to the next page.
+        if filter.limit.is_some_and(|limit| out.len() > limit) {
+            out.pop();
+            break;
         }
     }
-    Ok(out)
+    Ok(out.into_iter().map(|(_, entry)| entry).collect())
 }
 
 pub fn rfc3339_ns(ns: i64) -> String {

@@ -135,11 +135,12 @@ pub fn reconcile(
             let Some(entry) = classify(kind, rel) else { continue };
             let Ok(meta) = item.metadata() else { continue };
             let v = Validators::of(&meta);
-            if known.remove(rel) == Some(v) {
+            let previous = known.remove(rel);
+            if previous == Some(v) {
                 stats.unchanged += 1;
                 continue;
             }
-            upsert(&tx, root_id, rel, &entry, &v, item.path())?;
+            upsert(&tx, root_id, rel, &entry, &v, previous, item.path())?;
             stats.rereads += 1;
             if let Some(tileset) = entry.tileset() {
                 touched.entry(tileset.to_string()).or_insert(false);
@@ -204,6 +205,7 @@ fn upsert(
     rel: &str,
     entry: &Entry,
     v: &Validators,
+    previous: Option<Validators>,
     path: &Path,
 ) -> rusqlite::Result<()> {
     let (size, mtime, dev, ino) = (v.len as i64, v.mtime_ns as i64, v.dev as i64, v.ino as i64);
@@ -254,11 +256,15 @@ fn upsert(
                     (None, None)
                 }
             };
+            // The same file, longer: it is being appended to. (The digest
+            // column is reset: it described the old validators.)
+            let appended = previous.is_some_and(|p| p.dev == v.dev && p.ino == v.ino && v.len > p.len);
+            let appended_ns = if appended { now_ns() } else { 0 };
             conn.prepare_cached(
-                "INSERT OR REPLACE INTO logs (root, rel, device, file, size, mtime_ns, dev, ino, etag, first_ms, last_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                "INSERT OR REPLACE INTO logs (root, rel, device, file, size, mtime_ns, dev, ino, etag, first_ms, last_ms, appended_ns)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?
-            .execute(params![root_id, rel, device, file, size, mtime, dev, ino, v.etag(), first, last])?;
+            .execute(params![root_id, rel, device, file, size, mtime, dev, ino, v.etag(), first, last, appended_ns])?;
         }
     }
     Ok(())
@@ -421,7 +427,7 @@ pub fn tile_range_bounds(z: u32, x0: u32, x1: u32, y0: u32, y1: u32) -> [f64; 4]
     [lon(f64::from(x0)), lat(f64::from(y1) + 1.0), lon(f64::from(x1) + 1.0), lat(f64::from(y0))]
 }
 
-fn now_ns() -> i64 {
+pub(crate) fn now_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 

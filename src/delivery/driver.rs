@@ -346,7 +346,8 @@ impl Conn {
         exact: Option<u64>,
     ) -> io::Result<()> {
         let mut written = 0u64;
-        while let Some(frame) = body.frame().await {
+        let mut watch_peer = true;
+        while let Some(frame) = self.next_frame(&mut body, out, &mut watch_peer).await? {
             let frame = frame.map_err(io::Error::other)?;
             let Ok(data) = frame.into_data() else { continue };
             if data.is_empty() {
@@ -371,6 +372,44 @@ impl Conn {
             return Err(io::Error::other("body length differs from Content-Length"));
         }
         self.write(out).await
+    }
+
+    /// The body's next frame. What is gathered in `out` is written first if
+    /// the frame is not ready at once, so a stream that waits (a followed
+    /// log) delivers what it has. While it waits, a client that closes the
+    /// connection or a shutdown ends the response (a stream may otherwise
+    /// wait for ever on a file nobody writes).
+    async fn next_frame(
+        &mut self,
+        body: &mut Body,
+        out: &mut Vec<u8>,
+        watch_peer: &mut bool,
+    ) -> io::Result<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        use futures_util::FutureExt;
+        if let Some(frame) = body.frame().now_or_never() {
+            return Ok(frame);
+        }
+        if !out.is_empty() {
+            self.write(out).await?;
+            out.clear();
+        }
+        loop {
+            let mut probe = [0u8; 1];
+            tokio::select! {
+                frame = body.frame() => return Ok(frame),
+                // A frame that takes another second after the stop was asked
+                // for is a stream waiting for data, not a read in flight.
+                _ = async { super::stopped(&mut self.shutdown).await; tokio::time::sleep(Duration::from_secs(1)).await } => {
+                    return Err(io::Error::new(io::ErrorKind::Interrupted, "shutting down"));
+                }
+                peeked = self.stream.peek(&mut probe), if *watch_peer => match peeked {
+                    Ok(0) | Err(_) => return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "client left")),
+                    // The client sent more (a pipelined request): it is still
+                    // there; stop watching, or every poll would see that byte.
+                    Ok(_) => *watch_peer = false,
+                },
+            }
+        }
     }
 
     /// Head and body in one `writev`, without copying the body.
@@ -518,6 +557,7 @@ fn remember(target: String, parts: &axum::http::response::Parts, head: &[u8], ro
     let entry = &slice.entry;
     if parts.status != StatusCode::OK
         || parts.headers.contains_key(header::VARY)
+        || parts.extensions.get::<super::NoReplay>().is_some()
         || slice.offset != 0
         || slice.len != entry.len()
         || !entry.replayable

@@ -179,6 +179,12 @@ impl Body for FileBody {
     }
 }
 
+/// A response extension: this answer must not be replayed by the driver,
+/// even if it looks like a plain whole-file 200 (it may gain headers, such as
+/// a log's `Repr-Digest`, for the same file version).
+#[derive(Debug, Clone, Copy)]
+pub struct NoReplay;
+
 /// The error for a file that ended before its `Content-Length`.
 pub fn shrank() -> io::Error {
     io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while being sent")

@@ -12,6 +12,8 @@ use axum::body::Body;
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
+use bytes::Bytes;
+use http_body::Frame;
 use http_range_header::{EndPosition, StartPosition};
 use sha2::Digest;
 
@@ -19,13 +21,20 @@ use crate::cache::FileEntry;
 use crate::delivery::{FileBody, FileSlice};
 
 /// The part of the file a request gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selection {
     Whole,
     /// One satisfiable range: first and last byte, inclusive.
     Range(u64, u64),
+    /// Several satisfiable ranges, in the order asked, none overlapping:
+    /// `multipart/byteranges`.
+    Multi(Vec<(u64, u64)>),
     Unsatisfiable,
 }
+
+/// The most parts of a `multipart/byteranges` answer; more ranges get the
+/// whole file (RFC 9110 14.2 lets a server ignore many small ranges).
+pub const MAX_PARTS: usize = 16;
 
 /// Answers a GET or HEAD for an open file.
 pub fn respond(method: &Method, headers: &HeaderMap, entry: Arc<FileEntry>) -> Response {
@@ -46,6 +55,7 @@ pub fn respond(method: &Method, headers: &HeaderMap, entry: Arc<FileEntry>) -> R
     let (status, offset, count) = match selection {
         Selection::Whole => (StatusCode::OK, 0, len),
         Selection::Range(first, last) => (StatusCode::PARTIAL_CONTENT, first, last - first + 1),
+        Selection::Multi(ranges) => return multipart(method, &entry, &ranges),
         Selection::Unsatisfiable => {
             let mut response = Response::new(Body::empty());
             *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
@@ -182,9 +192,74 @@ pub fn select(range: Option<&HeaderValue>, len: u64) -> Selection {
     }
     match satisfiable.as_slice() {
         [] => Selection::Unsatisfiable,
-        [(first, last)] if parsed.ranges.len() == 1 => Selection::Range(*first, *last),
+        [(first, last)] => Selection::Range(*first, *last),
+        parts if parts.len() <= MAX_PARTS && !overlapping(parts) => Selection::Multi(satisfiable),
         _ => Selection::Whole,
     }
+}
+
+/// Whether any two ranges share a byte (a classic amplification shape).
+fn overlapping(ranges: &[(u64, u64)]) -> bool {
+    let mut sorted = ranges.to_vec();
+    sorted.sort_unstable();
+    sorted.windows(2).any(|w| w[1].0 <= w[0].1)
+}
+
+/// A `multipart/byteranges` 206: each part's head, then its bytes read from
+/// the open file chunk by chunk (bounded memory), then the closing boundary.
+/// The length is known in advance; a file that shrinks meanwhile ends the
+/// connection, as for any file body.
+fn multipart(method: &Method, entry: &Arc<FileEntry>, ranges: &[(u64, u64)]) -> Response {
+    let len = entry.len();
+    let boundary = format!("tessera-{}", &entry.etag.to_str().unwrap_or("x").trim_matches('"').replace('-', ""));
+    let content_type = entry.content_type.to_str().unwrap_or("application/octet-stream");
+    let parts: Vec<(Bytes, u64, u64)> = ranges
+        .iter()
+        .map(|&(first, last)| {
+            let head = format!(
+                "\r\n--{boundary}\r\ncontent-type: {content_type}\r\ncontent-range: bytes {first}-{last}/{len}\r\n\r\n"
+            );
+            (Bytes::from(head), first, last - first + 1)
+        })
+        .collect();
+    let closing = Bytes::from(format!("\r\n--{boundary}--\r\n"));
+    let total: u64 = parts.iter().map(|(head, _, n)| head.len() as u64 + n).sum::<u64>() + closing.len() as u64;
+
+    let mut response = if method == Method::HEAD {
+        Response::new(Body::empty())
+    } else {
+        let entry = entry.clone();
+        // Frames in order: head of part 1, its chunks, head of part 2, ..., closing.
+        let frames = futures_util::stream::unfold(
+            (parts.into_iter(), None::<(u64, u64)>, Some(closing), entry),
+            |(mut parts, mut current, mut closing, entry)| async move {
+                if let Some((offset, remaining)) = current.filter(|(_, remaining)| *remaining > 0) {
+                    let chunk = crate::delivery::read_chunk(&entry, offset, remaining).await;
+                    if let Ok(bytes) = &chunk {
+                        let n = bytes.len() as u64;
+                        current = Some((offset + n, remaining - n));
+                    }
+                    return Some((chunk.map(Frame::data), (parts, current, closing, entry)));
+                }
+                if let Some((head, offset, count)) = parts.next() {
+                    return Some((Ok(Frame::data(head)), (parts, Some((offset, count)), closing, entry)));
+                }
+                let last = closing.take()?;
+                Some((Ok(Frame::data(last)), (parts, None, None, entry)))
+            },
+        );
+        Response::new(Body::new(http_body_util::StreamBody::new(frames)))
+    };
+    *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+    let h = response.headers_mut();
+    let multipart_type = format!("multipart/byteranges; boundary={boundary}");
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_str(&multipart_type).expect("ascii"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(total));
+    h.insert(header::ETAG, entry.etag.clone());
+    h.insert(header::LAST_MODIFIED, entry.last_modified.clone());
+    h.insert(header::CACHE_CONTROL, entry.cache_control.clone());
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    response
 }
 
 /// Whether a comma-separated list of entity tags (or `*`) matches `etag`.
@@ -237,7 +312,12 @@ mod tests {
         assert_eq!(sel("bytes=0-", 0), Selection::Unsatisfiable);
         assert_eq!(sel("bytes=9-3", 100), Selection::Whole, "an invalid range is ignored");
         assert_eq!(sel("items=0-3", 100), Selection::Whole);
-        assert_eq!(sel("bytes=0-1,5-6", 100), Selection::Whole);
+        assert_eq!(sel("bytes=0-1,5-6", 100), Selection::Multi(vec![(0, 1), (5, 6)]));
+        assert_eq!(sel("bytes=50-59,0-9", 100), Selection::Multi(vec![(50, 59), (0, 9)]), "in the order asked");
+        assert_eq!(sel("bytes=0-10,5-20", 100), Selection::Whole, "overlapping ranges get the whole file");
+        let many: Vec<String> = (0..17).map(|i| format!("{}-{}", i * 2, i * 2)).collect();
+        assert_eq!(sel(&format!("bytes={}", many.join(",")), 100), Selection::Whole, "too many parts");
+        assert_eq!(sel("bytes=0-1,500-600", 100), Selection::Range(0, 1), "one satisfiable range of two");
         assert_eq!(sel("bytes=200-300,400-", 100), Selection::Unsatisfiable);
     }
 

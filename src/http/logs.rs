@@ -4,17 +4,24 @@
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderName, Method, StatusCode};
 use axum::response::Response;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use serde_json::json;
 
-use super::{error, files, json_response, AppState};
+use super::{error, files, follow, json_response, AppState};
 use crate::catalog::{self, LogFilter};
 use crate::config::RootKind;
+use crate::delivery::NoReplay;
 use crate::roots::safe_segment;
 
-/// Reads `device`, `since` and `until` (RFC 3339) from the query.
-/// `Err` carries the message for a 400.
+/// Most logs on one page of a listing, and the default page size.
+const MAX_PAGE: usize = 1000;
+const DEFAULT_PAGE: usize = 100;
+
+/// Reads `device`, `since`, `until` (RFC 3339), `limit` and `cursor` from the
+/// query. `Err` carries the message for a 400.
 fn filter(query: &HashMap<String, String>) -> Result<LogFilter, String> {
     let time = |key: &str| -> Result<Option<i64>, String> {
         match query.get(key) {
@@ -25,24 +32,68 @@ fn filter(query: &HashMap<String, String>) -> Result<LogFilter, String> {
         }
     };
     for key in query.keys() {
-        if !matches!(key.as_str(), "device" | "since" | "until") {
-            return Err(format!("unknown parameter `{key}`: use device, since, until"));
+        if !matches!(key.as_str(), "device" | "since" | "until" | "limit" | "cursor") {
+            return Err(format!("unknown parameter `{key}`: use device, since, until, limit, cursor"));
         }
     }
-    Ok(LogFilter { device: query.get("device").cloned(), since_ms: time("since")?, until_ms: time("until")? })
+    let limit = match query.get("limit") {
+        None => DEFAULT_PAGE,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or(format!("limit must be a number from 1 to {MAX_PAGE}"))?,
+    };
+    let after = match query.get("cursor") {
+        None => None,
+        Some(c) => Some(decode_cursor(c).ok_or("cursor is not one this server gave out")?),
+    };
+    Ok(LogFilter {
+        device: query.get("device").cloned(),
+        since_ms: time("since")?,
+        until_ms: time("until")?,
+        after,
+        limit: Some(limit),
+    })
 }
 
-async fn listing(app: AppState, filter: LogFilter) -> Response {
+/// A page boundary: the last device and file of the page, so that the next
+/// page starts after them whatever was added or removed meanwhile.
+fn encode_cursor(device: &str, file: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{device}/{file}"))
+}
+
+fn decode_cursor(cursor: &str) -> Option<(String, String)> {
+    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(cursor).ok()?).ok()?;
+    let (device, file) = text.split_once('/')?;
+    (safe_segment(device) && safe_segment(file)).then(|| (device.to_string(), file.to_string()))
+}
+
+async fn listing(app: AppState, filter: LogFilter, query: HashMap<String, String>, base: &str) -> Response {
     let order = app.root_order(RootKind::Logs);
-    match app.query(move |c| catalog::logs(c, &order, &filter)).await {
-        Ok(logs) => json_response(&json!({ "logs": logs })),
-        Err(response) => response,
-    }
+    let limit = filter.limit.unwrap_or(DEFAULT_PAGE);
+    let mut ask = filter.clone();
+    ask.limit = Some(limit + 1); // one more tells whether there is a next page
+    let mut logs = match app.query(move |c| catalog::logs(c, &order, &ask)).await {
+        Ok(logs) => logs,
+        Err(response) => return response,
+    };
+    let more = logs.len() > limit;
+    logs.truncate(limit);
+    let next_cursor = logs.last().filter(|_| more).map(|l| encode_cursor(&l.device, &l.file));
+    let next = next_cursor.as_ref().map(|cursor| {
+        let mut pairs: Vec<(String, String)> =
+            query.into_iter().filter(|(k, _)| k != "cursor").chain([("cursor".into(), cursor.clone())]).collect();
+        pairs.sort();
+        let query: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={}", catalog::urlencode(v))).collect();
+        format!("{base}?{}", query.join("&"))
+    });
+    json_response(&json!({ "logs": logs, "next_cursor": next_cursor, "next": next }))
 }
 
 pub async fn list(State(app): State<AppState>, Query(query): Query<HashMap<String, String>>) -> Response {
     match filter(&query) {
-        Ok(filter) => listing(app, filter).await,
+        Ok(filter) => listing(app, filter, query, "/logs").await,
         Err(message) => error(StatusCode::BAD_REQUEST, &message),
     }
 }
@@ -57,25 +108,48 @@ pub async fn list_device(
     }
     match filter(&query) {
         Ok(mut filter) => {
+            let base = format!("/logs/{}", catalog::urlencode(&device));
             filter.device = Some(device);
-            listing(app, filter).await
+            listing(app, filter, query, &base).await
         }
         Err(message) => error(StatusCode::BAD_REQUEST, &message),
     }
 }
 
+/// `/logs/{device}/{file}`: the file, with `Repr-Digest` once its digest is
+/// known; `?follow` streams it and then what is appended.
 pub async fn download(
     State(app): State<AppState>,
     method: Method,
     headers: HeaderMap,
     Path((device, file)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     if !safe_segment(&device) || !safe_segment(&file) {
         return error(StatusCode::NOT_FOUND, "not found");
     }
-    match app.open(RootKind::Logs, format!("{device}/{file}")).await {
-        Ok(Some(entry)) => files::respond(&method, &headers, entry),
-        Ok(None) => error(StatusCode::NOT_FOUND, "no such log"),
-        Err(response) => response,
+    if let Some(key) = query.keys().find(|k| k.as_str() != "follow") {
+        return error(StatusCode::BAD_REQUEST, &format!("unknown parameter `{key}`: only follow"));
     }
+    let entry = match app.open(RootKind::Logs, format!("{device}/{file}")).await {
+        Ok(Some(entry)) => entry,
+        Ok(None) => return error(StatusCode::NOT_FOUND, "no such log"),
+        Err(response) => return response,
+    };
+    if query.contains_key("follow") {
+        return follow::start(&app, &method, &headers, entry);
+    }
+    let digest = app.digests.get(&entry.validators);
+    let mut response = files::respond(&method, &headers, entry);
+    match digest {
+        Some(digest) if matches!(response.status(), StatusCode::OK | StatusCode::PARTIAL_CONTENT) => {
+            response.headers_mut().insert(HeaderName::from_static("repr-digest"), digest);
+        }
+        Some(_) => {}
+        // The answer will gain a header once the digest is known: not one to replay.
+        None => {
+            response.extensions_mut().insert(NoReplay);
+        }
+    }
+    response
 }

@@ -2,6 +2,7 @@
 //! whatever transport then carries it.
 
 mod files;
+mod follow;
 mod logs;
 pub mod observe;
 mod status;
@@ -10,7 +11,7 @@ mod tiles;
 use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,11 +24,13 @@ use parking_lot::Mutex;
 use rusqlite::Connection;
 
 use crate::cache::{DescriptorCache, FileEntry};
+use crate::catalog::digest::Digests;
 use crate::catalog::{self, Tileset};
 use crate::config::{Config, RootKind, TilesetSpec};
 use crate::mbtiles::MbtilesFiles;
 use crate::metrics::Metrics;
 use crate::roots::Root;
+use crate::watch::Followers;
 
 /// Everything a handler may need.
 pub struct App {
@@ -39,6 +42,12 @@ pub struct App {
     pub ready: Arc<AtomicBool>,
     pub state_dir: PathBuf,
     pub started: Instant,
+    /// Digests of logs, by file version (`Repr-Digest`).
+    pub digests: Arc<Digests>,
+    /// Wake-ups for `?follow` downloads, and how many run (at most `max_followers`).
+    pub followers: Arc<Followers>,
+    pub following: AtomicUsize,
+    pub max_followers: usize,
     /// `[tilesets.NAME]` settings.
     pub tilesets: Arc<BTreeMap<String, TilesetSpec>>,
     pub public_url: Option<String>,
@@ -52,22 +61,37 @@ pub struct App {
 
 pub type AppState = Arc<App>;
 
+/// What the HTTP layer shares with the catalog's threads.
+pub struct CatalogState {
+    /// Database id of each root, by root index.
+    pub root_ids: Vec<i64>,
+    /// Set once the start-up reconcile is done.
+    pub ready: Arc<AtomicBool>,
+    /// The catalog worker's generation.
+    pub generation: Arc<AtomicU64>,
+    pub digests: Arc<Digests>,
+}
+
 impl App {
     pub fn new(
         config: &Config,
         roots: Arc<Vec<Root>>,
-        root_ids: Vec<i64>,
         cache: Arc<DescriptorCache>,
         metrics: Arc<Metrics>,
-        ready: Arc<AtomicBool>,
-        generation: Arc<AtomicU64>,
+        catalog: CatalogState,
+        followers: Arc<Followers>,
     ) -> App {
+        let CatalogState { root_ids, ready, generation, digests } = catalog;
         App {
             roots,
             root_ids,
             cache,
             metrics,
             ready,
+            digests,
+            followers,
+            following: AtomicUsize::new(0),
+            max_followers: config.http.max_followers,
             state_dir: config.state.clone(),
             started: Instant::now(),
             tilesets: config.tilesets.clone(),
