@@ -190,6 +190,10 @@ impl Conn {
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         out.extend_from_slice(&head);
+        // The head was kept without Date (it changes every second).
+        out.extend_from_slice(b"date: ");
+        with_http_date(|date| out.extend_from_slice(date.as_bytes()));
+        out.extend_from_slice(b"\r\n");
         finish_head(&mut out, keep_alive, request.version());
         let result = if request.method() == Method::HEAD {
             self.write(&out).await
