@@ -4,7 +4,7 @@
 //! [`roots`] (what to serve, on what storage), [`watch`] (changes on disk),
 //! [`catalog`] (the SQLite index; [`mbtiles`] reads MBTiles files), [`cache`] (open descriptors), [`http`]
 //! (the axum Router that produces every response) and [`delivery`] (how the
-//! bytes travel). [`server`] wires them together. See ARCHITECTURE.md.
+//! bytes travel). [`server`] wires them together; [`systemd`] speaks to the service manager. See ARCHITECTURE.md.
 
 pub mod cache;
 pub mod catalog;
@@ -17,4 +17,5 @@ pub mod mbtiles;
 pub mod metrics;
 pub mod roots;
 pub mod server;
+pub mod systemd;
 pub mod watch;

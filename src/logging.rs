@@ -4,7 +4,13 @@
 //! systemd sets `JOURNAL_STREAM=dev:inode` for the stream it connected to
 //! stdout and stderr; only when stderr is still that stream do we log to the
 //! journal natively (with structured fields). The level comes from
-//! `TESSERA_LOG` or `RUST_LOG` (default `info`; `debug` logs every request).
+//! `TESSERA_LOG` or `RUST_LOG` (default `info`). Journal fields are the
+//! events' field names in capitals, without prefix, so that
+//! `journalctl -u tessera DEVICE=pump-7` finds a device's downloads.
+//!
+//! The access log (one event per request, target `tessera::access`, see
+//! [`crate::http::observe::access`]) is off unless the filter enables it, as
+//! the appliance's unit does: `TESSERA_LOG=info,tessera::access=info`.
 
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
@@ -16,13 +22,13 @@ use tracing_subscriber::EnvFilter;
 pub fn init() {
     let filter = EnvFilter::try_from_env("TESSERA_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+        .unwrap_or_else(|_| EnvFilter::new("info,tessera::access=off"));
     if stderr_is_journal() {
         match tracing_journald::layer() {
             Ok(journal) => {
                 tracing_subscriber::registry()
                     .with(filter)
-                    .with(journal.with_syslog_identifier("tessera".into()))
+                    .with(journal.with_syslog_identifier("tessera".into()).with_field_prefix(None))
                     .init();
                 return;
             }

@@ -22,8 +22,10 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve(args) => run(&args, |config| {
+            // Before any thread exists: this unsets LISTEN_PID and LISTEN_FDS.
+            let inherited = tessera::systemd::inherited_listener()?;
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            runtime.block_on(tessera::server::serve(config))
+            runtime.block_on(tessera::server::serve(config, inherited))
         }),
         Command::Doctor(args) => run(&args, |config| {
             print!("{}", tessera::server::doctor(&config)?);

@@ -63,7 +63,9 @@ fn catalog_worker(config: &Config, roots: Arc<Vec<Root>>, metrics: Arc<Metrics>)
 }
 
 /// `tessera serve`: index, watch and serve until SIGTERM or SIGINT.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+/// `inherited`: the listening socket systemd passed (socket activation),
+/// used instead of binding `config.listen`.
+pub async fn serve(config: Config, inherited: Option<std::net::TcpListener>) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let roots = Arc::new(open_roots(&config)?);
     let worker = catalog_worker(&config, roots.clone(), metrics.clone())?;
@@ -85,23 +87,33 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     };
     std::thread::Builder::new().name("digest".into()).spawn(move || digester.run())?;
 
-    let listener = bind(config.listen)
-        .and_then(TcpListener::from_std)
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let activated = inherited.is_some();
+    let listener = match inherited {
+        Some(listener) => TcpListener::from_std(listener).context("cannot use the socket systemd passed")?,
+        None => bind(config.listen)
+            .and_then(TcpListener::from_std)
+            .with_context(|| format!("cannot listen on {}", config.listen))?,
+    };
     let addr = listener.local_addr()?;
+    if activated {
+        tracing::info!(%addr, "socket activation: serving on the socket systemd passed");
+    }
     // Tests and scripts read this line to learn the port of 127.0.0.1:0.
     println!("tessera listening on http://{addr}");
     std::io::stdout().flush()?;
     tracing::info!(%addr, state = %config.state.display(), "listening");
 
-    let catalog = http::CatalogState { root_ids, ready, generation, digests };
+    let catalog = http::CatalogState { root_ids, ready: ready.clone(), generation, digests };
     let app = Arc::new(App::new(&config, roots, cache, metrics.clone(), catalog, followers));
+    tokio::spawn(crate::systemd::supervise(ready, addr, http::Status(app.clone())));
     // The driver re-opens files of evicted replays through the same cache.
     let files = (app.cache.clone(), app.roots.clone());
     let router = http::router(app);
     match config.http.transport {
         Transport::Hyper => axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await?,
-        Transport::Driver => serve_with_driver(listener, router, config.http.clone(), metrics, files).await?,
+        Transport::Driver => {
+            serve_with_driver(listener, activated, router, config.http.clone(), metrics, files).await?
+        }
     }
     drop(watchers);
     tracing::info!("stopped");
@@ -116,6 +128,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 /// requests in flight finish.
 async fn serve_with_driver(
     first: TcpListener,
+    activated: bool,
     router: Router,
     settings: HttpSettings,
     metrics: Arc<Metrics>,
@@ -127,10 +140,15 @@ async fn serve_with_driver(
         n => n,
     };
     let addr = first.local_addr()?;
-    let mut listeners = vec![first.into_std()?];
+    let first = first.into_std()?;
+    let mut listeners = Vec::with_capacity(workers);
     for _ in 1..workers {
-        listeners.push(bind(addr)?);
+        // A socket systemd passed is shared by every worker (the kernel
+        // wakes one waiting accept per connection); our own get a
+        // `SO_REUSEPORT` sibling each.
+        listeners.push(if activated { first.try_clone()? } else { bind(addr)? });
     }
+    listeners.insert(0, first);
     let shared = Arc::new(Shared { router, cache, roots, settings, metrics: metrics.clone(), shutdown });
     let mut threads = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
@@ -212,6 +230,7 @@ async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM: finishing requests in flight"),
         _ = int.recv() => tracing::info!("SIGINT: finishing requests in flight"),
     }
+    crate::systemd::stopping();
 }
 
 /// `tessera index`: bring the catalog up to date and say what changed.

@@ -46,6 +46,7 @@ use super::sendfile::{self, SendError};
 use super::{handoff, read_chunk, FileSlice};
 use crate::cache::{DescriptorCache, FileEntry, Validators};
 use crate::config::HttpSettings;
+use crate::http::observe::access;
 use crate::metrics::Metrics;
 use crate::roots::{DeliveryPath, Root};
 
@@ -196,18 +197,21 @@ impl Conn {
         out.extend_from_slice(b"\r\n");
         finish_head(&mut out, keep_alive, request.version());
         let result = if request.method() == Method::HEAD {
-            self.write(&out).await
+            self.write(&out).await.map(|()| (0, "none"))
         } else {
             let slice = FileSlice { offset: 0, len: entry.len(), entry: entry.clone() };
-            self.send_file(&out, &slice).await
+            self.send_file(&out, &slice).await.map(|delivery| (entry.len(), delivery))
         };
         self.out = out;
         let metrics = &self.shared.metrics;
         metrics.replays.inc();
         crate::http::observe::count(metrics, route, StatusCode::OK);
-        tracing::debug!(route, method = %request.method(), path = target, status = 200, bytes = entry.len(),
-            elapsed_us = started.elapsed().as_micros() as u64, "request (replayed)");
-        Some(result.map(|()| keep_alive))
+        if let Ok((bytes, delivery)) = result {
+            let root = self.shared.roots.get(entry.root).map(|r| r.path());
+            let elapsed = started.elapsed().as_micros() as u64;
+            access(route, request.method().as_str(), request.uri().path(), 200, bytes, delivery, root, elapsed);
+        }
+        Some(result.map(|_| keep_alive))
     }
 
     /// The file and head of a replay for `target`, if it is still the answer.
@@ -258,7 +262,12 @@ impl Conn {
         let version = request.version();
         let replay_key =
             replayable(&request).then(|| request.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned());
-        let request = request.map(|()| Body::empty());
+        let started = std::time::Instant::now();
+        let log = access_enabled().then(|| (request.method().clone(), request.uri().path().to_owned()));
+        let mut request = request.map(|()| Body::empty());
+        if log.is_some() {
+            request.extensions_mut().insert(crate::http::observe::Driven);
+        }
         let response: Response<Body> =
             self.shared.router.clone().oneshot(request).await.unwrap_or_else(|e: Infallible| match e {});
         let (parts, body) = response.into_parts();
@@ -284,24 +293,32 @@ impl Conn {
         }
         finish_head(&mut out, keep_alive, version);
 
+        let file = parts.extensions.get::<FileSlice>();
         let result = if bodiless {
-            self.write(&out).await
-        } else if let Some(slice) = parts.extensions.get::<FileSlice>() {
-            self.send_file(&out, slice).await
+            self.write(&out).await.map(|()| (0, "none"))
+        } else if let Some(slice) = file {
+            self.send_file(&out, slice).await.map(|delivery| (slice.len, delivery))
         } else {
-            self.send_body(&mut out, body, chunked, exact).await
+            self.send_body(&mut out, body, chunked, exact).await.map(|n| (n, "body"))
         };
         self.out = out;
-        result.map(|()| keep_alive)
+        if let (Some((method, path)), Ok((bytes, delivery))) = (log, &result) {
+            let root = file.and_then(|f| self.shared.roots.get(f.entry.root)).map(|r| r.path());
+            let route = crate::http::observe::route_label(&path);
+            let elapsed = started.elapsed().as_micros() as u64;
+            access(route, method.as_str(), &path, status.as_u16(), *bytes, delivery, root, elapsed);
+        }
+        result.map(|_| keep_alive)
     }
 
-    /// A file body: from memory, by sendfile, or buffered, in that order of preference.
-    async fn send_file(&mut self, out: &[u8], slice: &FileSlice) -> io::Result<()> {
+    /// A file body: from memory, by sendfile, or buffered, in that order of
+    /// preference. Returns the path taken.
+    async fn send_file(&mut self, out: &[u8], slice: &FileSlice) -> io::Result<&'static str> {
         let entry = &slice.entry;
         if let Some(bytes) = slice.memory() {
             self.write_two(out, &bytes).await?;
             entry.counters.memory.inc_by(slice.len);
-            return Ok(());
+            return Ok("memory");
         }
         let settings = &self.shared.settings;
         if entry.delivery == DeliveryPath::Sendfile
@@ -311,13 +328,13 @@ impl Conn {
                 sendfile::send_head_and_file(&self.stream, out, slice, settings.sendfile_chunk, settings.write_timeout)
                     .await;
             return match result {
-                Ok(()) => Ok(()),
+                Ok(()) => Ok("sendfile"),
                 Err(SendError::Refused(e)) => {
                     if !entry.sendfile_refused.swap(true, std::sync::atomic::Ordering::Relaxed) {
                         entry.counters.fallbacks.inc();
                         tracing::warn!(path = %entry.path.display(), error = %e, "sendfile refused; this file falls back to the buffered path");
                     }
-                    self.copy_file(slice).await
+                    self.copy_file(slice).await.map(|()| "buffered")
                 }
                 Err(SendError::Shrank) => {
                     tracing::warn!(path = %entry.path.display(), "file ended early during sendfile; closing connection");
@@ -327,7 +344,7 @@ impl Conn {
             };
         }
         self.write(out).await?;
-        self.copy_file(slice).await
+        self.copy_file(slice).await.map(|()| "buffered")
     }
 
     /// The buffered path: the slice chunk by chunk, read then written.
@@ -348,7 +365,7 @@ impl Conn {
         mut body: Body,
         chunked: bool,
         exact: Option<u64>,
-    ) -> io::Result<()> {
+    ) -> io::Result<u64> {
         let mut written = 0u64;
         let mut watch_peer = true;
         while let Some(frame) = self.next_frame(&mut body, out, &mut watch_peer).await? {
@@ -375,7 +392,7 @@ impl Conn {
         } else if exact.is_some_and(|n| n != written) {
             return Err(io::Error::other("body length differs from Content-Length"));
         }
-        self.write(out).await
+        self.write(out).await.map(|()| written)
     }
 
     /// The body's next frame. What is gathered in `out` is written first if
@@ -592,6 +609,11 @@ fn remember(target: String, parts: &axum::http::response::Parts, head: &[u8], ro
 fn relative<'a>(path: &'a std::path::Path, root: &Root) -> Option<&'a str> {
     let rel = path.to_str()?.strip_prefix(root.path().to_str()?)?.strip_prefix('/')?;
     (!rel.is_empty()).then_some(rel)
+}
+
+/// Whether the access log is on (a per-callsite cached check).
+fn access_enabled() -> bool {
+    tracing::enabled!(target: "tessera::access", tracing::Level::INFO)
 }
 
 /// Statuses whose responses never carry a body nor a body length.

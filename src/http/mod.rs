@@ -61,6 +61,38 @@ pub struct App {
 
 pub type AppState = Arc<App>;
 
+/// The service's status line for systemd (`systemctl status tessera`).
+pub struct Status(pub AppState);
+
+impl crate::systemd::StatusSource for Status {
+    async fn status(&self) -> String {
+        let app = &self.0;
+        let (tile_order, log_order) = (app.root_order(RootKind::Tiles), app.root_order(RootKind::Logs));
+        let counts = app
+            .query(move |c| {
+                let tilesets = catalog::tilesets(c, &tile_order)?.len();
+                Ok((tilesets, catalog::logs(c, &log_order, &Default::default())?.len()))
+            })
+            .await;
+        use prometheus::core::Collector;
+        let requests: u64 = app
+            .metrics
+            .requests
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum();
+        match counts {
+            Ok((tilesets, logs)) => format!(
+                "{tilesets} tilesets, {logs} logs, {requests} requests, {} files open",
+                app.metrics.cache_open_files.get()
+            ),
+            Err(_) => format!("catalog unavailable; {requests} requests"),
+        }
+    }
+}
+
 /// What the HTTP layer shares with the catalog's threads.
 pub struct CatalogState {
     /// Database id of each root, by root index.

@@ -63,7 +63,10 @@ where
         let route = route_label(request.uri().path());
         let preflight = request.method() == Method::OPTIONS
             && request.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-        let log = tracing::enabled!(tracing::Level::DEBUG)
+        let log = request
+            .extensions()
+            .get::<Driven>()
+            .is_none()
             .then(|| (request.method().clone(), request.uri().path().to_owned(), Instant::now()));
         let inner = if preflight { None } else { Some(self.inner.call(request)) };
         ObserveFuture { inner, route, log, metrics: self.metrics.clone() }
@@ -96,19 +99,59 @@ where
         let status = response.status();
         count(this.metrics, this.route, status);
         if let Some((method, path, started)) = this.log.take() {
-            let bytes = response.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("-");
-            tracing::debug!(
-                route = *this.route,
-                %method,
-                path,
-                status = status.as_u16(),
-                bytes,
-                elapsed_us = started.elapsed().as_micros() as u64,
-                "request"
-            );
+            // Served by hyper (a hand-off or `transport = "hyper"`): the
+            // length it will send is what the head says.
+            let bytes =
+                response.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
+            let elapsed = started.elapsed().as_micros() as u64;
+            access(this.route, method.as_str(), &path, status.as_u16(), bytes, "hyper", None, elapsed);
         }
         Poll::Ready(Ok(response))
     }
+}
+
+/// Marks a request the connection driver carries: the driver writes its
+/// access-log line itself, once it knows how the body travelled.
+#[derive(Debug, Clone, Copy)]
+pub struct Driven;
+
+/// One access-log event (target `tessera::access`, off by default). In the
+/// journal its fields are ROUTE, METHOD, PATH, STATUS, BYTES, DELIVERY
+/// (memory, sendfile, buffered, hyper, none), ROOT, and DEVICE or TILESET
+/// taken from the URL, so `journalctl -u tessera DEVICE=...` works.
+#[allow(clippy::too_many_arguments)]
+pub fn access(
+    route: &str,
+    method: &str,
+    path: &str,
+    status: u16,
+    bytes: u64,
+    delivery: &str,
+    root: Option<&std::path::Path>,
+    elapsed_us: u64,
+) {
+    if !tracing::enabled!(target: "tessera::access", tracing::Level::INFO) {
+        return;
+    }
+    let mut segments = path.trim_start_matches('/').split('/');
+    let (kind, name) = (segments.next().unwrap_or_default(), segments.next().unwrap_or_default());
+    let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+    let device = (kind == "logs" && !name.is_empty()).then_some(name.as_ref());
+    let tileset = (kind == "tiles" && !name.is_empty()).then(|| name.trim_end_matches(".json"));
+    tracing::info!(
+        target: "tessera::access",
+        route,
+        method,
+        path,
+        status,
+        bytes,
+        delivery,
+        root = root.map(|r| r.display().to_string()),
+        device,
+        tileset,
+        elapsed_us,
+        "{method} {path} {status} {bytes}"
+    );
 }
 
 /// CORS on every answer, errors included: map clients and dashboards run in

@@ -127,9 +127,16 @@ impl Server {
     /// Spawns the binary with `args`, stderr to `stderr_path`, and waits (at most
     /// [`START_DEADLINE`]) for the `tessera listening on http://ADDR` line on stdout.
     pub fn spawn(args: &[OsString], stderr_path: &Path) -> Server {
+        let mut command = Command::new(bin());
+        command.args(args);
+        Server::spawn_command(command, stderr_path)
+    }
+
+    /// [`Server::spawn`] for a command the caller prepared (environment,
+    /// inherited descriptors, a wrapper).
+    pub fn spawn_command(mut command: Command, stderr_path: &Path) -> Server {
         let stderr = fs::File::create(stderr_path).expect("create stderr file");
-        let mut child = Command::new(bin())
-            .args(args)
+        let mut child = command
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
