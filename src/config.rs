@@ -219,6 +219,9 @@ pub struct HttpSettings {
     pub public_url: Option<String>,
     /// Most `?follow` downloads at once (each holds a descriptor and a task); more get 503.
     pub max_followers: usize,
+    /// Most client connections at once; a connection over the limit gets a
+    /// 503 and is closed at once (it never holds a descriptor for long).
+    pub max_connections: usize,
 }
 
 impl Default for HttpSettings {
@@ -234,6 +237,7 @@ impl Default for HttpSettings {
             workers: 0,
             public_url: None,
             max_followers: 256,
+            max_connections: 10_000,
         }
     }
 }
@@ -362,6 +366,7 @@ struct FileHttp {
     workers: Option<usize>,
     public_url: Option<Spanned<String>>,
     max_followers: Option<usize>,
+    max_connections: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -494,6 +499,9 @@ impl Config {
                 Ok(*v.get_ref())
             }
         };
+        if let Some(v) = &http.max_connections {
+            h.max_connections = at_least(v, 1, "max_connections")?;
+        }
         if let Some(v) = &http.max_head_bytes {
             h.max_head_bytes = at_least(v, 1024, "max_head_bytes")?;
         }

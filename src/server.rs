@@ -185,6 +185,17 @@ fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// Over `max_connections`: a short 503 if the socket takes it at once, then
+/// close. Nothing waits on this client, so a flood of connections costs
+/// an accept and a close each, never a descriptor held open.
+fn refuse(stream: tokio::net::TcpStream, shared: &Shared) {
+    shared.metrics.rejected_heads.with_label_values(&["503"]).inc();
+    let _ = stream.try_write(
+        b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
+    );
+    tracing::debug!("connection refused: max_connections reached");
+}
+
 /// One worker: accept until shutdown, then wait for its connections.
 async fn accept_loop(listener: std::net::TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
@@ -195,6 +206,9 @@ async fn accept_loop(listener: std::net::TcpListener, shared: Arc<Shared>) -> st
         tokio::select! {
             _ = crate::delivery::stopped(&mut shutdown) => break,
             accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) if shared.metrics.connections.get() >= shared.settings.max_connections as i64 => {
+                    refuse(stream, &shared);
+                }
                 Ok((stream, _peer)) => {
                     let (shared, live) = (shared.clone(), live.clone());
                     tokio::spawn(async move {

@@ -1,12 +1,12 @@
 //! HTTP: the axum Router that produces every response (DESIGN.md decision 1),
 //! whatever transport then carries it.
 
-mod files;
+pub mod files;
 mod follow;
 mod logs;
 pub mod observe;
 mod status;
-mod tiles;
+pub mod tiles;
 
 use std::collections::BTreeMap;
 use std::io;

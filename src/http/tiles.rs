@@ -47,28 +47,51 @@ pub fn parse_tile(z: &str, x: &str, file: &str) -> Result<TileRequest, StatusCod
     Ok(TileRequest { z, x, y, ext })
 }
 
+/// The segments of a `/tiles/...` path, each percent-decoded on its own (so
+/// an encoded `/` stays inside its segment and then fails `safe_segment`).
+/// At most four; `Err(404)` for more, `Err(400)` for a segment that is not
+/// UTF-8 once decoded. Pure, for the fuzzer.
+pub fn segments(path: &str) -> Result<Vec<std::borrow::Cow<'_, str>>, StatusCode> {
+    let rest = path.strip_prefix("/tiles/").unwrap_or_default();
+    let mut decoded = Vec::with_capacity(4);
+    for part in rest.split('/') {
+        if decoded.len() == 4 {
+            return Err(StatusCode::NOT_FOUND);
+        }
+        decoded.push(percent_decode_str(part).decode_utf8().map_err(|_| StatusCode::BAD_REQUEST)?);
+    }
+    Ok(decoded)
+}
+
+/// The file a tile URL names inside a tiles root, if it names one: the
+/// segments of `path` checked (`safe_segment`, coordinates), rows flipped for
+/// TMS. Every tile request goes through this before any open. Pure, for the
+/// fuzzer, whose invariant is that the result never leaves its root.
+pub fn tile_rel(path: &str, tms: bool) -> Result<String, StatusCode> {
+    let segments = segments(path)?;
+    let [tileset, z, x, file] = segments.as_slice() else { return Err(StatusCode::NOT_FOUND) };
+    if !safe_segment(tileset) {
+        return Err(StatusCode::NOT_FOUND);
+    }
+    Ok(rel_of(tileset, &parse_tile(z, x, file)?, tms))
+}
+
+/// `{tileset}/{z}/{x}/{y}.{ext}` with the row as stored.
+fn rel_of(tileset: &str, tile: &TileRequest, tms: bool) -> String {
+    let y = if tms { catalog::flip_row(tile.z, tile.y) } else { tile.y };
+    format!("{tileset}/{}/{}/{y}.{}", tile.z, tile.x, tile.ext)
+}
+
 /// `/tiles/{tileset}.json` and `/tiles/{tileset}/{z}/{x}/{y}.{ext}`, told
 /// apart by their number of segments. Each segment of the raw path is
 /// percent-decoded on its own, so an encoded `/` stays inside its segment
 /// (and then fails `safe_segment`).
 pub async fn dispatch(State(app): State<AppState>, method: Method, headers: HeaderMap, uri: Uri) -> Response {
-    let rest = uri.path().strip_prefix("/tiles/").unwrap_or_default();
-    let mut parts = [""; 5];
-    let mut n = 0;
-    for part in rest.split('/') {
-        if n == parts.len() {
-            return error(StatusCode::NOT_FOUND, "not found");
-        }
-        parts[n] = part;
-        n += 1;
-    }
-    let mut decoded = Vec::with_capacity(n);
-    for part in &parts[..n] {
-        match percent_decode_str(part).decode_utf8() {
-            Ok(segment) => decoded.push(segment),
-            Err(_) => return error(StatusCode::BAD_REQUEST, "path is not UTF-8"),
-        }
-    }
+    let decoded = match segments(uri.path()) {
+        Ok(decoded) => decoded,
+        Err(StatusCode::BAD_REQUEST) => return error(StatusCode::BAD_REQUEST, "path is not UTF-8"),
+        Err(status) => return error(status, "not found"),
+    };
     match decoded.as_slice() {
         [name] if name.ends_with(".json") => tilejson(app, &headers, name).await,
         [name] if safe_segment(name) => redirect_to_preview(name),
@@ -110,9 +133,7 @@ async fn tile(
         Some(scheme) => scheme == Scheme::Tms,
         None => info.is_some_and(|t| t.scheme == "tms"),
     };
-    let y = if tms { catalog::flip_row(tile.z, tile.y) } else { tile.y };
-    let rel = format!("{tileset}/{}/{}/{y}.{}", tile.z, tile.x, tile.ext);
-    match app.open(RootKind::Tiles, rel).await {
+    match app.open(RootKind::Tiles, rel_of(tileset, &tile, tms)).await {
         Ok(Some(entry)) => file_tile(method, headers, entry, is_vector(&tile.ext)),
         Ok(None) => missing(&app, info, spec, &tile),
         Err(response) => response,
