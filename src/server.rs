@@ -54,12 +54,20 @@ fn open_roots(config: &Config) -> anyhow::Result<Vec<Root>> {
 
 /// Opens the catalog and builds the worker that owns its writer connection.
 fn catalog_worker(config: &Config, roots: Arc<Vec<Root>>, metrics: Arc<Metrics>) -> anyhow::Result<Worker> {
-    let conn = catalog::open(&config.state)?;
+    let (conn, location) = catalog::open_or_memory(&config.state)?;
     let root_ids = roots
         .iter()
         .map(|r| catalog::root_id(&conn, &r.kind().to_string(), r.path()))
         .collect::<rusqlite::Result<Vec<i64>>>()?;
-    Ok(Worker { conn, roots, root_ids, metrics, ready: Arc::new(AtomicBool::new(false)), generation: Arc::default() })
+    Ok(Worker {
+        conn,
+        location,
+        roots,
+        root_ids,
+        metrics,
+        ready: Arc::new(AtomicBool::new(false)),
+        generation: Arc::default(),
+    })
 }
 
 /// `tessera serve`: index, watch and serve until SIGTERM or SIGINT.
@@ -70,6 +78,7 @@ pub async fn serve(config: Config, inherited: Option<std::net::TcpListener>) -> 
     let roots = Arc::new(open_roots(&config)?);
     let worker = catalog_worker(&config, roots.clone(), metrics.clone())?;
     let (root_ids, ready, generation) = (worker.root_ids.clone(), worker.ready.clone(), worker.generation.clone());
+    let location = worker.location.clone();
     let cache = Arc::new(DescriptorCache::new(&config.cache, &roots, metrics.clone()));
 
     let followers = Arc::new(watch::Followers::default());
@@ -79,7 +88,7 @@ pub async fn serve(config: Config, inherited: Option<std::net::TcpListener>) -> 
     std::thread::Builder::new().name("catalog".into()).spawn(move || worker.run(job_queue))?;
     let digests = Arc::new(catalog::digest::Digests::default());
     let digester = catalog::digest::Digester {
-        conn: catalog::open_second_writer(&config.state)?,
+        conn: catalog::open_second_writer(&location)?,
         roots: roots.clone(),
         root_ids: root_ids.clone(),
         digests: digests.clone(),
@@ -103,7 +112,7 @@ pub async fn serve(config: Config, inherited: Option<std::net::TcpListener>) -> 
     std::io::stdout().flush()?;
     tracing::info!(%addr, state = %config.state.display(), "listening");
 
-    let catalog = http::CatalogState { root_ids, ready: ready.clone(), generation, digests };
+    let catalog = http::CatalogState { root_ids, ready: ready.clone(), generation, digests, location };
     let app = Arc::new(App::new(&config, roots, cache, metrics.clone(), catalog, followers));
     tokio::spawn(crate::systemd::supervise(ready, addr, http::Status(app.clone())));
     // The driver re-opens files of evicted replays through the same cache.
@@ -272,10 +281,15 @@ pub fn doctor(config: &Config) -> anyhow::Result<String> {
 pub fn check(args: &ConfigArgs) -> Result<String, String> {
     let config = Config::load(args).map_err(|e| e.to_string())?;
     let roots = open_roots(&config).map_err(|e| format!("{e:#}"))?;
-    check_state_dir(&config.state)?;
+    // An unusable state directory does not stop serving (the catalog is
+    // then kept in memory), so it is a warning here, not a refusal.
+    let state_note = match check_state_dir(&config.state) {
+        Ok(()) => String::new(),
+        Err(e) => format!("; warning: {e}: the catalog will be kept in memory"),
+    };
     let source = config.source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "command line".into());
     Ok(format!(
-        "configuration OK ({source}): {} roots, listen {}, state {}",
+        "configuration OK ({source}): {} roots, listen {}, state {}{state_note}",
         roots.len(),
         config.listen,
         config.state.display()

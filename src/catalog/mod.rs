@@ -107,6 +107,54 @@ CREATE TABLE logs (
 CREATE INDEX logs_by_device ON logs (device, file);
 ";
 
+/// Where the catalog lives: its file in the state directory, or, when that
+/// cannot be written (a read-only or full disk, wrong permissions), an
+/// in-memory database shared by tessera's connections, rebuilt at each
+/// start. Serving never depends on the file.
+#[derive(Debug, Clone)]
+pub enum Location {
+    File(PathBuf),
+    Memory,
+}
+
+/// The shared-cache in-memory database every connection of this process opens.
+const MEMORY_URI: &str = "file:tessera-catalog?mode=memory&cache=shared";
+
+impl Location {
+    fn open(&self, flags: OpenFlags) -> rusqlite::Result<Connection> {
+        match self {
+            Location::File(path) => Connection::open_with_flags(path, flags),
+            Location::Memory => Connection::open_with_flags(
+                MEMORY_URI,
+                (flags - OpenFlags::SQLITE_OPEN_READ_ONLY)
+                    | OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | OpenFlags::SQLITE_OPEN_URI,
+            ),
+        }
+    }
+}
+
+/// The catalog's writer connection and where it lives: the state
+/// directory's database (see [`open`]) or, if that cannot be used, memory
+/// (with a warning).
+pub fn open_or_memory(state: &Path) -> anyhow::Result<(Connection, Location)> {
+    match open(state) {
+        Ok(conn) => Ok((conn, Location::File(db_path(state)))),
+        Err(e) => {
+            tracing::warn!(state = %state.display(), error = %format!("{e:#}"),
+                "cannot use the catalog database; keeping the catalog in memory (rebuilt at each start)");
+            let conn = Location::Memory.open(OpenFlags::default())?;
+            conn.busy_timeout(Duration::from_secs(5))?;
+            let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+            if version != SCHEMA_VERSION {
+                conn.execute_batch(SCHEMA)?;
+                conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            }
+            Ok((conn, Location::Memory))
+        }
+    }
+}
+
 /// Opens the catalog database in `state`, rebuilding it if it is missing,
 /// unreadable, corrupt or of another schema version.
 pub fn open(state: &Path) -> anyhow::Result<Connection> {
@@ -171,21 +219,24 @@ fn move_aside(path: &Path) {
 
 /// A second writer for background work (the digester): SQLite serialises
 /// it with the catalog worker's writes (WAL, busy timeout).
-pub fn open_second_writer(state: &Path) -> anyhow::Result<Connection> {
-    let conn = Connection::open_with_flags(
-        state.join(DB_FILE),
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    configure(&conn)?;
+pub fn open_second_writer(location: &Location) -> anyhow::Result<Connection> {
+    let conn = location.open(OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    if let Location::File(_) = location {
+        configure(&conn)?;
+    }
+    conn.busy_timeout(Duration::from_secs(5))?;
     Ok(conn)
 }
 
 /// A read-only connection for the HTTP handlers.
-pub fn open_reader(state: &Path) -> anyhow::Result<Connection> {
-    let conn = Connection::open_with_flags(
-        state.join(DB_FILE),
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
-    )?;
+pub fn open_reader(location: &Location) -> anyhow::Result<Connection> {
+    let conn = location
+        .open(OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI)?;
+    if let Location::Memory = location {
+        // Shared-cache readers would otherwise fail with SQLITE_LOCKED
+        // (which no busy timeout waits out) while the worker writes.
+        conn.pragma_update(None, "read_uncommitted", true)?;
+    }
     conn.busy_timeout(Duration::from_secs(2))?;
     Ok(conn)
 }

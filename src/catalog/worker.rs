@@ -34,6 +34,8 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 pub struct Worker {
     pub conn: Connection,
+    /// Where `conn`'s database lives, for the other connections.
+    pub location: super::Location,
     pub roots: Arc<Vec<Root>>,
     /// Database id of each root, by root index.
     pub root_ids: Vec<i64>,

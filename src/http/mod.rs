@@ -10,7 +10,6 @@ pub mod tiles;
 
 use std::collections::BTreeMap;
 use std::io;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -40,7 +39,8 @@ pub struct App {
     pub cache: Arc<DescriptorCache>,
     pub metrics: Arc<Metrics>,
     pub ready: Arc<AtomicBool>,
-    pub state_dir: PathBuf,
+    /// Where the catalog is, for the read connection.
+    pub catalog: catalog::Location,
     pub started: Instant,
     /// Digests of logs, by file version (`Repr-Digest`).
     pub digests: Arc<Digests>,
@@ -102,6 +102,7 @@ pub struct CatalogState {
     /// The catalog worker's generation.
     pub generation: Arc<AtomicU64>,
     pub digests: Arc<Digests>,
+    pub location: catalog::Location,
 }
 
 impl App {
@@ -113,7 +114,7 @@ impl App {
         catalog: CatalogState,
         followers: Arc<Followers>,
     ) -> App {
-        let CatalogState { root_ids, ready, generation, digests } = catalog;
+        let CatalogState { root_ids, ready, generation, digests, location } = catalog;
         App {
             roots,
             root_ids,
@@ -124,7 +125,7 @@ impl App {
             followers,
             following: AtomicUsize::new(0),
             max_followers: config.http.max_followers,
-            state_dir: config.state.clone(),
+            catalog: location,
             started: Instant::now(),
             tilesets: config.tilesets.clone(),
             public_url: config.http.public_url.clone(),
@@ -146,9 +147,22 @@ impl App {
             }
         }
         let order = self.root_order(RootKind::Tiles);
-        let list = Arc::new(self.query(move |c| catalog::tilesets(c, &order)).await?);
-        *self.snapshot.lock() = Some((generation, list.clone()));
-        Ok(list)
+        match self.query(move |c| catalog::tilesets(c, &order)).await {
+            Ok(list) => {
+                let list = Arc::new(list);
+                *self.snapshot.lock() = Some((generation, list.clone()));
+                Ok(list)
+            }
+            // The catalog is unreadable: keep what was last read (or
+            // nothing) for this generation, so that tile requests do not each
+            // pay for the failure; the next catalog change retries.
+            Err(response) => {
+                let mut snapshot = self.snapshot.lock();
+                let last = snapshot.as_ref().map(|(_, list)| list.clone()).unwrap_or_default();
+                *snapshot = Some((generation, last));
+                Err(response)
+            }
+        }
     }
 
     /// The index of the root with this database id.
@@ -176,7 +190,7 @@ impl App {
         let result = tokio::task::spawn_blocking(move || {
             let mut reader = app.reader.lock();
             if reader.is_none() {
-                *reader = Some(catalog::open_reader(&app.state_dir).map_err(|e| e.to_string())?);
+                *reader = Some(catalog::open_reader(&app.catalog).map_err(|e| e.to_string())?);
             }
             let result = f(reader.as_ref().expect("opened"));
             if result.is_err() {
