@@ -228,6 +228,36 @@ impl Root {
 }
 
 /// Refuses anything but a regular file (directories, FIFOs, devices).
+/// Opens `rel` under the directory `root` for the indexer: beneath the
+/// root, through no symbolic link at all (a link inside a root is never
+/// indexed, whatever it points to), a regular file only.
+pub fn open_for_index(root: &Path, rel: &str) -> io::Result<File> {
+    let dir = nix::fcntl::open(root, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    match openat2(dir.as_fd(), rel, how) {
+        Ok(fd) => regular(File::from(fd)),
+        Err(Errno::ELOOP) | Err(Errno::EXDEV) => Err(denied()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether a component of `rel` (the last included) is a symbolic link, or
+/// cannot be looked at: such a path is not part of the root for the indexer.
+pub fn crosses_symlink(root: &Path, rel: &str) -> bool {
+    let mut path = root.to_path_buf();
+    for part in rel.split('/').filter(|p| !p.is_empty()) {
+        path.push(part);
+        match path.symlink_metadata() {
+            Ok(meta) if meta.file_type().is_symlink() => return true,
+            Ok(_) => {}
+            Err(_) => return false, // gone: nothing of it will be indexed anyway
+        }
+    }
+    false
+}
+
 fn regular(file: File) -> io::Result<File> {
     if !file.metadata()?.is_file() {
         return Err(io::Error::new(io::ErrorKind::NotFound, "not a regular file"));

@@ -168,7 +168,9 @@ fn start_one(root: &Root, sink: Sink) -> notify::Result<Option<Box<dyn Watcher +
             // in the kernel: inotify would otherwise wake this thread for
             // every open of a file, tessera's own included.
             let kinds = EventKindMask::CORE | EventKindMask::ACCESS_CLOSE;
-            let config = notify::Config::default().with_event_kinds(kinds);
+            // Never through symbolic links: a link inside a root may point
+            // anywhere, and nothing behind one is served or indexed.
+            let config = notify::Config::default().with_event_kinds(kinds).with_follow_symlinks(false);
             let mut w = RecommendedWatcher::new(move |r| sink.handle(r), config)?;
             w.watch(root.path(), RecursiveMode::Recursive)?;
             tracing::debug!(root = %root.path().display(), "watching with inotify");
@@ -178,7 +180,7 @@ fn start_one(root: &Root, sink: Sink) -> notify::Result<Option<Box<dyn Watcher +
 }
 
 fn poll_watcher(root: &Root, sink: Sink) -> notify::Result<Box<dyn Watcher + Send>> {
-    let config = notify::Config::default().with_poll_interval(root.spec.poll_interval);
+    let config = notify::Config::default().with_poll_interval(root.spec.poll_interval).with_follow_symlinks(false);
     let mut w = PollWatcher::new(move |r| sink.handle(r), config)?;
     w.watch(root.path(), RecursiveMode::Recursive)?;
     tracing::debug!(root = %root.path().display(), interval = ?root.spec.poll_interval, "watching by polling");

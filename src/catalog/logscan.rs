@@ -21,7 +21,11 @@ const GZIP_LIMIT: u64 = 1 << 30;
 
 /// First and last timestamps in the file, as Unix milliseconds.
 pub fn time_span(path: &Path) -> io::Result<(Option<i64>, Option<i64>)> {
-    let file = File::open(path)?;
+    time_span_of(File::open(path)?, path)
+}
+
+/// [`time_span`] of an open file; `path` says whether it is gzip.
+pub fn time_span_of(file: File, path: &Path) -> io::Result<(Option<i64>, Option<i64>)> {
     if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gz")) {
         let decoder = flate2::read::MultiGzDecoder::new(BufReader::new(file)).take(GZIP_LIMIT);
         return scan_stream(BufReader::new(decoder));

@@ -17,7 +17,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 
-pub use logscan::time_span;
+pub use logscan::{time_span, time_span_of};
 pub use reconcile::{classify, normalise_format, reconcile, tile_range_bounds, Entry, ReconcileStats, TILE_EXTENSIONS};
 
 /// Bump when the schema changes: an older database is rebuilt, not migrated,

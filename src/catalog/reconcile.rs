@@ -118,8 +118,11 @@ pub fn reconcile(
     let mut touched: BTreeMap<String, bool> = BTreeMap::new();
 
     let start = if prefix.is_empty() { root_path.to_path_buf() } else { root_path.join(prefix) };
-    if start.symlink_metadata().is_ok() {
-        let walk = WalkDir::new(&start).follow_links(false).into_iter();
+    // A path through a symbolic link (an event inside a linked directory
+    // names it by the link) is not part of the root: nothing under it is
+    // indexed, whatever the link points to.
+    if start.symlink_metadata().is_ok() && !crate::roots::crosses_symlink(root_path, prefix) {
+        let walk = WalkDir::new(&start).follow_links(false).follow_root_links(false).into_iter();
         for item in walk.filter_entry(|e| e.depth() == 0 || !e.file_name().as_encoded_bytes().starts_with(b".")) {
             let item = match item {
                 Ok(item) => item,
@@ -140,7 +143,7 @@ pub fn reconcile(
                 stats.unchanged += 1;
                 continue;
             }
-            upsert(&tx, root_id, rel, &entry, &v, previous, item.path())?;
+            upsert(&tx, root_id, rel, &entry, &v, previous, root_path)?;
             stats.rereads += 1;
             if let Some(tileset) = entry.tileset() {
                 touched.entry(tileset.to_string()).or_insert(false);
@@ -206,8 +209,13 @@ fn upsert(
     entry: &Entry,
     v: &Validators,
     previous: Option<Validators>,
-    path: &Path,
+    root_path: &Path,
 ) -> rusqlite::Result<()> {
+    // Content is read through a descriptor opened beneath the root with no
+    // symbolic link followed, never by path (a directory swapped for a link
+    // after the walk must not make us read outside).
+    let path = &root_path.join(rel);
+    let open = || crate::roots::open_for_index(root_path, rel);
     let (size, mtime, dev, ino) = (v.len as i64, v.mtime_ns as i64, v.dev as i64, v.ino as i64);
     match entry {
         Entry::Tile { tileset, z, x, y, ext } => {
@@ -218,7 +226,10 @@ fn upsert(
             .execute(params![root_id, rel, tileset, z, x, y, ext, size, mtime, dev, ino, v.etag()])?;
         }
         Entry::Metadata { tileset } => {
-            let metadata = read_metadata_json(path);
+            let metadata = open().and_then(|file| read_metadata_json(file, path)).unwrap_or_else(|e| {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read metadata.json; ignored");
+                None
+            });
             conn.prepare_cached(
                 "INSERT OR REPLACE INTO sources (root, rel, tileset, kind, size, mtime_ns, dev, ino, etag, metadata)
                  VALUES (?1, ?2, ?3, 'metadata', ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -226,7 +237,11 @@ fn upsert(
             .execute(params![root_id, rel, tileset, size, mtime, dev, ino, v.etag(), metadata])?;
         }
         Entry::Mbtiles { tileset } => {
-            let summary = match crate::mbtiles::summarise(path) {
+            // SQLite opens by name: check first that the name is a file inside the root.
+            let summary = match open()
+                .map_err(|e| e.to_string())
+                .and_then(|_| crate::mbtiles::summarise(path).map_err(|e| e.to_string()))
+            {
                 Ok(summary) => Some(summary),
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "cannot read MBTiles file; not serving it until it changes");
@@ -249,7 +264,7 @@ fn upsert(
             .execute(params![root_id, rel, tileset, size, mtime, dev, ino, v.etag(), metadata, format, levels, count])?;
         }
         Entry::Log { device, file } => {
-            let (first, last) = match super::time_span(path) {
+            let (first, last) = match open().and_then(|file| super::time_span_of(file, path)) {
                 Ok(span) => span,
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "could not read log timestamps");
@@ -391,22 +406,24 @@ fn mbtiles_summary(conn: &Connection, root_id: i64, tileset: &str) -> rusqlite::
 }
 
 /// `metadata.json` as a JSON object, or None (with a warning) if it is not one.
-fn read_metadata_json(path: &Path) -> Option<String> {
+fn read_metadata_json(file: std::fs::File, path: &Path) -> std::io::Result<Option<String>> {
+    use std::io::Read;
     const MAX: u64 = 4 << 20;
-    let text = match std::fs::metadata(path) {
-        Ok(m) if m.len() > MAX => Err(format!("larger than {MAX} bytes")),
-        Ok(_) => std::fs::read_to_string(path).map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    match text.and_then(|t| serde_json::from_str::<serde_json::Value>(&t).map_err(|e| e.to_string())) {
-        Ok(value) if value.is_object() => Some(value.to_string()),
+    let mut text = String::new();
+    file.take(MAX + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX {
+        tracing::warn!(path = %path.display(), "metadata.json larger than 4 MiB; ignored");
+        return Ok(None);
+    }
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(value) if value.is_object() => Ok(Some(value.to_string())),
         Ok(_) => {
             tracing::warn!(path = %path.display(), "metadata.json is not a JSON object; ignored");
-            None
+            Ok(None)
         }
         Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "cannot read metadata.json; ignored");
-            None
+            tracing::warn!(path = %path.display(), error = %e, "metadata.json is not JSON; ignored");
+            Ok(None)
         }
     }
 }
