@@ -55,10 +55,23 @@ fn open_roots(config: &Config) -> anyhow::Result<Vec<Root>> {
 /// Opens the catalog and builds the worker that owns its writer connection.
 fn catalog_worker(config: &Config, roots: Arc<Vec<Root>>, metrics: Arc<Metrics>) -> anyhow::Result<Worker> {
     let (conn, location) = catalog::open_or_memory(&config.state)?;
-    let root_ids = roots
-        .iter()
-        .map(|r| catalog::root_id(&conn, &r.kind().to_string(), r.path()))
-        .collect::<rusqlite::Result<Vec<i64>>>()?;
+    let register = |conn: &rusqlite::Connection| {
+        roots
+            .iter()
+            .map(|r| catalog::root_id(conn, &r.kind().to_string(), r.path()))
+            .collect::<rusqlite::Result<Vec<i64>>>()
+    };
+    // A database another process keeps locked past the busy timeout must
+    // not keep tessera from serving: use memory, as for an unusable file.
+    let (conn, location, root_ids) = match register(&conn) {
+        Ok(ids) => (conn, location, ids),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot register the roots in the catalog database; keeping the catalog in memory");
+            let conn = catalog::open_memory()?;
+            let ids = register(&conn)?;
+            (conn, catalog::Location::Memory, ids)
+        }
+    };
     Ok(Worker {
         conn,
         location,
@@ -158,7 +171,15 @@ async fn serve_with_driver(
         listeners.push(if activated { first.try_clone()? } else { bind(addr)? });
     }
     listeners.insert(0, first);
-    let shared = Arc::new(Shared { router, cache, roots, settings, metrics: metrics.clone(), shutdown });
+    let shared = Arc::new(Shared {
+        router,
+        cache,
+        roots,
+        settings,
+        metrics: metrics.clone(),
+        shutdown,
+        drain_idle: tokio::sync::Notify::new(),
+    });
     let mut threads = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
         let shared = shared.clone();
@@ -211,6 +232,9 @@ async fn accept_loop(listener: std::net::TcpListener, shared: Arc<Shared>) -> st
     let listener = TcpListener::from_std(listener)?;
     let mut shutdown = shared.shutdown.clone();
     let live = Arc::new(());
+    // A descriptor kept in reserve for answering when the others run out.
+    let mut spare = std::fs::File::open("/dev/null").ok();
+    let mut last_warning = std::time::Instant::now() - Duration::from_secs(60);
     loop {
         tokio::select! {
             _ = crate::delivery::stopped(&mut shutdown) => break,
@@ -225,8 +249,27 @@ async fn accept_loop(listener: std::net::TcpListener, shared: Arc<Shared>) -> st
                         drop(live);
                     });
                 }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
+                    // Out of descriptors: idle keep-alive connections close,
+                    // and the spare descriptor is given back to take the
+                    // waiting connection, tell it 503 and close it, so that
+                    // clients get an answer instead of a silent backlog.
+                    if last_warning.elapsed() >= Duration::from_secs(1) {
+                        tracing::warn!(error = %e, "out of file descriptors; refusing new connections with 503");
+                        last_warning = std::time::Instant::now();
+                    }
+                    shared.drain_idle.notify_waiters();
+                    let had_spare = spare.take().is_some();
+                    match tokio::time::timeout(Duration::from_millis(10), listener.accept()).await {
+                        Ok(Ok((stream, _))) => refuse(stream, &shared),
+                        other => tracing::debug!(had_spare, ?other, "no descriptor to refuse with"),
+                    }
+                    spare = std::fs::File::open("/dev/null").ok();
+                    if spare.is_none() {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
                 Err(e) => {
-                    // Typically EMFILE: shed load for a moment rather than spin.
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }

@@ -143,16 +143,21 @@ pub fn open_or_memory(state: &Path) -> anyhow::Result<(Connection, Location)> {
         Err(e) => {
             tracing::warn!(state = %state.display(), error = %format!("{e:#}"),
                 "cannot use the catalog database; keeping the catalog in memory (rebuilt at each start)");
-            let conn = Location::Memory.open(OpenFlags::default())?;
-            conn.busy_timeout(Duration::from_secs(5))?;
-            let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-            if version != SCHEMA_VERSION {
-                conn.execute_batch(SCHEMA)?;
-                conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-            }
-            Ok((conn, Location::Memory))
+            Ok((open_memory()?, Location::Memory))
         }
     }
+}
+
+/// The in-memory catalog (see [`Location::Memory`]), with its schema.
+pub fn open_memory() -> rusqlite::Result<Connection> {
+    let conn = Location::Memory.open(OpenFlags::default())?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version != SCHEMA_VERSION {
+        conn.execute_batch(SCHEMA)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    }
+    Ok(conn)
 }
 
 /// Opens the catalog database in `state`, rebuilding it if it is missing,
@@ -167,6 +172,10 @@ pub fn open(state: &Path) -> anyhow::Result<Connection> {
     }
     match open_existing(&path) {
         Ok(conn) => Ok(conn),
+        // Another process holds it: it is not broken, leave it alone.
+        Err(reason) if reason.contains("database is locked") || reason.contains("database table is locked") => {
+            Err(anyhow::anyhow!("catalog database {} is locked by another process: {reason}", path.display()))
+        }
         Err(reason) => {
             tracing::warn!(path = %path.display(), %reason, "catalog database unusable; moving it aside and rebuilding from the disk");
             move_aside(&path);
@@ -247,7 +256,8 @@ pub fn root_id(conn: &Connection, kind: &str, path: &Path) -> rusqlite::Result<i
     if let Some(id) =
         conn.query_row("SELECT id FROM roots WHERE path = ?1", [&path], |r| r.get::<_, i64>(0)).optional()?
     {
-        conn.execute("UPDATE roots SET kind = ?2 WHERE id = ?1", params![id, kind])?;
+        // Written only when it changed: a start over an unchanged database writes nothing.
+        conn.execute("UPDATE roots SET kind = ?2 WHERE id = ?1 AND kind <> ?2", params![id, kind])?;
         return Ok(id);
     }
     conn.execute("INSERT INTO roots (kind, path) VALUES (?1, ?2)", params![kind, path])?;

@@ -109,7 +109,9 @@ pub fn reconcile(
     if is_hidden(Path::new(prefix)) {
         return Ok(stats);
     }
-    let tx = conn.transaction()?;
+    // IMMEDIATE: take the write lock up front, so a concurrent writer (the
+    // digester) makes us wait (busy timeout) instead of failing the upgrade.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut known = HashMap::new();
     for table in tables(kind) {
         known.extend(known_rows(&tx, table, root_id, prefix)?);

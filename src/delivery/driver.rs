@@ -60,6 +60,10 @@ pub struct Shared {
     pub settings: HttpSettings,
     pub metrics: Arc<Metrics>,
     pub shutdown: watch::Receiver<bool>,
+    /// Wakes every idle keep-alive connection to close: the accept loops
+    /// ring it when the process runs out of descriptors (as nginx drains its
+    /// reusable connections), so that new clients can be answered.
+    pub drain_idle: tokio::sync::Notify,
 }
 
 /// How a connection's own loop ended.
@@ -164,6 +168,7 @@ impl Conn {
             let read = tokio::select! {
                 read = timeout_at(deadline, self.stream.read_buf(&mut self.buf)) => read,
                 _ = super::stopped(&mut self.shutdown), if idle => return Ok(None),
+                _ = self.shared.drain_idle.notified(), if idle => return Ok(None),
             };
             match read {
                 Err(_) if idle => return Ok(None),
