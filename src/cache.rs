@@ -105,6 +105,8 @@ pub struct FileEntry {
     /// are done inline; shared storage can block for long and is read on the
     /// blocking pool.
     pub local: bool,
+    /// A log: growth by appends keeps an earlier snapshot valid.
+    pub append_only: bool,
     revalidate_after_ms: u64,
 }
 
@@ -135,6 +137,28 @@ impl FileEntry {
         }
     }
 
+    /// Whether the open file still has the validators the response's head
+    /// was written from (one `fstat`). An in-place rewrite or a truncation
+    /// changes the length or the mtime; a rename over the path does not
+    /// touch this descriptor (that is `is_current`'s part).
+    pub fn unchanged(&self) -> bool {
+        self.file.metadata().is_ok_and(|meta| Validators::of(&meta) == self.validators)
+    }
+
+    /// Whether the bytes the head describes are still the file's, checked
+    /// before a body's last byte goes out. Strict ([`Self::unchanged`]) for
+    /// tiles; for logs, which grow by appends, a longer file with the same
+    /// inode still holds the snapshot (a truncation or rotation does not).
+    pub fn holds_snapshot(&self) -> bool {
+        if !self.append_only {
+            return self.unchanged();
+        }
+        self.file.metadata().is_ok_and(|meta| {
+            let now = Validators::of(&meta);
+            now.dev == self.validators.dev && now.ino == self.validators.ino && now.len >= self.validators.len
+        })
+    }
+
     /// Whether the file starts with the gzip magic bytes (read once).
     pub fn is_gzip(&self) -> bool {
         *self.gzip.get_or_init(|| {
@@ -156,7 +180,8 @@ impl FileEntry {
             return None;
         }
         match crate::delivery::read_exact_at(&self.file, 0, len as usize) {
-            Ok(bytes) if bytes.len() as u64 == len => {
+            // Kept only if the file did not change during the read.
+            Ok(bytes) if bytes.len() as u64 == len && self.unchanged() => {
                 budget.gauge.add(charge as i64);
                 Some(bytes)
             }
@@ -368,7 +393,9 @@ impl DescriptorCache {
 
     fn lookup(&self, key: &str) -> Option<Arc<FileEntry>> {
         let entry = self.shard(key).lock().lru.get(key).cloned()?;
-        if entry.is_current() {
+        // Current by path (no rename over it) and by descriptor (no in-place
+        // rewrite or truncation since its head values were taken).
+        if entry.is_current() && entry.unchanged() {
             return Some(entry);
         }
         tracing::debug!(path = key, "cached descriptor changed before its watcher event; dropped");
@@ -400,6 +427,7 @@ impl DescriptorCache {
             cached: AtomicBool::new(false),
             replayable: cacheable && root.first_of_kind,
             local: cacheable,
+            append_only: root.kind() == crate::config::RootKind::Logs,
             revalidate_after_ms: self.revalidate_after.as_millis() as u64,
         })
     }
@@ -495,6 +523,7 @@ mod tests {
             cached: AtomicBool::new(false),
             replayable: false,
             local: true,
+            append_only: false,
             revalidate_after_ms: 0,
         })
     }

@@ -230,7 +230,7 @@ impl Conn {
         let stale = REPLAYS.with(|replays| {
             let replays = replays.borrow();
             let replay = replays.get(target)?;
-            if let Some(entry) = replay.entry.upgrade().filter(|entry| entry.is_current()) {
+            if let Some(entry) = replay.entry.upgrade().filter(|entry| entry.is_current() && entry.unchanged()) {
                 self.shared.metrics.cache_hits.inc();
                 return Some(Ok((entry, replay.head.clone(), replay.route)));
             }
@@ -345,11 +345,24 @@ impl Conn {
                     tracing::warn!(path = %entry.path.display(), "file ended early during sendfile; closing connection");
                     Err(super::shrank())
                 }
+                Err(SendError::Changed { head_sent }) => Err(self.changed(entry, head_sent)),
                 Err(SendError::Io(e)) => Err(e),
             };
         }
+        if !entry.holds_snapshot() {
+            return Err(self.changed(entry, false));
+        }
         self.write(out).await?;
         self.copy_file(slice).await.map(|()| "buffered")
+    }
+
+    /// The file changed under a response (an in-place rewrite or a
+    /// truncation): its descriptor leaves the cache, and the connection
+    /// closes; if the head already went, before the end of the body.
+    fn changed(&self, entry: &FileEntry, head_sent: bool) -> io::Error {
+        self.shared.cache.invalidate(&entry.path);
+        tracing::info!(path = %entry.path.display(), head_sent, "file changed while being sent; closing connection");
+        io::Error::other("file changed while being sent")
     }
 
     /// The buffered path: the slice chunk by chunk, read then written.
@@ -357,6 +370,11 @@ impl Conn {
         let (mut offset, end) = (slice.offset, slice.offset + slice.len);
         while offset < end {
             let chunk = read_chunk(&slice.entry, offset, end - offset).await?;
+            // The last chunk goes only if the file is still the version the
+            // head describes: a rewrite during the copy ends the connection.
+            if offset + chunk.len() as u64 == end && !slice.entry.holds_snapshot() {
+                return Err(self.changed(&slice.entry, true));
+            }
             self.write(&chunk).await?;
             offset += chunk.len() as u64;
         }

@@ -84,6 +84,10 @@ impl FileBody {
     /// shrank under us (never padded, never hung: DESIGN.md decision 4).
     fn finish_read(&mut self, result: io::Result<Bytes>) -> Result<Frame<Bytes>, io::Error> {
         let bytes = accept_chunk(&self.slice.entry, self.slice.len, result?)?;
+        // The last chunk only if the file is still the version the head describes.
+        if bytes.len() as u64 == self.slice.len && !self.slice.entry.holds_snapshot() {
+            return Err(io::Error::other("file changed while being sent"));
+        }
         Ok(self.advance(bytes))
     }
 

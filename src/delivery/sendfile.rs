@@ -27,6 +27,12 @@ pub enum SendError {
     Refused(io::Error),
     /// The file ended before the promised length: close the connection.
     Shrank,
+    /// The file changed (length or mtime) under the response: nothing was
+    /// sent if this comes before the head, else the connection must close
+    /// without the last byte, so that no client takes a torn body as whole.
+    Changed {
+        head_sent: bool,
+    },
     Io(io::Error),
 }
 
@@ -77,7 +83,13 @@ pub async fn send_head_and_file(
 ) -> Result<(), SendError> {
     let (file, offset, len, sent) = (&slice.entry.file, slice.offset, slice.len, &slice.entry.counters.sendfile);
     send_all(stream, head, len > 0, timeout).await?;
-    let end = offset + len;
+    // Large bodies hold their last byte back until the file is known
+    // unchanged after the rest went out (see `finish`). Small ones go in one
+    // call: the cache checked the descriptor just before (`unchanged`), and
+    // three more syscalls per tile would cost more than the microseconds of
+    // exposure they close.
+    let guarded = len >= GUARD_FROM;
+    let end = offset + len - u64::from(guarded);
     let mut off = offset as libc::off64_t;
     let mut moved = 0u64;
     while (off as u64) < end {
@@ -101,7 +113,54 @@ pub async fn send_head_and_file(
             Err(e) => return Err(SendError::Io(e)),
         }
     }
+    if guarded {
+        finish(stream, slice, len, timeout).await?;
+        sent.inc_by(1);
+    }
     Ok(())
+}
+
+/// Bodies at least this long hold back their last byte (see `finish`).
+const GUARD_FROM: u64 = 64 * 1024;
+
+/// Bodies at least this long wait for the socket to drain before the final
+/// check: sendfile queues page references, not copies, so a page rewritten
+/// or truncated while still queued would go out changed.
+const DRAIN_FROM: u64 = 1 << 20;
+
+/// Sends the slice's last byte, only if the file is still the version the
+/// head describes; otherwise the connection ends without it, and the client
+/// sees an incomplete response rather than a torn one.
+async fn finish(stream: &TcpStream, slice: &FileSlice, len: u64, timeout: Duration) -> Result<(), SendError> {
+    if len >= DRAIN_FROM {
+        drained(stream, timeout).await?;
+    }
+    let last = super::read_exact_at(&slice.entry.file, slice.offset + len - 1, 1)?;
+    if last.len() != 1 {
+        return Err(SendError::Shrank);
+    }
+    if !slice.entry.holds_snapshot() {
+        return Err(SendError::Changed { head_sent: true });
+    }
+    send_all(stream, &last, false, timeout).await?;
+    Ok(())
+}
+
+/// Waits until the peer has acknowledged everything queued on the socket.
+async fn drained(stream: &TcpStream, timeout: Duration) -> io::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ writes one int through the pointer, which is valid.
+        let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+        if rc < 0 || queued == 0 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "write stalled"));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// Errors that mean "this file cannot be sendfile'd", not "the peer is gone".

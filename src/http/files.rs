@@ -245,6 +245,13 @@ fn multipart(method: &Method, entry: &Arc<FileEntry>, ranges: &[(u64, u64)]) -> 
                     return Some((Ok(Frame::data(head)), (parts, Some((offset, count)), closing, entry)));
                 }
                 let last = closing.take()?;
+                // The closing boundary only if the file is still the version the parts came from.
+                if !entry.holds_snapshot() {
+                    return Some((
+                        Err(std::io::Error::other("file changed while being sent")),
+                        (parts, None, None, entry),
+                    ));
+                }
                 Some((Ok(Frame::data(last)), (parts, None, None, entry)))
             },
         );

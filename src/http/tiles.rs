@@ -133,11 +133,19 @@ async fn tile(
         Some(scheme) => scheme == Scheme::Tms,
         None => info.is_some_and(|t| t.scheme == "tms"),
     };
-    match app.open(RootKind::Tiles, rel_of(tileset, &tile, tms)).await {
-        Ok(Some(entry)) => file_tile(method, headers, entry, is_vector(&tile.ext)),
-        Ok(None) => missing(&app, info, spec, &tile),
-        Err(response) => response,
+    // Twice at most: a file rewritten while it was being decompressed is
+    // opened again (its descriptor leaves the cache) rather than answered 5xx.
+    for _ in 0..2 {
+        match app.open(RootKind::Tiles, rel_of(tileset, &tile, tms)).await {
+            Ok(Some(entry)) => match file_tile(method, headers, &entry, is_vector(&tile.ext)) {
+                Some(response) => return response,
+                None => app.cache.invalidate(&entry.path),
+            },
+            Ok(None) => return missing(&app, info, spec, &tile),
+            Err(response) => return response,
+        }
     }
+    error(StatusCode::SERVICE_UNAVAILABLE, "this tile is being rewritten; retry shortly")
 }
 
 fn is_vector(ext: &str) -> bool {
@@ -148,27 +156,28 @@ fn is_vector(ext: &str) -> bool {
 /// gzip` to clients that accept it (sendfile and ranges as for any file),
 /// and decompressed to those that do not; both say `Vary: Accept-Encoding`
 /// (which also keeps the driver from replaying either to the other).
-fn file_tile(method: &Method, headers: &HeaderMap, entry: Arc<FileEntry>, vector: bool) -> Response {
+/// `None`: the file changed while it was read; open it again.
+fn file_tile(method: &Method, headers: &HeaderMap, entry: &Arc<FileEntry>, vector: bool) -> Option<Response> {
     if !(vector && entry.is_gzip()) {
-        return files::respond(method, headers, entry);
+        return Some(files::respond(method, headers, entry.clone()));
     }
     if accepts_gzip(headers) {
-        let mut response = files::respond(method, headers, entry);
+        let mut response = files::respond(method, headers, entry.clone());
         let h = response.headers_mut();
         h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
-        return response;
+        return Some(response);
     }
     let stored = match entry.memory() {
         Some(bytes) => Ok(bytes.clone()),
         None => crate::delivery::read_exact_at(&entry.file, 0, entry.len() as usize),
     };
-    let decoded = stored.and_then(|stored| {
-        if stored.len() as u64 != entry.len() {
-            return Err(std::io::Error::other("file changed while read"));
-        }
-        gunzip(&stored)
-    });
+    let stored = match stored {
+        Ok(stored) if stored.len() as u64 == entry.len() && entry.unchanged() => Ok(stored),
+        Ok(_) => return None,
+        Err(e) => Err(e),
+    };
+    let decoded = stored.and_then(|stored| gunzip(&stored));
     let rep = |data: Bytes| files::Representation {
         etag: files::Representation::content_etag(&data),
         data,
@@ -183,11 +192,11 @@ fn file_tile(method: &Method, headers: &HeaderMap, entry: Arc<FileEntry>, vector
             if response.status() == StatusCode::OK && method == Method::GET {
                 entry.counters.buffered.inc_by(len);
             }
-            response
+            Some(response)
         }
         Err(e) => {
             tracing::warn!(path = %entry.path.display(), error = %e, "cannot decompress a gzipped vector tile");
-            error(StatusCode::SERVICE_UNAVAILABLE, "cannot decompress this tile now")
+            Some(error(StatusCode::SERVICE_UNAVAILABLE, "cannot decompress this tile now"))
         }
     }
 }
