@@ -31,9 +31,30 @@ pub struct Summary {
 }
 
 fn open(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(std::time::Duration::from_secs(2))?;
+    // A WAL-mode file needs its `-shm` beside it, which a read-only data
+    // directory (the appliance's) cannot hold. Then read it as immutable:
+    // safe here, since a changed file gets new connections (validators).
+    if conn.query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0)).is_err() {
+        let uri = format!("file:{}?mode=ro&immutable=1", percent_encode_path(path));
+        let conn = Connection::open_with_flags(uri, flags | OpenFlags::SQLITE_OPEN_URI)?;
+        return Ok(conn);
+    }
     Ok(conn)
+}
+
+/// A path as the path part of an SQLite `file:` URI.
+fn percent_encode_path(path: &Path) -> String {
+    let mut out = String::new();
+    for b in path.as_os_str().as_encoded_bytes() {
+        match b {
+            b'?' | b'#' | b'%' => out.push_str(&format!("%{b:02X}")),
+            b => out.push(*b as char),
+        }
+    }
+    out
 }
 
 /// Reads an MBTiles file's metadata and the extent of its tiles.

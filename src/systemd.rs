@@ -104,7 +104,11 @@ async fn self_check(listen: SocketAddr) -> io::Result<()> {
     }
     let check = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await?;
+        stream
+            .write_all(
+                b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Tessera-Self-Check: 1\r\nConnection: close\r\n\r\n",
+            )
+            .await?;
         let mut head = [0u8; 12];
         stream.read_exact(&mut head).await?;
         if &head == b"HTTP/1.1 200" {

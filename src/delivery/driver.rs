@@ -268,7 +268,9 @@ impl Conn {
         let replay_key =
             replayable(&request).then(|| request.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned());
         let started = std::time::Instant::now();
-        let log = access_enabled().then(|| (request.method().clone(), request.uri().path().to_owned()));
+        // The watchdog's own health check is not a client: not logged.
+        let log = (access_enabled() && !request.headers().contains_key("x-tessera-self-check"))
+            .then(|| (request.method().clone(), request.uri().path().to_owned()));
         let mut request = request.map(|()| Body::empty());
         if log.is_some() {
             request.extensions_mut().insert(crate::http::observe::Driven);
