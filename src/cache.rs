@@ -149,7 +149,14 @@ impl FileEntry {
     /// before a body's last byte goes out. Strict ([`Self::unchanged`]) for
     /// tiles; for logs, which grow by appends, a longer file with the same
     /// inode still holds the snapshot (a truncation or rotation does not).
+    /// Always true on shared storage (see below).
     pub fn holds_snapshot(&self) -> bool {
+        // Shared storage is opened afresh for every request, and its
+        // attributes come through client caches (NFS, FUSE) that can
+        // disagree between two `fstat`s of one descriptor: no check there.
+        if !self.local {
+            return true;
+        }
         if !self.append_only {
             return self.unchanged();
         }
