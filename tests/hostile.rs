@@ -898,16 +898,6 @@ fn raise_nofile() -> libc::rlim_t {
     lim.rlim_cur
 }
 
-/// VmRSS of a process, in KiB.
-fn vm_rss_kib(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS in /proc/PID/status")
-}
 
 /// Reads what the server still sends on `stream` until it closes, or until
 /// `deadline`. `Ok(bytes)`: closed (EOF or reset); `Err`: still open.

@@ -31,15 +31,6 @@ fn settle(path: &std::path::Path) {
     file.set_modified(old).expect("set mtime");
 }
 
-fn vm_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
-}
 
 /// Listings are ordered by device and file and paginated by a cursor that
 /// stays put when logs are added before it or removed; each entry says
