@@ -898,7 +898,6 @@ fn raise_nofile() -> libc::rlim_t {
     lim.rlim_cur
 }
 
-
 /// Reads what the server still sends on `stream` until it closes, or until
 /// `deadline`. `Ok(bytes)`: closed (EOF or reset); `Err`: still open.
 fn read_until_closed(stream: &mut TcpStream, deadline: Instant) -> Result<Vec<u8>, Vec<u8>> {

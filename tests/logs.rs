@@ -31,7 +31,6 @@ fn settle(path: &std::path::Path) {
     file.set_modified(old).expect("set mtime");
 }
 
-
 /// Listings are ordered by device and file and paginated by a cursor that
 /// stays put when logs are added before it or removed; each entry says
 /// whether the log is growing and, once known, its digest.
