@@ -113,10 +113,12 @@ fn build(req: &httparse::Request<'_, '_>, len: usize) -> Parsed {
             "expect" => return after_checks(req, "Expect"),
             "upgrade" => return after_checks(req, "Upgrade"),
             "connection" => {
-                for token in value.to_str().unwrap_or_default().split(',') {
-                    let token = token.trim();
-                    close |= token.eq_ignore_ascii_case("close");
-                    keep |= token.eq_ignore_ascii_case("keep-alive");
+                // Bytes, not `to_str`: one non-ASCII token must not hide a
+                // `close` next to it (found by the `head` fuzz target).
+                for token in h.value.split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    close |= token.eq_ignore_ascii_case(b"close");
+                    keep |= token.eq_ignore_ascii_case(b"keep-alive");
                 }
             }
             _ => {}
@@ -189,6 +191,11 @@ mod tests {
         assert!(!keep("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"));
         assert!(!keep("GET / HTTP/1.0\r\n\r\n"));
         assert!(keep("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
+        let odd = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep\xe0alive, close\r\n\r\n";
+        match parse(odd, &HttpSettings::default()) {
+            Parsed::Request { keep_alive, .. } => assert!(!keep_alive, "close next to a non-ASCII token"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
