@@ -83,6 +83,15 @@ fn build(req: &httparse::Request<'_, '_>, len: usize) -> Parsed {
     let Ok(uri) = target.parse::<Uri>() else {
         return Parsed::Reject(StatusCode::BAD_REQUEST, "invalid request target");
     };
+    // Origin-form, `OPTIONS *` or absolute-form with an http(s) scheme and a
+    // host: never authority-form (`GET host:80`) nor a scheme that merely
+    // starts with "http" (found by the `head` fuzz target).
+    let origin = target.starts_with('/') || target == "*";
+    let absolute = uri.scheme_str().is_some_and(|s| s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https"))
+        && uri.authority().is_some();
+    if !(origin || absolute) {
+        return Parsed::Reject(StatusCode::BAD_REQUEST, "invalid request target");
+    }
 
     let mut headers = HeaderMap::with_capacity(req.headers.len());
     let (mut hosts, mut lengths, mut close, mut keep) = (0, 0, false, false);
@@ -223,5 +232,8 @@ mod tests {
         assert!(matches!(p(&raw), Parsed::Reject(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, _)));
         assert!(rejected("GET / HTTP/3.0\r\nHost: a\r\n\r\n"));
         assert!(rejected("G@T / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(rejected("GET http:80 HTTP/1.1\r\nHost: a\r\n\r\n"), "authority-form");
+        assert!(rejected("GET httpx://a/logs/dev/app.log HTTP/1.1\r\nHost: a\r\n\r\n"), "not an http scheme");
+        assert!(!rejected("GET http://a/tiles HTTP/1.1\r\nHost: a\r\n\r\n"), "absolute-form");
     }
 }
