@@ -351,9 +351,6 @@ impl Conn {
                 Err(SendError::Io(e)) => Err(e),
             };
         }
-        if !entry.holds_snapshot() {
-            return Err(self.changed(entry, false));
-        }
         self.write(out).await?;
         self.copy_file(slice).await.map(|()| "buffered")
     }
