@@ -483,8 +483,12 @@ fn clock_ms() -> u64 {
 /// The media type for a stored file, by extension.
 pub fn content_type(path: &Path) -> &'static str {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let ext = name.rsplit('.').next().unwrap_or("").to_ascii_lowercase();
-    match ext.as_str() {
+    content_type_of_ext(&name.rsplit('.').next().unwrap_or("").to_ascii_lowercase())
+}
+
+/// The Content-Type for a lowercase file extension (or a tileset's format).
+pub fn content_type_of_ext(ext: &str) -> &'static str {
+    match ext {
         "png" => "image/png",
         "jpg" | "jpeg" => "image/jpeg",
         "webp" => "image/webp",

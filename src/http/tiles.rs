@@ -284,9 +284,9 @@ async fn mbtiles_tile(
     let rep = files::Representation {
         etag: files::Representation::content_etag(&data),
         data,
-        content_type: HeaderValue::from_static(content_type_of(&t.format)),
+        content_type: HeaderValue::from_static(crate::cache::content_type_of_ext(&t.format)),
         modified: blob.file.modified(),
-        cache_control: cache_control(app, Some(t), spec),
+        cache_control: cache_control(app, t),
     };
     let len = rep.data.len() as u64;
     let mut response = files::respond_bytes(method, headers, rep);
@@ -304,22 +304,11 @@ async fn mbtiles_tile(
     response
 }
 
-fn content_type_of(format: &str) -> &'static str {
-    match format {
-        "png" => "image/png",
-        "jpg" => "image/jpeg",
-        "webp" => "image/webp",
-        _ => "application/x-protobuf",
-    }
-}
-
 /// `Cache-Control` of a tileset: its own setting, else its root's.
-fn cache_control(app: &AppState, t: Option<&Tileset>, spec: Option<&TilesetSpec>) -> HeaderValue {
-    let configured = spec.and_then(|s| s.cache_control.as_deref()).or_else(|| {
-        let root = app.root_by_id(t?.root)?;
-        Some(app.roots[root].spec.cache_control.as_str())
-    });
-    configured
+fn cache_control(app: &AppState, t: &Tileset) -> HeaderValue {
+    // The same rule as for the tileset's files (`Root::cache_control_for`).
+    app.root_by_id(t.root)
+        .map(|root| app.roots[root].cache_control_for(&t.name))
         .and_then(|c| HeaderValue::from_str(c).ok())
         .unwrap_or(HeaderValue::from_static(DEFAULT_TILES_CACHE_CONTROL))
 }
@@ -345,7 +334,7 @@ fn missing(app: &AppState, info: Option<&Tileset>, spec: Option<&TilesetSpec>, t
     } else {
         error(status, "no tile here")
     };
-    response.headers_mut().insert(header::CACHE_CONTROL, cache_control(app, Some(t), spec));
+    response.headers_mut().insert(header::CACHE_CONTROL, cache_control(app, t));
     response
 }
 
