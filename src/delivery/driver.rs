@@ -347,7 +347,7 @@ impl Conn {
                     tracing::warn!(path = %entry.path.display(), "file ended early during sendfile; closing connection");
                     Err(super::shrank())
                 }
-                Err(SendError::Changed { head_sent }) => Err(self.changed(entry, head_sent)),
+                Err(SendError::Changed) => Err(self.changed(entry)),
                 Err(SendError::Io(e)) => Err(e),
             };
         }
@@ -357,10 +357,10 @@ impl Conn {
 
     /// The file changed under a response (an in-place rewrite or a
     /// truncation): its descriptor leaves the cache, and the connection
-    /// closes; if the head already went, before the end of the body.
-    fn changed(&self, entry: &FileEntry, head_sent: bool) -> io::Error {
+    /// closes before the end of the body.
+    fn changed(&self, entry: &FileEntry) -> io::Error {
         self.shared.cache.invalidate(&entry.path);
-        tracing::info!(path = %entry.path.display(), head_sent, "file changed while being sent; closing connection");
+        tracing::info!(path = %entry.path.display(), "file changed while being sent; closing connection");
         io::Error::other("file changed while being sent")
     }
 
@@ -372,7 +372,7 @@ impl Conn {
             // The last chunk goes only if the file is still the version the
             // head describes: a rewrite during the copy ends the connection.
             if offset + chunk.len() as u64 == end && !slice.entry.holds_snapshot() {
-                return Err(self.changed(&slice.entry, true));
+                return Err(self.changed(&slice.entry));
             }
             self.write(&chunk).await?;
             offset += chunk.len() as u64;

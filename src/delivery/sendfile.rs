@@ -27,12 +27,10 @@ pub enum SendError {
     Refused(io::Error),
     /// The file ended before the promised length: close the connection.
     Shrank,
-    /// The file changed (length or mtime) under the response: nothing was
-    /// sent if this comes before the head, else the connection must close
-    /// without the last byte, so that no client takes a torn body as whole.
-    Changed {
-        head_sent: bool,
-    },
+    /// The file changed (length or mtime) under the response: the
+    /// connection must close without the last byte, so that no client takes
+    /// a torn body as whole.
+    Changed,
     Io(io::Error),
 }
 
@@ -140,7 +138,7 @@ async fn finish(stream: &TcpStream, slice: &FileSlice, len: u64, timeout: Durati
         return Err(SendError::Shrank);
     }
     if !slice.entry.holds_snapshot() {
-        return Err(SendError::Changed { head_sent: true });
+        return Err(SendError::Changed);
     }
     send_all(stream, &last, false, timeout).await?;
     Ok(())
