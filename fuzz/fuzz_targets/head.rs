@@ -1,5 +1,6 @@
-//! The request-head path of the connection driver: `delivery::head::parse`
-//! fed the way the driver feeds it (a growing buffer, then the rest after
+//! The request-head path of the connection driver: `delivery::head::parse`,
+//! then `Head::request` as the driver builds it for the Router (a request it
+//! cannot build is refused), fed the way the driver feeds it (a growing buffer, then the rest after
 //! each request it serves), with the default limits and with tight ones.
 //!
 //! Invariants, beyond "never panics":
@@ -24,7 +25,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use tessera::config::HttpSettings;
-use tessera::delivery::head::{parse, Parsed, MAX_HEADERS};
+use tessera::delivery::head::{parse, Head, Parsed, MAX_HEADERS};
 
 /// At most this many pipelined requests are followed in one input.
 const MAX_PIPELINED: usize = 8;
@@ -48,13 +49,23 @@ enum Outcome {
     Reject,
 }
 
-fn outcome(parsed: &Parsed) -> Outcome {
+fn outcome(buf: &[u8], parsed: &Parsed) -> Outcome {
     match parsed {
         Parsed::Partial => Outcome::Partial,
-        Parsed::Request { request, len, keep_alive } => Outcome::Request {
-            len: *len,
-            keep_alive: *keep_alive,
-            summary: format!("{} {} {:?} {:?}", request.method(), request.uri(), request.version(), request.headers()),
+        Parsed::Request(head) => match head.request(buf) {
+            Ok(request) => Outcome::Request {
+                len: head.len,
+                keep_alive: head.keep_alive,
+                summary: format!(
+                    "{} {} {:?} {:?} {}",
+                    request.method(),
+                    request.uri(),
+                    request.version(),
+                    request.headers(),
+                    head.target(buf)
+                ),
+            },
+            Err(_) => Outcome::Reject,
         },
         Parsed::Handoff(why) => Outcome::Handoff(why),
         Parsed::Reject(..) => Outcome::Reject,
@@ -69,14 +80,15 @@ fn drive(data: &[u8], limits: &HttpSettings) {
             return;
         }
         let parsed = parse(buf, limits);
-        let again = outcome(&parse(buf, limits));
-        let got = outcome(&parsed);
+        let again = outcome(buf, &parse(buf, limits));
+        let got = outcome(buf, &parsed);
         assert_eq!(got, again, "parse is not deterministic");
         check_prefixes(buf, limits, &got);
         match parsed {
-            Parsed::Request { request, len, keep_alive } => {
-                check_request(buf, limits, &request, len, keep_alive);
-                buf = &buf[len..];
+            Parsed::Request(head) => {
+                let Ok(request) = head.request(buf) else { return };
+                check_request(buf, limits, &request, &head);
+                buf = &buf[head.len..];
             }
             Parsed::Reject(status, why) => {
                 assert!(status.is_client_error() || status.is_server_error(), "refusal with {status} ({why})");
@@ -94,7 +106,7 @@ fn check_prefixes(buf: &[u8], limits: &HttpSettings, whole: &Outcome) {
         if k == 0 || k >= buf.len() {
             return;
         }
-        let early = outcome(&parse(&buf[..k], limits));
+        let early = outcome(&buf[..k], &parse(&buf[..k], limits));
         if early == Outcome::Partial {
             return;
         }
@@ -130,9 +142,29 @@ fn check_prefixes(buf: &[u8], limits: &HttpSettings, whole: &Outcome) {
     }
 }
 
-fn check_request(buf: &[u8], limits: &HttpSettings, request: &http::Request<()>, len: usize, keep_alive: bool) {
+fn check_request(buf: &[u8], limits: &HttpSettings, request: &http::Request<()>, parsed: &Head) {
     use http::{header, Method, Version};
 
+    let (len, keep_alive) = (parsed.len, parsed.keep_alive);
+    // A replayable head is one whose answer depends on its target alone.
+    let target = parsed.target(buf);
+    if parsed.replayable(buf) {
+        let conditional = [
+            header::RANGE,
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::IF_MATCH,
+            header::IF_UNMODIFIED_SINCE,
+            header::IF_RANGE,
+        ];
+        assert!(!conditional.iter().any(|h| request.headers().contains_key(h)), "a conditional request is replayable");
+        assert!(
+            request.method() == Method::GET || request.method() == Method::HEAD,
+            "a {} is replayable",
+            request.method()
+        );
+        assert!(target.starts_with('/'), "replayable target {target:?} is not origin-form");
+    }
     assert!(len > 0 && len <= buf.len(), "len {len} outside a buffer of {}", buf.len());
     let head = &buf[..len];
     assert!(head.ends_with(b"\r\n\r\n"), "a served head does not end with CRLF CRLF");
@@ -141,7 +173,7 @@ fn check_request(buf: &[u8], limits: &HttpSettings, request: &http::Request<()>,
         assert!(b != b'\n' || (i > 0 && head[i - 1] == b'\r'), "bare LF at {i} in a served head");
     }
     // The head alone, with nothing after it, is the same request.
-    let alone = outcome(&parse(head, limits));
+    let alone = outcome(head, &parse(head, limits));
     match &alone {
         Outcome::Request { len: l, .. } if *l == len => {}
         other => panic!("the head alone parses as {other:?}, not as the request"),

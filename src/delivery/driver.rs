@@ -41,7 +41,7 @@ use tokio::sync::watch;
 use tokio::time::{timeout, timeout_at, Instant};
 use tower::ServiceExt;
 
-use super::head::{self, Parsed};
+use super::head::{self, Head, Parsed};
 use super::sendfile::{self, SendError};
 use super::{handoff, read_chunk, FileSlice};
 use crate::cache::{DescriptorCache, FileEntry, Validators};
@@ -123,11 +123,10 @@ impl Conn {
             let Some(parsed) = self.read_head(first).await? else { return Ok(End::Quiet) };
             first = false;
             match parsed {
-                Parsed::Request { request, len, keep_alive } => {
-                    self.buf.advance(len);
-                    let keep_alive = match self.replay(&request, keep_alive).await {
-                        Some(result) => result?,
-                        None => self.respond(*request, keep_alive).await?,
+                Parsed::Request(head) => {
+                    let keep_alive = match self.serve(&head).await? {
+                        Some(keep_alive) => keep_alive,
+                        None => return Ok(End::Close),
                     };
                     let keep_alive = keep_alive && !*self.shutdown.borrow();
                     if !keep_alive {
@@ -139,14 +138,39 @@ impl Conn {
                     return Ok(End::Handoff);
                 }
                 Parsed::Reject(status, why) => {
-                    self.shared.metrics.rejected_heads.with_label_values(&[status.as_str()]).inc();
-                    tracing::debug!(status = status.as_u16(), why, "request refused");
-                    self.write_error(status, why).await?;
+                    self.reject(status, why).await?;
                     return Ok(End::Close);
                 }
                 Parsed::Partial => unreachable!("read_head returns whole heads"),
             }
         }
+    }
+
+    /// Answers the request whose head starts the buffer, from a replay if
+    /// there is a current one, else through the Router; consumes the head.
+    /// Returns whether the connection may stay open (`None`: it was refused).
+    async fn serve(&mut self, head: &Head) -> io::Result<Option<bool>> {
+        if head.replayable(&self.buf) {
+            let target = head.target(&self.buf);
+            if let Some(found) = self.replay_entry(target) {
+                let path = access_enabled().then(|| target.split('?').next().unwrap_or(target).to_owned());
+                self.buf.advance(head.len);
+                return self.replay(found, head, path).await.map(Some);
+            }
+        }
+        let replay_key = head.replayable(&self.buf).then(|| head.target(&self.buf).to_owned());
+        let request = head.request(&self.buf);
+        self.buf.advance(head.len);
+        match request {
+            Ok(request) => self.respond(request, head, replay_key).await.map(Some),
+            Err((status, why)) => self.reject(status, why).await.map(|()| None),
+        }
+    }
+
+    async fn reject(&mut self, status: StatusCode, why: &'static str) -> io::Result<()> {
+        self.shared.metrics.rejected_heads.with_label_values(&[status.as_str()]).inc();
+        tracing::debug!(status = status.as_u16(), why, "request refused");
+        self.write_error(status, why).await
     }
 
     /// Reads until the buffer starts with a whole head. `None`: close quietly
@@ -184,24 +208,20 @@ impl Conn {
         }
     }
 
-    /// Answers one request; returns whether the connection may stay open.
-    /// Answers from a replay if there is a current one for this request.
-    async fn replay(&mut self, request: &Request<()>, keep_alive: bool) -> Option<io::Result<bool>> {
-        if !replayable(request) {
-            return None;
-        }
-        let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
-        let (entry, head, route) = self.replay_entry(target)?;
+    /// Answers from a replay (see [`Self::replay_entry`]); returns whether
+    /// the connection may stay open. `path` is for the access log, when on.
+    async fn replay(&mut self, found: Found, head: &Head, path: Option<String>) -> io::Result<bool> {
+        let Found { entry, head: kept, route } = found;
         let started = std::time::Instant::now();
         let mut out = std::mem::take(&mut self.out);
         out.clear();
-        out.extend_from_slice(&head);
+        out.extend_from_slice(&kept);
         // The head was kept without Date (it changes every second).
         out.extend_from_slice(b"date: ");
         with_http_date(|date| out.extend_from_slice(date.as_bytes()));
         out.extend_from_slice(b"\r\n");
-        finish_head(&mut out, keep_alive, request.version());
-        let result = if request.method() == Method::HEAD {
+        finish_head(&mut out, head.keep_alive, head.version);
+        let result = if head.method == Method::HEAD {
             self.write(&out).await.map(|()| (0, "none"))
         } else {
             let slice = FileSlice { offset: 0, len: entry.len(), entry: entry.clone() };
@@ -211,12 +231,12 @@ impl Conn {
         let metrics = &self.shared.metrics;
         metrics.replays.inc();
         crate::http::observe::count(metrics, route, StatusCode::OK);
-        if let Ok((bytes, delivery)) = result {
+        if let (Some(path), Ok((bytes, delivery))) = (path.filter(|_| !head.self_check), &result) {
             let root = self.shared.roots.get(entry.root).map(|r| r.path());
             let elapsed = started.elapsed().as_micros() as u64;
-            access(route, request.method().as_str(), request.uri().path(), 200, bytes, delivery, root, elapsed);
+            access(route, head.method.as_str(), &path, 200, *bytes, delivery, root, elapsed);
         }
-        Some(result.map(|_| keep_alive))
+        result.map(|_| head.keep_alive)
     }
 
     /// The file and head of a replay for `target`, if it is still the answer.
@@ -226,13 +246,13 @@ impl Conn {
     /// replay holds only if the new descriptor has the validators the head
     /// was written for (so `ETag`, `Last-Modified` and `Content-Length` are
     /// still true); anything else drops the replay and the Router answers.
-    fn replay_entry(&self, target: &str) -> Option<(Arc<FileEntry>, Bytes, &'static str)> {
+    fn replay_entry(&self, target: &str) -> Option<Found> {
         let stale = REPLAYS.with(|replays| {
             let replays = replays.borrow();
             let replay = replays.get(target)?;
-            if let Some(entry) = replay.entry.upgrade().filter(|entry| entry.is_current() && entry.unchanged()) {
+            if let Some(entry) = replay.entry.upgrade().filter(|entry| entry.fresh()) {
                 self.shared.metrics.cache_hits.inc();
-                return Some(Ok((entry, replay.head.clone(), replay.route)));
+                return Some(Ok(Found { entry, head: replay.head.clone(), route: replay.route }));
             }
             Some(Err((replay.root, replay.rel.clone(), replay.validators)))
         })?;
@@ -252,7 +272,7 @@ impl Conn {
                 Some(entry) => {
                     let replay = replays.get_mut(target)?;
                     replay.entry = Arc::downgrade(&entry);
-                    Some((entry, replay.head.clone(), replay.route))
+                    Some(Found { entry, head: replay.head.clone(), route: replay.route })
                 }
                 None => {
                     replays.remove(target);
@@ -262,15 +282,14 @@ impl Conn {
         })
     }
 
-    async fn respond(&mut self, request: Request<()>, keep_alive: bool) -> io::Result<bool> {
-        let is_head = request.method() == Method::HEAD;
-        let version = request.version();
-        let replay_key =
-            replayable(&request).then(|| request.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned());
+    /// Answers through the Router; returns whether the connection may stay
+    /// open. A whole-file answer is kept for replays under `replay_key`.
+    async fn respond(&mut self, request: Request<()>, head: &Head, replay_key: Option<String>) -> io::Result<bool> {
+        let (is_head, version, keep_alive) = (head.method == Method::HEAD, head.version, head.keep_alive);
         let started = std::time::Instant::now();
         // The watchdog's own health check is not a client: not logged.
-        let log = (access_enabled() && !request.headers().contains_key("x-tessera-self-check"))
-            .then(|| (request.method().clone(), request.uri().path().to_owned()));
+        let log =
+            (access_enabled() && !head.self_check).then(|| (request.method().clone(), request.uri().path().to_owned()));
         let mut request = request.map(|()| Body::empty());
         if log.is_some() {
             request.extensions_mut().insert(crate::http::observe::Driven);
@@ -552,6 +571,13 @@ fn finish_head(out: &mut Vec<u8>, keep_alive: bool, version: Version) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// A current replay: the file to send and the head kept for it.
+struct Found {
+    entry: Arc<FileEntry>,
+    head: Bytes,
+    route: &'static str,
+}
+
 /// A response the driver may send again for the same request target.
 struct Replay {
     /// Weak: a replay must not keep a descriptor open after the descriptor
@@ -576,23 +602,6 @@ thread_local! {
 /// More replays than this and the map starts afresh (it is a cache of
 /// what the descriptor cache already bounds).
 const REPLAYS_MAX: usize = 1 << 16;
-
-/// Whether the answer to this request can only depend on its target: a GET
-/// or HEAD without conditionals or ranges.
-fn replayable(request: &Request<()>) -> bool {
-    let h = request.headers();
-    (request.method() == Method::GET || request.method() == Method::HEAD)
-        && ![
-            header::RANGE,
-            header::IF_NONE_MATCH,
-            header::IF_MODIFIED_SINCE,
-            header::IF_MATCH,
-            header::IF_UNMODIFIED_SINCE,
-            header::IF_RANGE,
-        ]
-        .iter()
-        .any(|name| h.contains_key(name))
-}
 
 /// Keeps the head of a whole-file 200 for replays, if it may be replayed.
 fn remember(target: String, parts: &axum::http::response::Parts, head: &[u8], roots: &[Root]) {

@@ -17,12 +17,79 @@ use crate::config::HttpSettings;
 pub enum Parsed {
     /// Not a whole head yet.
     Partial,
-    /// A request the driver serves itself; `len` bytes of head consumed.
-    Request { request: Box<Request<()>>, len: usize, keep_alive: bool },
+    /// A request the driver serves itself.
+    Request(Head),
     /// A request for hyper: leave every byte in the buffer.
     Handoff(&'static str),
     /// Refuse with this status, then close.
     Reject(StatusCode, &'static str),
+}
+
+/// A checked request head, not yet built into an `http::Request`: a replay
+/// needs only the method, the target and a few facts about the fields, so
+/// the `Request` (its `Uri`, `HeaderMap` and their allocations, a third of a
+/// replay's instructions in callgrind) is built only for the Router.
+#[derive(Debug)]
+pub struct Head {
+    pub method: Method,
+    pub version: Version,
+    /// Bytes of the buffer this head takes.
+    pub len: usize,
+    pub keep_alive: bool,
+    /// Where the request target is in the head.
+    target: (usize, usize),
+    /// No `Range` and no conditional field: for a GET or HEAD of an
+    /// origin-form target, the answer depends on the target alone.
+    pub unconditional: bool,
+    /// The watchdog's own health check (`X-Tessera-Self-Check`).
+    pub self_check: bool,
+}
+
+impl Head {
+    /// The request target as sent, from the buffer this head was parsed from.
+    pub fn target<'a>(&self, buf: &'a [u8]) -> &'a str {
+        // httparse hands out the target as `&str`: the range is valid UTF-8.
+        std::str::from_utf8(&buf[self.target.0..self.target.1]).unwrap_or_default()
+    }
+
+    /// Whether a replay could answer: a GET or HEAD of an origin-form target
+    /// without a range or a condition.
+    pub fn replayable(&self, buf: &[u8]) -> bool {
+        (self.method == Method::GET || self.method == Method::HEAD)
+            && self.unconditional
+            && self.target(buf).starts_with('/')
+    }
+
+    /// The `Request` for the Router, built from the same head. Fails (400)
+    /// on what only `http`'s own types refuse: a target `Uri` rejects, or a
+    /// field name or value `HeaderName` or `HeaderValue` rejects.
+    pub fn request(&self, buf: &[u8]) -> Result<Request<()>, (StatusCode, &'static str)> {
+        let head = &buf[..self.len];
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut fields);
+        if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
+            return Err((StatusCode::BAD_REQUEST, "malformed request head"));
+        }
+        let Ok(uri) = self.target(buf).parse::<Uri>() else {
+            return Err((StatusCode::BAD_REQUEST, "invalid request target"));
+        };
+        let mut headers = HeaderMap::with_capacity(req.headers.len());
+        for h in req.headers.iter() {
+            let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
+                return Err((StatusCode::BAD_REQUEST, "invalid header name"));
+            };
+            let Ok(value) = HeaderValue::from_bytes(h.value) else {
+                return Err((StatusCode::BAD_REQUEST, "invalid header value"));
+            };
+            headers.append(name, value);
+        }
+        let mut request = Request::new(());
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = uri;
+        *request.version_mut() = self.version;
+        *request.headers_mut() = headers;
+        Ok(request)
+    }
 }
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -58,7 +125,7 @@ pub fn parse(buf: &[u8], limits: &HttpSettings) -> Parsed {
     if has_bare_lf(&buf[..len]) {
         return Parsed::Reject(StatusCode::BAD_REQUEST, "bare LF in request head");
     }
-    build(&req, len)
+    check(buf, &req, len)
 }
 
 /// httparse accepts a lone `\n` as a line end; HTTP/1.1 front ends may not,
@@ -67,7 +134,10 @@ fn has_bare_lf(head: &[u8]) -> bool {
     head.iter().enumerate().any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
 }
 
-fn build(req: &httparse::Request<'_, '_>, len: usize) -> Parsed {
+/// Everything that decides between serving, handing off and refusing, on
+/// httparse's slices (httparse has already refused control characters in
+/// values and anything but token characters in names).
+fn check(buf: &[u8], req: &httparse::Request<'_, '_>, len: usize) -> Parsed {
     let version = match req.version {
         Some(0) => Version::HTTP_10,
         Some(1) => Version::HTTP_11,
@@ -77,62 +147,51 @@ fn build(req: &httparse::Request<'_, '_>, len: usize) -> Parsed {
         return Parsed::Reject(StatusCode::BAD_REQUEST, "invalid method");
     };
     let target = req.path.unwrap_or_default();
-    if !(target.starts_with('/') || (target == "*" && method == Method::OPTIONS) || target.starts_with("http")) {
-        return Parsed::Reject(StatusCode::BAD_REQUEST, "invalid request target");
-    }
-    let Ok(uri) = target.parse::<Uri>() else {
-        return Parsed::Reject(StatusCode::BAD_REQUEST, "invalid request target");
-    };
     // Origin-form, `OPTIONS *` or absolute-form with an http(s) scheme and a
     // host: never authority-form (`GET host:80`) nor a scheme that merely
-    // starts with "http" (found by the `head` fuzz target).
-    let origin = target.starts_with('/') || target == "*";
-    let absolute = uri.scheme_str().is_some_and(|s| s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https"))
-        && uri.authority().is_some();
-    if !(origin || absolute) {
+    // starts with "http" (found by the `head` fuzz target). An origin-form
+    // target's characters are `Uri`'s to judge, in `Head::request`.
+    let origin = target.starts_with('/') || (target == "*" && method == Method::OPTIONS);
+    if !origin && !is_absolute_http(target) {
         return Parsed::Reject(StatusCode::BAD_REQUEST, "invalid request target");
     }
+    let start = target.as_ptr() as usize - buf.as_ptr() as usize;
 
-    let mut headers = HeaderMap::with_capacity(req.headers.len());
     let (mut hosts, mut lengths, mut close, mut keep) = (0, 0, false, false);
+    let (mut unconditional, mut self_check) = (true, false);
     for h in req.headers.iter() {
-        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
-            return Parsed::Reject(StatusCode::BAD_REQUEST, "invalid header name");
-        };
         if h.value.iter().any(|&b| b == b'\r' || b == b'\n') {
             return Parsed::Reject(StatusCode::BAD_REQUEST, "obsolete line folding");
         }
-        let Ok(value) = HeaderValue::from_bytes(h.value) else {
-            return Parsed::Reject(StatusCode::BAD_REQUEST, "invalid header value");
-        };
-        match name.as_str() {
-            "host" => hosts += 1,
-            "content-length" => {
-                lengths += 1;
-                match std::str::from_utf8(h.value)
-                    .ok()
-                    .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                {
-                    Some(v) if v.trim_start_matches('0').is_empty() => {}
-                    Some(_) => return after_checks(req, "a request body"),
-                    None => return Parsed::Reject(StatusCode::BAD_REQUEST, "invalid Content-Length"),
-                }
+        let name = h.name;
+        if name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+        } else if name.eq_ignore_ascii_case("content-length") {
+            lengths += 1;
+            match std::str::from_utf8(h.value).ok().filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())) {
+                Some(v) if v.trim_start_matches('0').is_empty() => {}
+                Some(_) => return after_checks(req, "a request body"),
+                None => return Parsed::Reject(StatusCode::BAD_REQUEST, "invalid Content-Length"),
             }
-            "transfer-encoding" => return after_checks(req, "Transfer-Encoding"),
-            "expect" => return after_checks(req, "Expect"),
-            "upgrade" => return after_checks(req, "Upgrade"),
-            "connection" => {
-                // Bytes, not `to_str`: one non-ASCII token must not hide a
-                // `close` next to it (found by the `head` fuzz target).
-                for token in h.value.split(|&b| b == b',') {
-                    let token = token.trim_ascii();
-                    close |= token.eq_ignore_ascii_case(b"close");
-                    keep |= token.eq_ignore_ascii_case(b"keep-alive");
-                }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return after_checks(req, "Transfer-Encoding");
+        } else if name.eq_ignore_ascii_case("expect") {
+            return after_checks(req, "Expect");
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            return after_checks(req, "Upgrade");
+        } else if name.eq_ignore_ascii_case("connection") {
+            // Bytes, not `to_str`: one non-ASCII token must not hide a
+            // `close` next to it (found by the `head` fuzz target).
+            for token in h.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep |= token.eq_ignore_ascii_case(b"keep-alive");
             }
-            _ => {}
+        } else if name.eq_ignore_ascii_case("range") || name.len() > 3 && name[..3].eq_ignore_ascii_case("if-") {
+            unconditional = false;
+        } else if name.eq_ignore_ascii_case("x-tessera-self-check") {
+            self_check = true;
         }
-        headers.append(name, value);
     }
     if hosts > 1 || lengths > 1 {
         return Parsed::Reject(StatusCode::BAD_REQUEST, "duplicate Host or Content-Length");
@@ -141,12 +200,24 @@ fn build(req: &httparse::Request<'_, '_>, len: usize) -> Parsed {
         return Parsed::Reject(StatusCode::BAD_REQUEST, "HTTP/1.1 request without Host");
     }
     let keep_alive = if version == Version::HTTP_11 { !close } else { keep && !close };
-    let mut request = Request::new(());
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
-    *request.version_mut() = version;
-    *request.headers_mut() = headers;
-    Parsed::Request { request: Box::new(request), len, keep_alive }
+    Parsed::Request(Head {
+        method,
+        version,
+        len,
+        keep_alive,
+        target: (start, start + target.len()),
+        unconditional,
+        self_check,
+    })
+}
+
+/// An absolute-form target with an http or https scheme and an authority.
+fn is_absolute_http(target: &str) -> bool {
+    target.starts_with("http")
+        && target.parse::<Uri>().is_ok_and(|uri| {
+            uri.scheme_str().is_some_and(|s| s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https"))
+                && uri.authority().is_some()
+        })
 }
 
 /// A request headed for hyper must still pass the checks that make framing
@@ -174,17 +245,28 @@ mod tests {
         parse(raw.as_bytes(), &HttpSettings::default())
     }
 
+    /// Refused by the parse, or by building the `Request` (as the driver does
+    /// for any request it does not replay).
     fn rejected(raw: &str) -> bool {
-        matches!(p(raw), Parsed::Reject(..))
+        match p(raw) {
+            Parsed::Reject(..) => true,
+            Parsed::Request(head) => head.request(raw.as_bytes()).is_err(),
+            _ => false,
+        }
     }
 
     #[test]
     fn plain_get() {
-        match p("GET /tiles HTTP/1.1\r\nHost: a\r\n\r\nGET /next") {
-            Parsed::Request { request, len, keep_alive } => {
+        let raw = "GET /tiles?v=1 HTTP/1.1\r\nHost: a\r\nIf-None-Match: \"x\"\r\n\r\nGET /next";
+        match p(raw) {
+            Parsed::Request(head) => {
+                assert_eq!(head.target(raw.as_bytes()), "/tiles?v=1");
+                assert_eq!(head.len, raw.len() - "GET /next".len());
+                assert!(head.keep_alive);
+                assert!(!head.unconditional && !head.replayable(raw.as_bytes()));
+                let request = head.request(raw.as_bytes()).expect("a request");
                 assert_eq!(request.uri().path(), "/tiles");
-                assert_eq!(len, "GET /tiles HTTP/1.1\r\nHost: a\r\n\r\n".len());
-                assert!(keep_alive);
+                assert_eq!(request.headers()["if-none-match"], "\"x\"");
             }
             other => panic!("{other:?}"),
         }
@@ -194,7 +276,7 @@ mod tests {
     #[test]
     fn keep_alive_rules() {
         let keep = |raw: &str| match p(raw) {
-            Parsed::Request { keep_alive, .. } => keep_alive,
+            Parsed::Request(head) => head.keep_alive,
             other => panic!("{other:?}"),
         };
         assert!(!keep("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"));
@@ -202,7 +284,7 @@ mod tests {
         assert!(keep("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
         let odd = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep\xe0alive, close\r\n\r\n";
         match parse(odd, &HttpSettings::default()) {
-            Parsed::Request { keep_alive, .. } => assert!(!keep_alive, "close next to a non-ASCII token"),
+            Parsed::Request(head) => assert!(!head.keep_alive, "close next to a non-ASCII token"),
             other => panic!("{other:?}"),
         }
     }
@@ -235,5 +317,24 @@ mod tests {
         assert!(rejected("GET http:80 HTTP/1.1\r\nHost: a\r\n\r\n"), "authority-form");
         assert!(rejected("GET httpx://a/logs/dev/app.log HTTP/1.1\r\nHost: a\r\n\r\n"), "not an http scheme");
         assert!(!rejected("GET http://a/tiles HTTP/1.1\r\nHost: a\r\n\r\n"), "absolute-form");
+        assert!(rejected("GET /a<b> HTTP/1.1\r\nHost: a\r\n\r\n"), "a target Uri refuses");
+    }
+
+    #[test]
+    fn replayable_heads() {
+        let replayable = |raw: &str| match p(raw) {
+            Parsed::Request(head) => head.replayable(raw.as_bytes()),
+            other => panic!("{other:?}"),
+        };
+        assert!(replayable("GET /tiles/a/0/0/0.png HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n\r\n"));
+        assert!(replayable("HEAD /x HTTP/1.0\r\n\r\n"));
+        assert!(!replayable("GET /x HTTP/1.1\r\nHost: a\r\nrange: bytes=0-1\r\n\r\n"));
+        assert!(!replayable("GET /x HTTP/1.1\r\nHost: a\r\nIF-MODIFIED-SINCE: x\r\n\r\n"));
+        assert!(!replayable("POST /x HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(!replayable("GET http://a/x HTTP/1.1\r\nHost: a\r\n\r\n"), "absolute-form goes to the Router");
+        match p("GET /x HTTP/1.1\r\nHost: a\r\nX-Tessera-Self-Check: 1\r\n\r\n") {
+            Parsed::Request(head) => assert!(head.self_check),
+            other => panic!("{other:?}"),
+        }
     }
 }
