@@ -148,7 +148,7 @@ fn check_request(buf: &[u8], limits: &HttpSettings, request: &http::Request<()>,
     let (len, keep_alive) = (parsed.len, parsed.keep_alive);
     // A replayable head is one whose answer depends on its target alone.
     let target = parsed.target(buf);
-    if parsed.replayable(buf) {
+    if parsed.replayable() {
         let conditional = [
             header::RANGE,
             header::IF_NONE_MATCH,

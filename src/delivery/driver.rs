@@ -26,6 +26,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -38,7 +39,8 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::{timeout, timeout_at, Instant};
+use tokio::sync::futures::OwnedNotified;
+use tokio::time::{sleep_until, timeout, timeout_at, Instant, Sleep};
 use tower::ServiceExt;
 
 use super::head::{self, Head, Parsed};
@@ -60,10 +62,12 @@ pub struct Shared {
     pub settings: HttpSettings,
     pub metrics: Arc<Metrics>,
     pub shutdown: watch::Receiver<bool>,
-    /// Wakes every idle keep-alive connection to close: the accept loops
-    /// ring it when the process runs out of descriptors (as nginx drains its
-    /// reusable connections), so that new clients can be answered.
-    pub drain_idle: tokio::sync::Notify,
+    /// Wakes every idle keep-alive connection to close: rung on shutdown,
+    /// and by the accept loops when the process runs out of descriptors (as
+    /// nginx drains its reusable connections), so that new clients can be
+    /// answered. A connection that was not idle when it rang closes at its
+    /// next idle wait.
+    pub idle_close: Arc<tokio::sync::Notify>,
 }
 
 /// How a connection's own loop ended.
@@ -85,11 +89,17 @@ const LINGER: Duration = Duration::from_secs(2);
 pub async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
     shared.metrics.connections.inc();
+    let mut idle_end = Box::pin(shared.idle_close.clone().notified_owned());
+    // Registered now, before any look at the shutdown flag: a ring from
+    // then on is not lost (see `read_head`).
+    idle_end.as_mut().enable();
     let mut conn = Conn {
         stream,
         buf: BytesMut::with_capacity(4096),
         out: Vec::with_capacity(1024),
         shutdown: shared.shutdown.clone(),
+        timer: Box::pin(sleep_until(Instant::now() + shared.settings.head_timeout)),
+        idle_end,
         shared,
     };
     match conn.run().await {
@@ -114,6 +124,17 @@ struct Conn {
     out: Vec<u8>,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
+    /// The connection's one timer for its head and idle deadlines. It is
+    /// moved only when a deadline comes earlier than it, or when it fires
+    /// before the deadline in force (then it is set to that deadline), the
+    /// way nginx keeps a timer that is close enough: a tokio timer per read
+    /// put an entry into the timer wheel and took it out again on every
+    /// request (callgrind).
+    timer: Pin<Box<Sleep>>,
+    /// Ready once `Shared::idle_close` rang; registered for the whole
+    /// connection instead of once per idle wait (callgrind: a registration
+    /// and removal under a lock per request).
+    idle_end: Pin<Box<OwnedNotified>>,
 }
 
 impl Conn {
@@ -150,15 +171,17 @@ impl Conn {
     /// there is a current one, else through the Router; consumes the head.
     /// Returns whether the connection may stay open (`None`: it was refused).
     async fn serve(&mut self, head: &Head) -> io::Result<Option<bool>> {
-        if head.replayable(&self.buf) {
+        let replay_key = if head.replayable() {
             let target = head.target(&self.buf);
             if let Some(found) = self.replay_entry(target) {
                 let path = access_enabled().then(|| target.split('?').next().unwrap_or(target).to_owned());
                 self.buf.advance(head.len);
                 return self.replay(found, head, path).await.map(Some);
             }
-        }
-        let replay_key = head.replayable(&self.buf).then(|| head.target(&self.buf).to_owned());
+            Some(target.to_owned())
+        } else {
+            None
+        };
         let request = head.request(&self.buf);
         self.buf.advance(head.len);
         match request {
@@ -186,24 +209,40 @@ impl Conn {
                     parsed => return Ok(Some(parsed)),
                 }
             }
+            // A shutdown that rang before this connection registered its
+            // `idle_end` is seen here; one after, through `idle_end`.
+            if idle && *self.shutdown.borrow() {
+                return Ok(None);
+            }
             if self.buf.capacity() - self.buf.len() < 2048 {
                 self.buf.reserve(8192);
             }
+            if self.timer.deadline() > deadline {
+                self.timer.as_mut().reset(deadline);
+            }
             let read = tokio::select! {
-                read = timeout_at(deadline, self.stream.read_buf(&mut self.buf)) => read,
-                _ = super::stopped(&mut self.shutdown), if idle => return Ok(None),
-                _ = self.shared.drain_idle.notified(), if idle => return Ok(None),
+                read = self.stream.read_buf(&mut self.buf) => read,
+                () = &mut self.timer => {
+                    if Instant::now() < deadline {
+                        // Set for an earlier deadline that has since moved.
+                        self.timer.as_mut().reset(deadline);
+                        continue;
+                    }
+                    if idle {
+                        return Ok(None);
+                    }
+                    return Ok(Some(Parsed::Reject(StatusCode::REQUEST_TIMEOUT, "request head too slow")));
+                }
+                () = &mut self.idle_end, if idle => return Ok(None),
             };
             match read {
-                Err(_) if idle => return Ok(None),
-                Err(_) => return Ok(Some(Parsed::Reject(StatusCode::REQUEST_TIMEOUT, "request head too slow"))),
-                Ok(Ok(0)) => return Ok(None),
-                Ok(Ok(_)) if idle => {
+                Ok(0) => return Ok(None),
+                Ok(_) if idle => {
                     idle = false;
                     deadline = Instant::now() + settings.head_timeout;
                 }
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(e),
+                Ok(_) => {}
+                Err(e) => return Err(e),
             }
         }
     }
@@ -212,7 +251,7 @@ impl Conn {
     /// the connection may stay open. `path` is for the access log, when on.
     async fn replay(&mut self, found: Found, head: &Head, path: Option<String>) -> io::Result<bool> {
         let Found { entry, head: kept, route } = found;
-        let started = std::time::Instant::now();
+        let started = path.is_some().then(std::time::Instant::now);
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         out.extend_from_slice(&kept);
@@ -231,7 +270,7 @@ impl Conn {
         let metrics = &self.shared.metrics;
         metrics.replays.inc();
         crate::http::observe::count(metrics, route, StatusCode::OK);
-        if let (Some(path), Ok((bytes, delivery))) = (path.filter(|_| !head.self_check), &result) {
+        if let (Some(path), Some(started), Ok((bytes, delivery))) = (path.filter(|_| !head.self_check), started, &result) {
             let root = self.shared.roots.get(entry.root).map(|r| r.path());
             let elapsed = started.elapsed().as_micros() as u64;
             access(route, head.method.as_str(), &path, 200, *bytes, delivery, root, elapsed);
@@ -595,8 +634,12 @@ struct Replay {
 }
 
 thread_local! {
-    /// This worker thread's replays, by request target.
-    static REPLAYS: RefCell<HashMap<String, Replay>> = RefCell::new(HashMap::new());
+    /// This worker thread's replays, by request target. foldhash, seeded
+    /// per process, instead of SipHash: a tenth of a replay's instructions
+    /// went to hashing the target (callgrind); only targets that were
+    /// answered with a whole file get in, and the map is bounded.
+    static REPLAYS: RefCell<HashMap<String, Replay, foldhash::fast::RandomState>> =
+        RefCell::new(HashMap::with_hasher(foldhash::fast::RandomState::default()));
 }
 
 /// More replays than this and the map starts afresh (it is a cache of

@@ -178,7 +178,8 @@ fn preflight() -> Response<Body> {
 /// keeps the counters it has used, keyed by the route's static address.
 pub fn count(metrics: &Metrics, route: &'static str, status: StatusCode) {
     thread_local! {
-        static COUNTERS: RefCell<HashMap<(usize, u16), IntCounter>> = RefCell::new(HashMap::new());
+        static COUNTERS: RefCell<HashMap<(usize, u16), IntCounter, foldhash::fast::RandomState>> =
+            RefCell::new(HashMap::with_hasher(foldhash::fast::RandomState::default()));
     }
     COUNTERS.with(|counters| {
         let key = (route.as_ptr() as usize, status.as_u16());
