@@ -38,8 +38,8 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::sync::futures::OwnedNotified;
+use tokio::sync::watch;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant, Sleep};
 use tower::ServiceExt;
 
@@ -221,6 +221,9 @@ impl Conn {
                 self.timer.as_mut().reset(deadline);
             }
             let read = tokio::select! {
+                // In order: no random draw per poll (callgrind), and a ready
+                // read wins over a timer that fired at the same time.
+                biased;
                 read = self.stream.read_buf(&mut self.buf) => read,
                 () = &mut self.timer => {
                     if Instant::now() < deadline {
@@ -270,7 +273,9 @@ impl Conn {
         let metrics = &self.shared.metrics;
         metrics.replays.inc();
         crate::http::observe::count(metrics, route, StatusCode::OK);
-        if let (Some(path), Some(started), Ok((bytes, delivery))) = (path.filter(|_| !head.self_check), started, &result) {
+        if let (Some(path), Some(started), Ok((bytes, delivery))) =
+            (path.filter(|_| !head.self_check), started, &result)
+        {
             let root = self.shared.roots.get(entry.root).map(|r| r.path());
             let elapsed = started.elapsed().as_micros() as u64;
             access(route, head.method.as_str(), &path, 200, *bytes, delivery, root, elapsed);

@@ -135,6 +135,7 @@ pub fn parse(buf: &[u8], limits: &HttpSettings) -> Parsed {
 /// httparse accepts a lone `\n` as a line end; HTTP/1.1 front ends may not,
 /// and a disagreement between two parsers is how smuggling starts.
 fn has_bare_lf(head: &[u8]) -> bool {
+    // memchr: a byte-by-byte pass cost twice the instructions (callgrind).
     memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r')
 }
 
