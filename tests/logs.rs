@@ -76,6 +76,34 @@ fn listings_paginate_with_a_stable_cursor() {
         let r = server.get(bad);
         assert_eq!(r.status, 400, "{bad}: {}", r.text());
     }
+
+    // A dashboard polling a listing revalidates it: 304 while nothing
+    // changed (digests of this fixture are settled once the tag repeats),
+    // 200 with a new tag once a log grows.
+    let tag_of = |target: &str| server.get(target).expect_header("etag").to_owned();
+    let mut etag = tag_of("/logs/d2");
+    assert!(
+        poll_until(Duration::from_secs(10), || {
+            let now = tag_of("/logs/d2");
+            std::mem::replace(&mut etag, now) == etag
+        }),
+        "the listing's ETag never settled"
+    );
+    let r = server.request("GET", "/logs/d2", &[("If-None-Match", &etag)]);
+    assert_eq!((r.status, r.body.len()), (304, 0), "an unchanged listing");
+    assert_eq!(r.header("etag"), Some(etag.as_str()));
+    append(&fx.logs().join("d2/a.log"), b"one more line\n");
+    assert!(
+        poll_until(Duration::from_secs(5), || server.request("GET", "/logs/d2", &[("If-None-Match", &etag)]).status
+            == 200),
+        "a grown log left the listing's ETag as it was"
+    );
+}
+
+fn append(path: &std::path::Path, bytes: &[u8]) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().append(true).open(path).expect("open for append");
+    file.write_all(bytes).expect("append");
 }
 
 /// The digest arrives in the background (never blocking a download), is

@@ -213,6 +213,13 @@ fn gzipped_vector_tiles_are_negotiated() {
         assert_eq!(gunzip(&gz.body), plain, "{target}");
         assert!(gz.expect_header("vary").to_ascii_lowercase().contains("accept-encoding"), "{target}");
         assert_eq!(gz.expect_header("content-type"), "application/x-protobuf", "{target}");
+        // A 304 describes no body: no Content-Encoding, but the same Vary (RFC 9110 15.4.5).
+        let gz_etag = gz.expect_header("etag");
+        let not_modified = server.request("GET", target, &[("Accept-Encoding", "gzip"), ("If-None-Match", gz_etag)]);
+        assert_eq!(not_modified.status, 304, "{target}");
+        assert_eq!(not_modified.header("content-encoding"), None, "{target}: a 304 with Content-Encoding");
+        assert_eq!(not_modified.header("etag"), Some(gz_etag), "{target}");
+        assert!(not_modified.expect_header("vary").to_ascii_lowercase().contains("accept-encoding"), "{target}");
 
         for accept in [None, Some("gzip;q=0"), Some("identity")] {
             let headers: Vec<(&str, &str)> = accept.map(|a| vec![("Accept-Encoding", a)]).unwrap_or_default();
@@ -352,4 +359,38 @@ fn preview_pages_are_served_and_linked() {
     assert_eq!(redirect.status, 308);
     assert_eq!(redirect.header("location"), Some("/tiles/grid/"));
     assert!(server.get("/").text().contains("href=\"/tiles/grid/\""), "the status page links the preview");
+}
+
+/// The catalog's JSON (the tileset list and TileJSON) is `no-cache` with a
+/// strong ETag from its bytes: a client revalidates with If-None-Match and
+/// gets 304 until the tileset changes, then the new document.
+#[test]
+fn json_documents_revalidate_with_etags() {
+    let fx = Fixture::new();
+    write_pyramid(&fx.tiles(), "base", 1);
+    let server = fx.start_ready();
+    for target in ["/tiles", "/tiles/base.json"] {
+        let first = server.get(target);
+        assert_eq!(first.status, 200, "{target}");
+        assert_eq!(first.expect_header("cache-control"), "no-cache", "{target}");
+        assert_eq!(first.expect_header("content-type"), "application/json", "{target}");
+        let etag = first.expect_header("etag").to_owned();
+        assert!(etag.starts_with('"') && etag.ends_with('"'), "{target}: a strong ETag, got {etag}");
+        let again = server.request("GET", target, &[("If-None-Match", &etag)]);
+        assert_eq!(again.status, 304, "{target}");
+        assert!(again.body.is_empty(), "{target}: a 304 has no body");
+        assert_eq!(again.header("etag"), Some(etag.as_str()), "{target}");
+        let other = server.request("GET", target, &[("If-None-Match", "\"something-else\"")]);
+        assert_eq!((other.status, other.body.as_slice()), (200, first.body.as_slice()), "{target}");
+    }
+    // A new zoom level changes the TileJSON (maxzoom) and the list, and so their tags.
+    let before = server.get("/tiles/base.json").expect_header("etag").to_owned();
+    write_file(&tile_path(&fx.tiles(), "base", 2, 0, 0), &tile_bytes(7, 900));
+    assert!(
+        poll_until(Duration::from_secs(10), || {
+            let r = server.request("GET", "/tiles/base.json", &[("If-None-Match", &before)]);
+            r.status == 200 && r.json()["maxzoom"] == 2
+        }),
+        "the TileJSON never changed after a new zoom level"
+    );
 }

@@ -117,6 +117,13 @@ pub fn precondition(headers: &HeaderMap, etag: &str, modified: SystemTime) -> Op
     None
 }
 
+/// If-None-Match against a representation that has an entity tag but no
+/// modification time (a JSON document built from the catalog): true when the
+/// client's copy is current and a 304 is the answer.
+pub fn none_match(headers: &HeaderMap, etag: &str) -> bool {
+    header_str(headers, header::IF_NONE_MATCH).is_some_and(|list| etag_list_matches(list, etag, false))
+}
+
 /// A representation held in memory (a tile from an MBTiles file, a
 /// decompressed vector tile): its bytes and the headers that describe it.
 pub struct Representation {

@@ -69,7 +69,13 @@ fn decode_cursor(cursor: &str) -> Option<(String, String)> {
     (safe_segment(device) && safe_segment(file)).then(|| (device.to_string(), file.to_string()))
 }
 
-async fn listing(app: AppState, filter: LogFilter, query: HashMap<String, String>, base: &str) -> Response {
+async fn listing(
+    app: AppState,
+    headers: &HeaderMap,
+    filter: LogFilter,
+    query: HashMap<String, String>,
+    base: &str,
+) -> Response {
     let order = app.root_order(RootKind::Logs);
     let limit = filter.limit.unwrap_or(DEFAULT_PAGE);
     let mut ask = filter.clone();
@@ -88,12 +94,16 @@ async fn listing(app: AppState, filter: LogFilter, query: HashMap<String, String
         let query: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={}", catalog::urlencode(v))).collect();
         format!("{base}?{}", query.join("&"))
     });
-    json_response(&json!({ "logs": logs, "next_cursor": next_cursor, "next": next }))
+    json_response(headers, &json!({ "logs": logs, "next_cursor": next_cursor, "next": next }))
 }
 
-pub async fn list(State(app): State<AppState>, Query(query): Query<HashMap<String, String>>) -> Response {
+pub async fn list(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
     match filter(&query) {
-        Ok(filter) => listing(app, filter, query, "/logs").await,
+        Ok(filter) => listing(app, &headers, filter, query, "/logs").await,
         Err(message) => error(StatusCode::BAD_REQUEST, &message),
     }
 }
@@ -101,6 +111,7 @@ pub async fn list(State(app): State<AppState>, Query(query): Query<HashMap<Strin
 pub async fn list_device(
     State(app): State<AppState>,
     Path(device): Path<String>,
+    headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     if !safe_segment(&device) {
@@ -110,7 +121,7 @@ pub async fn list_device(
         Ok(mut filter) => {
             let base = format!("/logs/{}", catalog::urlencode(&device));
             filter.device = Some(device);
-            listing(app, filter, query, &base).await
+            listing(app, &headers, filter, query, &base).await
         }
         Err(message) => error(StatusCode::BAD_REQUEST, &message),
     }

@@ -280,8 +280,26 @@ fn base_url(headers: &HeaderMap) -> String {
     format!("http://{host}")
 }
 
-fn json_response<T: serde::Serialize>(value: &T) -> Response {
-    let mut response = Json(value).into_response();
+/// A JSON document built from the catalog: `no-cache`, with a strong ETag
+/// from its bytes, so that a dashboard polling a listing revalidates with
+/// If-None-Match and gets a 304 while nothing changed (httplint warned of
+/// `no-cache` without a validator).
+fn json_response<T: serde::Serialize>(headers: &HeaderMap, value: &T) -> Response {
+    let body = match serde_json::to_vec(value) {
+        Ok(body) => body,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &format!("cannot encode JSON: {e}")),
+    };
+    let etag = files::Representation::content_etag(&body);
+    let mut response = if files::none_match(headers, etag.to_str().unwrap_or_default()) {
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        response
+    } else {
+        let mut response = Response::new(Body::from(body));
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response
+    };
+    response.headers_mut().insert(header::ETAG, etag);
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
 }

@@ -163,8 +163,13 @@ fn file_tile(method: &Method, headers: &HeaderMap, entry: &Arc<FileEntry>, vecto
     }
     if accepts_gzip(headers) {
         let mut response = files::respond(method, headers, entry.clone());
+        let ok = response.status().is_success();
         let h = response.headers_mut();
-        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        // Only a body is encoded: a 304 or 412 does not describe one
+        // (RFC 9110 15.4.5; httplint).
+        if ok {
+            h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
         h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
         return Some(response);
     }
@@ -295,9 +300,10 @@ async fn mbtiles_tile(
         app.metrics.bytes_sent.with_label_values(&["buffered", &root_label]).inc_by(len);
     }
     if gzipped {
+        let ok = response.status().is_success();
         let h = response.headers_mut();
         h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
-        if encoded {
+        if encoded && ok {
             h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         }
     }
@@ -391,7 +397,7 @@ pub async fn catalog(State(app): State<AppState>, headers: HeaderMap) -> Respons
             })
         })
         .collect();
-    json_response(&json!({ "tilesets": list }))
+    json_response(&headers, &json!({ "tilesets": list }))
 }
 
 /// How a tileset's rows are numbered on disk: the configuration's word,
@@ -414,7 +420,7 @@ async fn tilejson(app: AppState, headers: &HeaderMap, name: &str) -> Response {
         Err(response) => return response,
     };
     match tilesets.iter().find(|t| t.name == name) {
-        Some(t) => json_response(&tilejson_of(t, app.tilesets.get(name), &app.base_url(headers))),
+        Some(t) => json_response(headers, &tilejson_of(t, app.tilesets.get(name), &app.base_url(headers))),
         None => error(StatusCode::NOT_FOUND, "no such tileset"),
     }
 }
