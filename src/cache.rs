@@ -15,7 +15,7 @@
 //! its path before use, so a watcher thread waiting for a core under load,
 //! or a lost event, cannot keep an old file served for longer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::hash::BuildHasher;
 use std::io;
@@ -107,6 +107,11 @@ pub struct FileEntry {
     pub local: bool,
     /// A log: growth by appends keeps an earlier snapshot valid.
     pub append_only: bool,
+    /// The watcher has seen this path written in place (`IN_MODIFY`): its
+    /// bodies hold back their last byte until the file is known unchanged,
+    /// whatever their size (see `delivery::sendfile`). Files published by
+    /// rename or never touched are sent in one call.
+    pub written_in_place: bool,
     revalidate_after_ms: u64,
 }
 
@@ -266,6 +271,8 @@ impl MemoryBudget {
 /// threads rarely wait for each other (one lock showed as `sched_yield`
 /// spinning in strace); each shard is an LRU of its share of the capacity.
 const SHARDS: usize = 16;
+/// Most paths remembered as written in place.
+const REWRITTEN_MAX: usize = 1 << 16;
 
 type Shard = Mutex<ShardInner>;
 
@@ -369,6 +376,8 @@ pub struct DescriptorCache {
     budget: Arc<MemoryBudget>,
     /// Delivery counters by root index.
     counters: Vec<Arc<DeliveryCounters>>,
+    /// Paths seen written in place, as keys (see [`Self::mark_rewritten`]).
+    rewritten: Mutex<HashSet<String, foldhash::fast::RandomState>>,
     metrics: Arc<Metrics>,
 }
 
@@ -393,6 +402,7 @@ impl DescriptorCache {
             revalidate_after: settings.revalidate_after,
             budget: Arc::new(budget),
             counters: roots.iter().map(|r| Arc::new(metrics.delivery(&r.path().display().to_string()))).collect(),
+            rewritten: Mutex::new(HashSet::default()),
             metrics,
         }
     }
@@ -415,7 +425,7 @@ impl DescriptorCache {
         self.metrics.cache_misses.inc();
         let epoch = self.epoch.load(Ordering::SeqCst);
         let file = root.open_file(rel)?;
-        let entry = Arc::new(self.entry(root, rel, PathBuf::from(&key), file, cacheable)?);
+        let entry = Arc::new(self.entry(root, rel, &key, file, cacheable)?);
         if cacheable {
             let mut shard = self.shard(&key).lock();
             if self.epoch.load(Ordering::SeqCst) == epoch {
@@ -438,7 +448,8 @@ impl DescriptorCache {
         None
     }
 
-    fn entry(&self, root: &Root, rel: &str, path: PathBuf, file: File, cacheable: bool) -> io::Result<FileEntry> {
+    fn entry(&self, root: &Root, rel: &str, key: &str, file: File, cacheable: bool) -> io::Result<FileEntry> {
+        let path = PathBuf::from(key);
         // Length and validators come from the descriptor that will be sent
         // (DESIGN.md decision 4), not from a separate stat of the path.
         let validators = Validators::of(&file.metadata()?);
@@ -463,8 +474,25 @@ impl DescriptorCache {
             replayable: cacheable && root.first_of_kind,
             local: cacheable,
             append_only: root.kind() == crate::config::RootKind::Logs,
+            written_in_place: cacheable && self.rewritten.lock().contains(key),
             revalidate_after_ms: self.revalidate_after.as_millis() as u64,
         })
+    }
+
+    /// Remembers that `path` was written in place (the watcher saw
+    /// `IN_MODIFY`), before its invalidation: entries opened for it from
+    /// then on hold back their last byte. The set is bounded; starting
+    /// afresh only loses the extra check for a while.
+    pub fn mark_rewritten(&self, path: &Path) {
+        let Some(key) = path.to_str() else { return };
+        let mut rewritten = self.rewritten.lock();
+        if rewritten.contains(key) {
+            return;
+        }
+        if rewritten.len() >= REWRITTEN_MAX {
+            rewritten.clear();
+        }
+        rewritten.insert(key.to_owned());
     }
 
     /// Drops `path` and everything under it (a directory event covers its tree).
@@ -574,6 +602,7 @@ mod tests {
             replayable: false,
             local: true,
             append_only: false,
+            written_in_place: false,
             revalidate_after_ms: 0,
         })
     }

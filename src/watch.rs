@@ -16,7 +16,7 @@ use std::sync::{Arc, Weak};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use notify::event::{AccessKind, AccessMode};
+use notify::event::{AccessKind, AccessMode, ModifyKind};
 use notify::{Event, EventKind, EventKindMask, PollWatcher, RecommendedWatcher, RecursiveMode, Watcher};
 
 use crate::cache::DescriptorCache;
@@ -92,7 +92,11 @@ impl Sink {
                     return;
                 }
                 self.metrics.watch_events.inc();
+                let in_place = matches!(event.kind, EventKind::Modify(ModifyKind::Data(_)));
                 for path in event.paths {
+                    if in_place {
+                        self.cache.mark_rewritten(&path);
+                    }
                     self.cache.invalidate(&path);
                     self.followers.wake(&path);
                     let _ = self.jobs.send(Job::Path(self.root, path));

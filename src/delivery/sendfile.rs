@@ -82,11 +82,13 @@ pub async fn send_head_and_file(
     let (file, offset, len, sent) = (&slice.entry.file, slice.offset, slice.len, &slice.entry.counters.sendfile);
     send_all(stream, head, len > 0, timeout).await?;
     // Large bodies hold their last byte back until the file is known
-    // unchanged after the rest went out (see `finish`). Small ones go in one
-    // call: the cache checked the descriptor just before (`unchanged`), and
+    // unchanged after the rest went out (see `finish`), and so do the bodies
+    // of files the watcher has seen written in place: a rewrite between the
+    // cache's check and this call would otherwise send the old length with
+    // the new bytes (the soak caught it). Other small ones go in one call:
     // three more syscalls per tile would cost more than the microseconds of
-    // exposure they close.
-    let guarded = len >= GUARD_FROM;
+    // exposure they close for files nobody writes in place.
+    let guarded = len >= GUARD_FROM || (len > 0 && slice.entry.written_in_place);
     let end = offset + len - u64::from(guarded);
     let mut off = offset as libc::off64_t;
     let mut moved = 0u64;
