@@ -129,10 +129,7 @@ async fn tile(
     if let Some(t) = info.filter(|t| t.source == "mbtiles") {
         return mbtiles_tile(&app, method, headers, t, spec, &tile).await;
     }
-    let tms = match spec.and_then(|s| s.scheme) {
-        Some(scheme) => scheme == Scheme::Tms,
-        None => info.is_some_and(|t| t.scheme == "tms"),
-    };
+    let tms = scheme_on_disk(info, spec) == Scheme::Tms;
     // Twice at most: a file rewritten while it was being decompressed is
     // opened again (its descriptor leaves the cache) rather than answered 5xx.
     for _ in 0..2 {
@@ -403,9 +400,17 @@ pub async fn catalog(State(app): State<AppState>, headers: HeaderMap) -> Respons
 /// How a tileset's rows are numbered on disk: the configuration's word,
 /// else what its files say.
 fn stored_scheme(t: &Tileset, spec: Option<&TilesetSpec>) -> Scheme {
-    match spec.and_then(|s| s.scheme) {
-        Some(scheme) if t.source == "directory" => scheme,
-        _ if t.scheme == "tms" => Scheme::Tms,
+    scheme_on_disk(Some(t), spec)
+}
+
+/// [`stored_scheme`] for a tileset the catalog may not know yet (a tile
+/// request can come before the first reconcile): then the configuration's
+/// word, else XYZ. The configuration never overrides an MBTiles file's own.
+fn scheme_on_disk(info: Option<&Tileset>, spec: Option<&TilesetSpec>) -> Scheme {
+    match (spec.and_then(|s| s.scheme), info) {
+        (Some(scheme), None) => scheme,
+        (Some(scheme), Some(t)) if t.source == "directory" => scheme,
+        (_, Some(t)) if t.scheme == "tms" => Scheme::Tms,
         _ => Scheme::Xyz,
     }
 }
