@@ -481,14 +481,17 @@ impl DescriptorCache {
 
     /// Remembers that `path` was written in place (the watcher saw
     /// `IN_MODIFY`), before its invalidation: entries opened for it from
-    /// then on hold back their last byte. The set is bounded; starting
-    /// afresh only loses the extra check for a while.
+    /// then on hold back their last byte. Only paths being served (in the
+    /// cache) are remembered, so that the temporary files of a pipeline that
+    /// publishes by rename, written once under ever new names, never fill
+    /// the set. The set is bounded; starting afresh only loses the extra
+    /// check for a while.
     pub fn mark_rewritten(&self, path: &Path) {
         let Some(key) = path.to_str() else { return };
-        let mut rewritten = self.rewritten.lock();
-        if rewritten.contains(key) {
+        if self.rewritten.lock().contains(key) || self.shard(key).lock().lru.peek(key).is_none() {
             return;
         }
+        let mut rewritten = self.rewritten.lock();
         if rewritten.len() >= REWRITTEN_MAX {
             rewritten.clear();
         }
