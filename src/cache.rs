@@ -444,6 +444,9 @@ impl DescriptorCache {
             return Some(entry);
         }
         tracing::debug!(path = key, "cached descriptor changed before its watcher event; dropped");
+        if !entry.unchanged() {
+            self.rewritten_under(&entry);
+        }
         self.invalidate(Path::new(key));
         None
     }
@@ -491,7 +494,24 @@ impl DescriptorCache {
         if self.rewritten.lock().contains(key) || self.shard(key).lock().lru.peek(key).is_none() {
             return;
         }
+        self.remember_rewritten(key);
+    }
+
+    /// The descriptor of `entry` changed under a response or a lookup (its
+    /// own `fstat` moved: an in-place write, not a rename). Remembered here
+    /// too, since a request can see the change before the watcher does and
+    /// take the entry out of the cache, where `mark_rewritten` looks.
+    pub fn rewritten_under(&self, entry: &FileEntry) {
+        if let (true, Some(key)) = (entry.local, entry.path.to_str()) {
+            self.remember_rewritten(key);
+        }
+    }
+
+    fn remember_rewritten(&self, key: &str) {
         let mut rewritten = self.rewritten.lock();
+        if rewritten.contains(key) {
+            return;
+        }
         if rewritten.len() >= REWRITTEN_MAX {
             rewritten.clear();
         }

@@ -285,7 +285,7 @@ pub struct Config {
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-pub const DEFAULT_TILES_CACHE_CONTROL: &str = "max-age=60";
+pub const DEFAULT_TILES_CACHE_CONTROL: &str = "public, max-age=60";
 pub const DEFAULT_LOGS_CACHE_CONTROL: &str = "no-cache";
 const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
 

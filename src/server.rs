@@ -179,6 +179,7 @@ async fn serve_with_driver(
         metrics: metrics.clone(),
         shutdown,
         idle_close: Arc::new(tokio::sync::Notify::new()),
+        idle_close_rings: std::sync::atomic::AtomicU64::new(0),
     });
     let mut threads = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
@@ -193,7 +194,7 @@ async fn serve_with_driver(
     tracing::info!(workers, "driver workers started");
     shutdown_signal().await;
     let _ = stop.send(true);
-    shared.idle_close.notify_waiters();
+    shared.ring_idle_close();
     for thread in threads {
         match thread.join() {
             Ok(Err(e)) => tracing::warn!(error = %e, "driver worker failed"),
@@ -259,7 +260,7 @@ async fn accept_loop(listener: std::net::TcpListener, shared: Arc<Shared>) -> st
                         tracing::warn!(error = %e, "out of file descriptors; refusing new connections with 503");
                         last_warning = std::time::Instant::now();
                     }
-                    shared.idle_close.notify_waiters();
+                    shared.ring_idle_close();
                     let had_spare = spare.take().is_some();
                     match tokio::time::timeout(Duration::from_millis(10), listener.accept()).await {
                         Ok(Ok((stream, _))) => refuse(stream, &shared),

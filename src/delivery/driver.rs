@@ -68,6 +68,18 @@ pub struct Shared {
     /// answered. A connection that was not idle when it rang closes at its
     /// next idle wait.
     pub idle_close: Arc<tokio::sync::Notify>,
+    /// How many times `idle_close` rang; bumped before each ring (see
+    /// [`Shared::ring_idle_close`]), so that a connection can tell a ring
+    /// during its idle wait from one that came while it was busy.
+    pub idle_close_rings: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    /// Closes the connections that are idle now.
+    pub fn ring_idle_close(&self) {
+        self.idle_close_rings.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.idle_close.notify_waiters();
+    }
 }
 
 /// How a connection's own loop ended.
@@ -89,10 +101,7 @@ const LINGER: Duration = Duration::from_secs(2);
 pub async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
     shared.metrics.connections.inc();
-    let mut idle_end = Box::pin(shared.idle_close.clone().notified_owned());
-    // Registered now, before any look at the shutdown flag: a ring from
-    // then on is not lost (see `read_head`).
-    idle_end.as_mut().enable();
+    let idle_end = idle_close_registration(&shared);
     let mut conn = Conn {
         stream,
         buf: BytesMut::with_capacity(4096),
@@ -117,6 +126,14 @@ pub async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
     conn.shared.metrics.connections.dec();
 }
 
+/// A registration on `idle_close`, made before any look at the shutdown
+/// flag or the ring count: a ring from then on is not lost (see `read_head`).
+fn idle_close_registration(shared: &Shared) -> Pin<Box<OwnedNotified>> {
+    let mut registration = Box::pin(shared.idle_close.clone().notified_owned());
+    registration.as_mut().enable();
+    registration
+}
+
 struct Conn {
     stream: TcpStream,
     buf: BytesMut,
@@ -133,7 +150,8 @@ struct Conn {
     timer: Pin<Box<Sleep>>,
     /// Ready once `Shared::idle_close` rang; registered for the whole
     /// connection instead of once per idle wait (callgrind: a registration
-    /// and removal under a lock per request).
+    /// and removal under a lock per request), and registered anew after a
+    /// ring that came while the connection was busy.
     idle_end: Pin<Box<OwnedNotified>>,
 }
 
@@ -202,6 +220,7 @@ impl Conn {
         let settings = &self.shared.settings;
         let mut idle = !first && self.buf.is_empty();
         let mut deadline = Instant::now() + if idle { settings.idle_timeout } else { settings.head_timeout };
+        let rings = self.shared.idle_close_rings.load(std::sync::atomic::Ordering::SeqCst);
         loop {
             if !self.buf.is_empty() {
                 match head::parse(&self.buf, settings) {
@@ -236,7 +255,16 @@ impl Conn {
                     }
                     return Ok(Some(Parsed::Reject(StatusCode::REQUEST_TIMEOUT, "request head too slow")));
                 }
-                () = &mut self.idle_end, if idle => return Ok(None),
+                () = &mut self.idle_end, if idle => {
+                    // A ring while this connection was busy is not for it:
+                    // register again and keep waiting; one since this idle
+                    // wait began closes it.
+                    self.idle_end = idle_close_registration(&self.shared);
+                    if self.shared.idle_close_rings.load(std::sync::atomic::Ordering::SeqCst) != rings {
+                        return Ok(None);
+                    }
+                    continue;
+                }
             };
             match read {
                 Ok(0) => return Ok(None),
@@ -391,7 +419,13 @@ impl Conn {
             return Ok("memory");
         }
         let settings = &self.shared.settings;
+        // A file known to be written in place is copied, not referenced:
+        // sendfile queues page references, and an overwrite after the final
+        // check would change bytes still waiting in the socket. From 1 MiB
+        // the sendfile path drains the socket before that check anyway.
+        let rewritten = entry.written_in_place && slice.len < sendfile::DRAIN_FROM;
         if entry.delivery == DeliveryPath::Sendfile
+            && !rewritten
             && !entry.sendfile_refused.load(std::sync::atomic::Ordering::Relaxed)
         {
             let result =
@@ -422,6 +456,7 @@ impl Conn {
     /// truncation): its descriptor leaves the cache, and the connection
     /// closes before the end of the body.
     fn changed(&self, entry: &FileEntry) -> io::Error {
+        self.shared.cache.rewritten_under(entry);
         self.shared.cache.invalidate(&entry.path);
         tracing::info!(path = %entry.path.display(), "file changed while being sent; closing connection");
         io::Error::other("file changed while being sent")
@@ -649,13 +684,18 @@ thread_local! {
 
 /// More replays than this and the map starts afresh (it is a cache of
 /// what the descriptor cache already bounds).
-const REPLAYS_MAX: usize = 1 << 16;
+const REPLAYS_MAX: usize = 1 << 15;
+/// Longer targets are never remembered: every query-string variant of a tile
+/// would otherwise take a key of its own, up to the head size limit each
+/// (a review found 64 Ki keys of 16 KiB: 1 GiB per worker).
+const REPLAY_TARGET_MAX: usize = 256;
 
 /// Keeps the head of a whole-file 200 for replays, if it may be replayed.
 fn remember(target: String, parts: &axum::http::response::Parts, head: &[u8], roots: &[Root]) {
     let Some(slice) = parts.extensions.get::<FileSlice>() else { return };
     let entry = &slice.entry;
-    if parts.status != StatusCode::OK
+    if target.len() > REPLAY_TARGET_MAX
+        || parts.status != StatusCode::OK
         || parts.headers.contains_key(header::VARY)
         || parts.extensions.get::<super::NoReplay>().is_some()
         || slice.offset != 0

@@ -82,13 +82,12 @@ pub async fn send_head_and_file(
     let (file, offset, len, sent) = (&slice.entry.file, slice.offset, slice.len, &slice.entry.counters.sendfile);
     send_all(stream, head, len > 0, timeout).await?;
     // Large bodies hold their last byte back until the file is known
-    // unchanged after the rest went out (see `finish`), and so do the bodies
-    // of files the watcher has seen written in place: a rewrite between the
-    // cache's check and this call would otherwise send the old length with
-    // the new bytes (the soak caught it). Other small ones go in one call:
-    // three more syscalls per tile would cost more than the microseconds of
-    // exposure they close for files nobody writes in place.
-    let guarded = len >= GUARD_FROM || (len > 0 && slice.entry.written_in_place);
+    // unchanged after the rest went out (see `finish`). Small ones go in one
+    // call: three more syscalls per tile would cost more than the
+    // microseconds of exposure they close for files nobody writes in place;
+    // files known to be written in place take the buffered path instead
+    // (the driver's `send_file`).
+    let guarded = len >= GUARD_FROM;
     let end = offset + len - u64::from(guarded);
     let mut off = offset as libc::off64_t;
     let mut moved = 0u64;
@@ -126,7 +125,7 @@ const GUARD_FROM: u64 = 64 * 1024;
 /// Bodies at least this long wait for the socket to drain before the final
 /// check: sendfile queues page references, not copies, so a page rewritten
 /// or truncated while still queued would go out changed.
-const DRAIN_FROM: u64 = 1 << 20;
+pub const DRAIN_FROM: u64 = 1 << 20;
 
 /// Sends the slice's last byte, only if the file is still the version the
 /// head describes; otherwise the connection ends without it, and the client
