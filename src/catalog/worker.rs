@@ -83,6 +83,13 @@ impl Worker {
                     Err(_) => break,
                 }
             }
+            // Whatever is already queued joins the batch: after an inotify
+            // overflow the rescan is queued behind the ~16k events read before
+            // it, and in one batch it makes their paths redundant (`apply`),
+            // instead of waiting for them (a CI run under load took > 20 s).
+            while let Ok(job) = jobs.try_recv() {
+                batch.insert(job);
+            }
             retry = self.apply(batch);
             self.generation.fetch_add(1, Ordering::AcqRel);
         }
