@@ -107,11 +107,6 @@ pub struct FileEntry {
     pub local: bool,
     /// A log: growth by appends keeps an earlier snapshot valid.
     pub append_only: bool,
-    /// The watcher has seen this path written in place (`IN_MODIFY`): its
-    /// bodies hold back their last byte until the file is known unchanged,
-    /// whatever their size (see `delivery::sendfile`). Files published by
-    /// rename or never touched are sent in one call.
-    pub written_in_place: bool,
     revalidate_after_ms: u64,
 }
 
@@ -456,6 +451,22 @@ impl DescriptorCache {
         // Length and validators come from the descriptor that will be sent
         // (DESIGN.md decision 4), not from a separate stat of the path.
         let validators = Validators::of(&file.metadata()?);
+        // A file known to be written in place is copied, not sent by
+        // reference, under 1 MiB: sendfile queues page references, and an
+        // overwrite after the last check would change bytes still waiting in
+        // the socket (the soak caught bodies with one version's length and
+        // another's bytes). From 1 MiB the sendfile path drains the socket
+        // before that check anyway.
+        let delivery = match root.area(rel).delivery {
+            DeliveryPath::Sendfile
+                if cacheable
+                    && validators.len < crate::delivery::sendfile::DRAIN_FROM
+                    && self.rewritten.lock().contains(key) =>
+            {
+                DeliveryPath::Buffered
+            }
+            delivery => delivery,
+        };
         let header = |s: &str| HeaderValue::from_str(s).map_err(io::Error::other);
         Ok(FileEntry {
             etag: header(&validators.etag())?,
@@ -463,7 +474,7 @@ impl DescriptorCache {
             content_type: HeaderValue::from_static(content_type(&path)),
             cache_control: header(root.cache_control_for(rel))?,
             root: root.index,
-            delivery: root.area(rel).delivery,
+            delivery,
             counters: self.counters[root.index].clone(),
             sendfile_refused: AtomicBool::new(false),
             memory: OnceLock::new(),
@@ -477,24 +488,22 @@ impl DescriptorCache {
             replayable: cacheable && root.first_of_kind,
             local: cacheable,
             append_only: root.kind() == crate::config::RootKind::Logs,
-            written_in_place: cacheable && self.rewritten.lock().contains(key),
             revalidate_after_ms: self.revalidate_after.as_millis() as u64,
         })
     }
 
     /// Remembers that `path` was written in place (the watcher saw
     /// `IN_MODIFY`), before its invalidation: entries opened for it from
-    /// then on hold back their last byte. Only paths being served (in the
-    /// cache) are remembered, so that the temporary files of a pipeline that
-    /// publishes by rename, written once under ever new names, never fill
-    /// the set. The set is bounded; starting afresh only loses the extra
-    /// check for a while.
+    /// then on are copied, not sent by reference (see [`Self::entry`]). Only
+    /// paths being served (in the cache) are remembered, so that the
+    /// temporary files of a pipeline that publishes by rename, written once
+    /// under ever new names, never fill the set. The set is bounded;
+    /// starting afresh only loses the extra care for a while.
     pub fn mark_rewritten(&self, path: &Path) {
         let Some(key) = path.to_str() else { return };
-        if self.rewritten.lock().contains(key) || self.shard(key).lock().lru.peek(key).is_none() {
-            return;
+        if self.shard(key).lock().lru.peek(key).is_some() {
+            self.remember_rewritten(key);
         }
-        self.remember_rewritten(key);
     }
 
     /// The descriptor of `entry` changed under a response or a lookup (its
@@ -625,7 +634,6 @@ mod tests {
             replayable: false,
             local: true,
             append_only: false,
-            written_in_place: false,
             revalidate_after_ms: 0,
         })
     }

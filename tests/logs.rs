@@ -92,18 +92,12 @@ fn listings_paginate_with_a_stable_cursor() {
     let r = server.request("GET", "/logs/d2", &[("If-None-Match", &etag)]);
     assert_eq!((r.status, r.body.len()), (304, 0), "an unchanged listing");
     assert_eq!(r.header("etag"), Some(etag.as_str()));
-    append(&fx.logs().join("d2/a.log"), b"one more line\n");
+    append_file(&fx.logs().join("d2/a.log"), b"one more line\n");
     assert!(
         poll_until(Duration::from_secs(5), || server.request("GET", "/logs/d2", &[("If-None-Match", &etag)]).status
             == 200),
         "a grown log left the listing's ETag as it was"
     );
-}
-
-fn append(path: &std::path::Path, bytes: &[u8]) {
-    use std::io::Write;
-    let mut file = std::fs::OpenOptions::new().append(true).open(path).expect("open for append");
-    file.write_all(bytes).expect("append");
 }
 
 /// The digest arrives in the background (never blocking a download), is
@@ -135,9 +129,7 @@ fn repr_digest_follows_the_file_version() {
     assert_eq!(listed["logs"][0]["digest"], expected.as_str());
 
     // Append: the old digest must not be sent for the new length.
-    let mut f = std::fs::OpenOptions::new().append(true).open(&path).expect("open");
-    f.write_all(&lines(20_000, 20_100)).expect("append");
-    drop(f);
+    append_file(&path, &lines(20_000, 20_100));
     assert!(
         poll_until(Duration::from_secs(3), || server.head("/logs/pump/flow.log").header("repr-digest")
             != Some(&expected)),
@@ -175,9 +167,7 @@ fn growing_and_rotated_logs_resume_correctly() {
     let first = server.get(target);
     let (len, etag) = (first.body.len(), first.expect_header("etag").to_string());
 
-    let mut f = std::fs::OpenOptions::new().append(true).open(&path).expect("open");
-    f.write_all(&lines(1_000, 1_200)).expect("append");
-    drop(f);
+    append_file(&path, &lines(1_000, 1_200));
     let range = format!("bytes={len}-");
     assert!(
         poll_until(Duration::from_secs(3), || server.request("GET", target, &[("Range", &range)]).status == 206),
@@ -290,9 +280,7 @@ fn follow_streams_appends_and_ends_on_rotation() {
     for i in 0..3 {
         let line = lines(100 + i, 101 + i);
         let sent = Instant::now();
-        let mut f = std::fs::OpenOptions::new().append(true).open(&path).expect("open");
-        f.write_all(&line).expect("append");
-        drop(f);
+        append_file(&path, &line);
         assert!(
             read_until(&mut stream, &mut got, &line, Duration::from_secs(1)),
             "append {i} not streamed within a second"

@@ -357,12 +357,6 @@ fn rewrite_in_place(path: &Path, bytes: &[u8]) {
     f.write_all(bytes).unwrap_or_else(|e| panic!("rewrite {}: {e}", path.display()));
 }
 
-fn append(path: &Path, bytes: &[u8]) {
-    let mut f =
-        fs::OpenOptions::new().append(true).open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    f.write_all(bytes).unwrap_or_else(|e| panic!("append to {}: {e}", path.display()));
-}
-
 fn churn(fx_tiles: &Path, fx_logs: &Path, shared: &Shared, deadline: Instant) {
     let mut rng = Rng::new(0xC0FFEE);
     let mut version = 1u64;
@@ -435,7 +429,7 @@ fn churn(fx_tiles: &Path, fx_logs: &Path, shared: &Shared, deadline: Instant) {
                 let next = next_line.get_mut(log.name).expect("appended log");
                 let n = 1 + rng.below(6);
                 let gen = if log.kind == LogKind::Rotating { generation } else { 0 };
-                append(&fx_logs.join(log.name), &log_lines(log.stream, gen, *next, *next + n));
+                append_file(&fx_logs.join(log.name), &log_lines(log.stream, gen, *next, *next + n));
                 *next += n;
                 shared.count("log append");
             }

@@ -65,8 +65,8 @@ pub struct Shared {
     /// Wakes every idle keep-alive connection to close: rung on shutdown,
     /// and by the accept loops when the process runs out of descriptors (as
     /// nginx drains its reusable connections), so that new clients can be
-    /// answered. A connection that was not idle when it rang closes at its
-    /// next idle wait.
+    /// answered. A connection that was busy when it rang stays open (see
+    /// `idle_close_rings`).
     pub idle_close: Arc<tokio::sync::Notify>,
     /// How many times `idle_close` rang; bumped before each ring (see
     /// [`Shared::ring_idle_close`]), so that a connection can tell a ring
@@ -419,13 +419,7 @@ impl Conn {
             return Ok("memory");
         }
         let settings = &self.shared.settings;
-        // A file known to be written in place is copied, not referenced:
-        // sendfile queues page references, and an overwrite after the final
-        // check would change bytes still waiting in the socket. From 1 MiB
-        // the sendfile path drains the socket before that check anyway.
-        let rewritten = entry.written_in_place && slice.len < sendfile::DRAIN_FROM;
         if entry.delivery == DeliveryPath::Sendfile
-            && !rewritten
             && !entry.sendfile_refused.load(std::sync::atomic::Ordering::Relaxed)
         {
             let result =

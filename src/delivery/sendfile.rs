@@ -86,7 +86,7 @@ pub async fn send_head_and_file(
     // call: three more syscalls per tile would cost more than the
     // microseconds of exposure they close for files nobody writes in place;
     // files known to be written in place take the buffered path instead
-    // (the driver's `send_file`).
+    // (`DescriptorCache::entry`).
     let guarded = len >= GUARD_FROM;
     let end = offset + len - u64::from(guarded);
     let mut off = offset as libc::off64_t;

@@ -129,7 +129,7 @@ async fn tile(
     if let Some(t) = info.filter(|t| t.source == "mbtiles") {
         return mbtiles_tile(&app, method, headers, t, spec, &tile).await;
     }
-    let tms = scheme_on_disk(info, spec) == Scheme::Tms;
+    let tms = stored_scheme(info, spec) == Scheme::Tms;
     // Twice at most: a file rewritten while it was being decompressed is
     // opened again (its descriptor leaves the cache) rather than answered 5xx.
     for _ in 0..2 {
@@ -376,16 +376,16 @@ pub async fn catalog(State(app): State<AppState>, headers: HeaderMap) -> Respons
     let list: Vec<serde_json::Value> = tilesets
         .iter()
         .map(|t| {
-            let spec = app.tilesets.get(&t.name);
+            let scheme = stored_scheme(Some(t), app.tilesets.get(&t.name));
             let id = catalog::urlencode(&t.name);
             json!({
                 "name": t.name,
                 "source": t.source,
                 "format": t.format,
-                "scheme": stored_scheme(t, spec).as_str(),
+                "scheme": scheme.as_str(),
                 "minzoom": t.minzoom,
                 "maxzoom": t.maxzoom,
-                "bounds": t.bounds(stored_scheme(t, spec) == Scheme::Tms),
+                "bounds": t.bounds(scheme == Scheme::Tms),
                 "tile_count": t.tile_count,
                 "last_change": t.last_change,
                 "version": t.version(),
@@ -398,15 +398,10 @@ pub async fn catalog(State(app): State<AppState>, headers: HeaderMap) -> Respons
 }
 
 /// How a tileset's rows are numbered on disk: the configuration's word,
-/// else what its files say.
-fn stored_scheme(t: &Tileset, spec: Option<&TilesetSpec>) -> Scheme {
-    scheme_on_disk(Some(t), spec)
-}
-
-/// [`stored_scheme`] for a tileset the catalog may not know yet (a tile
-/// request can come before the first reconcile): then the configuration's
+/// else what its files say. For a tileset the catalog does not know yet (a
+/// tile request can come before the first reconcile), the configuration's
 /// word, else XYZ. The configuration never overrides an MBTiles file's own.
-fn scheme_on_disk(info: Option<&Tileset>, spec: Option<&TilesetSpec>) -> Scheme {
+fn stored_scheme(info: Option<&Tileset>, spec: Option<&TilesetSpec>) -> Scheme {
     match (spec.and_then(|s| s.scheme), info) {
         (Some(scheme), None) => scheme,
         (Some(scheme), Some(t)) if t.source == "directory" => scheme,
@@ -435,7 +430,7 @@ async fn tilejson(app: AppState, headers: &HeaderMap, name: &str) -> Response {
 /// from `metadata.json` or the MBTiles metadata table when they are there.
 /// Tiles are always served in XYZ order, whatever the storage's scheme.
 fn tilejson_of(t: &Tileset, spec: Option<&TilesetSpec>, base: &str) -> serde_json::Value {
-    let bounds = t.bounds(stored_scheme(t, spec) == Scheme::Tms);
+    let bounds = t.bounds(stored_scheme(Some(t), spec) == Scheme::Tms);
     let meta = t.metadata.as_ref().and_then(|m| m.as_object());
     let text = |key: &str| meta.and_then(|m| m.get(key)).and_then(|v| v.as_str()).filter(|v| !v.is_empty());
     let id = catalog::urlencode(&t.name);

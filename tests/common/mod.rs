@@ -624,6 +624,14 @@ pub fn write_file(path: &Path, bytes: &[u8]) {
     fs::write(path, bytes).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
+/// Appends `bytes` to an existing file (as a logger does: one write).
+pub fn append_file(path: &Path, bytes: &[u8]) {
+    use std::io::Write;
+    let mut file =
+        fs::OpenOptions::new().append(true).open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    file.write_all(bytes).unwrap_or_else(|e| panic!("append to {}: {e}", path.display()));
+}
+
 pub fn tile_path(tiles_root: &Path, tileset: &str, z: u32, x: u32, y: u32) -> PathBuf {
     tiles_root.join(tileset).join(z.to_string()).join(x.to_string()).join(format!("{y}.png"))
 }
