@@ -80,6 +80,7 @@ pub async fn send_head_and_file(
     timeout: Duration,
 ) -> Result<(), SendError> {
     let (file, offset, len, sent) = (&slice.entry.file, slice.offset, slice.len, &slice.entry.counters.sendfile);
+    let cork = (len >= CORK_FROM).then(|| Cork::new(stream));
     send_all(stream, head, len > 0, timeout).await?;
     // Large bodies hold their last byte back until the file is known
     // unchanged after the rest went out (see `finish`). Small ones go in one
@@ -112,11 +113,40 @@ pub async fn send_head_and_file(
             Err(e) => return Err(SendError::Io(e)),
         }
     }
+    // Uncorked before the drain: a corked partial segment would sit in the
+    // queue that `finish` waits to see empty.
+    drop(cork);
     if guarded {
         finish(stream, slice, len, timeout).await?;
         sent.inc_by(1);
     }
     Ok(())
+}
+
+/// Bodies at least this long go out corked (see [`Cork`]).
+const CORK_FROM: u64 = 1 << 20;
+
+/// `TCP_CORK` for the length of one large body, nginx's `tcp_nopush`: the
+/// kernel then sends only full segments until the cork is pulled. Without
+/// it the log row moved about a fifth less on this machine's loopback, for
+/// nginx too (`tcp_nopush off`: 1,880-1,970 MB/s against 2,190-2,580).
+/// Tiles (one sendfile call each) rely on the head's `MSG_MORE` instead:
+/// two `setsockopt` calls would cost more than they save. Dropping the
+/// guard pulls the cork, on every way out (errors and the buffered
+/// fallback included), so nothing stays held for the kernel's 200 ms.
+struct Cork<'a>(&'a TcpStream);
+
+impl<'a> Cork<'a> {
+    fn new(stream: &'a TcpStream) -> Self {
+        let _ = socket2::SockRef::from(stream).set_tcp_cork(true);
+        Cork(stream)
+    }
+}
+
+impl Drop for Cork<'_> {
+    fn drop(&mut self) {
+        let _ = socket2::SockRef::from(self.0).set_tcp_cork(false);
+    }
 }
 
 /// Bodies at least this long hold back their last byte (see `finish`).
