@@ -837,9 +837,7 @@ fn evicted_replays_reopen_and_never_outlive_their_version() {
 
     // Replace `a` while its entry is evicted (b was asked last): the watcher
     // invalidation finds nothing cached, so only the validators stop the replay.
-    let tmp = a.with_extension("png.tmp");
-    write_file(&tmp, &tile_bytes(3, 4_000));
-    std::fs::rename(&tmp, &a).expect("rename");
+    replace_atomically(&a, &tile_bytes(3, 4_000));
     let ra = get(ta);
     assert_eq!(ra.body, tile_bytes(3, 4_000));
     assert_eq!(ra.header("content-length"), Some("4000"));

@@ -266,12 +266,6 @@ struct Stream {
     path: PathBuf,
 }
 
-fn write_atomically(path: &Path, content: &[u8]) {
-    let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().unwrap().to_string_lossy()));
-    fs::write(&tmp, content).expect("write temporary file");
-    fs::rename(&tmp, path).expect("rename over the file");
-}
-
 /// Changes `path` according to `fault` until `stop`; returns how many changes.
 fn mutate(path: &Path, fault: Fault, versions: &Versions, templates: &[Template], stop: &AtomicBool) -> u64 {
     let mut ops = 0u64;
@@ -287,7 +281,7 @@ fn mutate(path: &Path, fault: Fault, versions: &Versions, templates: &[Template]
         match fault {
             Fault::Rename => {
                 let (_, content) = new_version(turn);
-                write_atomically(path, &content);
+                replace_atomically(path, &content);
                 ops += 1;
             }
             Fault::InPlace => {
@@ -310,7 +304,7 @@ fn mutate(path: &Path, fault: Fault, versions: &Versions, templates: &[Template]
             }
             Fault::Truncate => {
                 let (_, content) = new_version(turn);
-                write_atomically(path, &content);
+                replace_atomically(path, &content);
                 ops += 1;
                 let len = content.len() as u64;
                 for fraction in [4u64, 3, 2, 1, 0] {
@@ -329,7 +323,7 @@ fn mutate(path: &Path, fault: Fault, versions: &Versions, templates: &[Template]
                 pause();
                 let (_, content) = new_version(turn);
                 if turn % 2 == 0 {
-                    write_atomically(path, &content);
+                    replace_atomically(path, &content);
                 } else {
                     fs::write(path, &content).expect("create again by a plain write");
                 }
@@ -636,7 +630,7 @@ fn stream_under(fault: Fault, extra: &[&str]) {
     for s in &streams {
         let v = versions.create(templates[1].base.len() as u64);
         let content = templates[1].version(v);
-        write_atomically(&s.path, &content);
+        replace_atomically(&s.path, &content);
         let mut last = (0, 0);
         let fresh = poll_until(WATCH_DEADLINE, || {
             let r = server.get(&s.url);
@@ -1290,9 +1284,7 @@ fn change_tiles(fx: &Fixture) -> Vec<u8> {
     write_file(&tile_path(&tiles, "fresh", 1, 1, 1), &tile_content(1, 1, 1));
     let replaced = tile_bytes(0xABC, 2_345);
     let path = tile_path(&tiles, "world", 2, 0, 0);
-    let tmp = path.with_file_name(".0.png.tmp");
-    fs::write(&tmp, &replaced).unwrap();
-    fs::rename(&tmp, &path).unwrap();
+    replace_atomically(&path, &replaced);
     fs::remove_file(tile_path(&tiles, "world", 2, 3, 3)).unwrap();
     replaced
 }

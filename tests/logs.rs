@@ -179,9 +179,7 @@ fn growing_and_rotated_logs_resume_correctly() {
     assert_eq!(rest.header("content-range"), Some(format!("bytes {len}-{}/{total}", total - 1).as_str()));
 
     // Rotation: a new file takes the name.
-    let tmp = fx.logs().join("feeder").join(".events.log.new");
-    write_file(&tmp, &lines(5_000, 5_300));
-    std::fs::rename(&tmp, &path).expect("rename");
+    replace_atomically(&path, &lines(5_000, 5_300));
     assert!(poll_until(Duration::from_secs(3), || server.get(target).body == lines(5_000, 5_300)));
     let r = server.request("GET", target, &[("Range", "bytes=10-"), ("If-Range", &etag)]);
     assert_eq!(r.status, 200, "If-Range with the old ETag gets the whole new file");

@@ -191,13 +191,6 @@ fn tile_versions_in(body: &[u8], id: &str) -> Vec<u64> {
     found
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || hay.len() < needle.len() {
-        return None;
-    }
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
 /// Fixed-width log lines: `{time} {log} g{generation} line {n}`.
 fn log_line(log: &str, generation: u64, n: u64) -> String {
     format!(
@@ -339,14 +332,6 @@ impl Rng {
 // ---------------------------------------------------------------------------
 // Churn
 // ---------------------------------------------------------------------------
-
-/// Writes `bytes` to a hidden temporary name beside `path`, then renames it over.
-fn replace_atomically(path: &Path, bytes: &[u8]) {
-    let name = path.file_name().expect("file name").to_string_lossy().into_owned();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    fs::write(&tmp, bytes).unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
-    fs::rename(&tmp, path).unwrap_or_else(|e| panic!("rename to {}: {e}", path.display()));
-}
 
 fn rewrite_in_place(path: &Path, bytes: &[u8]) {
     let mut f = fs::OpenOptions::new()

@@ -117,9 +117,7 @@ fn metadata_json_fields_reach_tilejson() {
 
     // An edit of metadata.json is picked up by the watcher.
     let edited = serde_json::json!({ "name": "Renamed", "vector_layers": [{ "id": "lines", "fields": {} }] });
-    let tmp = fx.tiles().join("roads/.metadata.json.tmp");
-    write_file(&tmp, edited.to_string().as_bytes());
-    std::fs::rename(&tmp, fx.tiles().join("roads/metadata.json")).expect("rename");
+    replace_atomically(&fx.tiles().join("roads/metadata.json"), edited.to_string().as_bytes());
     assert!(
         poll_until(Duration::from_secs(3), || tilejson(&server, "roads")["name"] == "Renamed"),
         "metadata.json edit not seen"
@@ -317,9 +315,7 @@ fn tilejson_template_is_versioned_and_built_from_host_or_public_url() {
     assert_eq!(r.body, tile_bytes(1, 700), "the versioned URL serves the tile");
     assert_eq!(r.header("cache-control"), Some("public, max-age=86400"), "per-tileset Cache-Control");
 
-    let tmp = fx.tiles().join("live/1/0/.0.png.tmp");
-    write_file(&tmp, &tile_bytes(3, 700));
-    std::fs::rename(&tmp, tile_path(&fx.tiles(), "live", 1, 0, 0)).expect("rename");
+    replace_atomically(&tile_path(&fx.tiles(), "live", 1, 0, 0), &tile_bytes(3, 700));
     assert!(
         poll_until(Duration::from_secs(3), || tilejson(&server, "live")["tiles"][0].as_str() != Some(&template)),
         "the template's version did not change after a tile was replaced"

@@ -73,9 +73,7 @@ fn tile_replaced_by_rename_is_served_new() {
     // Same length as the old content: a cache keyed on size alone would serve stale bytes.
     let new = tile_bytes(0xFEED, old.len());
     assert_ne!(new, old);
-    let tmp = path.with_file_name(".2.png.tmp");
-    fs::write(&tmp, &new).unwrap();
-    fs::rename(&tmp, &path).unwrap();
+    replace_atomically(&path, &new);
 
     let mut not_ok = Vec::new();
     let r = poll_for_body(&server, url, &new, &mut not_ok)
@@ -255,9 +253,7 @@ fn replayed_answers_end_when_the_file_changes() {
 
     // Atomic replace: the next answers carry the new bytes within the deadline.
     let second = tile_bytes(2, 6_000);
-    let tmp = path.with_extension("png.tmp");
-    write_file(&tmp, &second);
-    std::fs::rename(&tmp, &path).expect("rename");
+    replace_atomically(&path, &second);
     assert!(poll_until(Duration::from_secs(2), || get(&mut conn).body == second), "a replay outlived an atomic rename");
     let again = get(&mut conn);
     assert_eq!(again.body, second);

@@ -496,7 +496,11 @@ fn decode_chunked(mut data: &[u8]) -> io::Result<Vec<u8>> {
     }
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+/// Where `needle` first occurs in `hay` (None for an empty needle).
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || hay.len() < needle.len() {
+        return None;
+    }
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
@@ -622,6 +626,16 @@ pub fn write_file(path: &Path, bytes: &[u8]) {
         fs::create_dir_all(parent).expect("create parent dirs");
     }
     fs::write(path, bytes).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// Publishes `bytes` at `path` the way tile pipelines do: written under a
+/// hidden temporary name beside it, then renamed over it (one atomic step
+/// for readers and one `IN_MOVED_TO` for the watcher).
+pub fn replace_atomically(path: &Path, bytes: &[u8]) {
+    let name = path.file_name().expect("file name").to_string_lossy().into_owned();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    write_file(&tmp, bytes);
+    fs::rename(&tmp, path).unwrap_or_else(|e| panic!("rename to {}: {e}", path.display()));
 }
 
 /// Appends `bytes` to an existing file (as a logger does: one write).
