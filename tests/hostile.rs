@@ -1045,6 +1045,66 @@ fn slowloris_and_idle_floods_are_cut_and_do_not_starve_normal_clients() {
     );
 }
 
+/// Clients that send requests and then stop reading: one with a large log
+/// on the sendfile path, one with thousands of pipelined small tiles (heads
+/// and bodies written together). Once their socket buffers are full, the
+/// server must drop them after `write_timeout_ms` instead of holding a
+/// connection and its file forever (nginx's `send_timeout`).
+#[test]
+fn clients_that_stop_reading_are_dropped_after_the_write_timeout() {
+    let _serial = serial();
+    let fx = Fixture::new();
+    let tile = tile_bytes(7, 3_000);
+    write_file(&tile_path(&fx.tiles(), "world", 0, 0, 0), &tile);
+    write_file(&fx.logs().join("dev1").join("big.log"), &pseudo_random(9, 16 << 20));
+    let config = fx.root().join("stall.toml");
+    fs::write(&config, "[http]\nwrite_timeout_ms = 500\n").expect("config");
+    let server = fx.start_ready_with(&fx.state(), &["--config", config.to_str().unwrap()]);
+
+    let mut large = TcpStream::connect(server.addr).expect("connect");
+    large.write_all(b"GET /logs/dev1/big.log HTTP/1.1\r\nHost: t\r\n\r\n").expect("send");
+    let small = TcpStream::connect(server.addr).expect("connect");
+    let request = b"GET /tiles/world/0/0/0.png HTTP/1.1\r\nHost: t\r\n\r\n";
+    let mut writer = small.try_clone().expect("clone");
+    // A thread of its own: once the server stops reading, this write blocks
+    // until the server drops the connection (then it fails, as it should).
+    let pipelined = thread::spawn(move || {
+        writer.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+        let _ = writer.write_all(&request.repeat(20_000));
+    });
+    assert!(
+        poll_until(Duration::from_secs(5), || server.metric("tessera_connections").unwrap_or(0.0) >= 3.0),
+        "both stalled clients should be connected (with the metrics request): {:?}",
+        server.metric("tessera_connections")
+    );
+    let started = Instant::now();
+    assert!(
+        poll_until(Duration::from_secs(10), || server.metric("tessera_connections").unwrap_or(f64::MAX) <= 1.0),
+        "clients that stopped reading were still connected after 10 s: {:?}",
+        server.metric("tessera_connections")
+    );
+    let took = started.elapsed();
+    pipelined.join().expect("writer thread");
+
+    // What arrived is a prefix of whole responses, never a torn one: the
+    // sendfile client got the head and part of the body, then the close.
+    large.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    let _ = large.read_to_end(&mut got);
+    let head_end = find(&got, b"\r\n\r\n").expect("the large client got a head") + 4;
+    assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"), "head: {:?}", String::from_utf8_lossy(&got[..head_end]));
+    let body = &got[head_end..];
+    assert!(!body.is_empty() && body.len() < 16 << 20, "a part of the body, then the close: {} bytes", body.len());
+    assert_eq!(body, &pseudo_random(9, 16 << 20)[..body.len()], "the part that arrived is the file's");
+
+    let r = server.get("/tiles/world/0/0/0.png");
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, tile.as_slice()),
+        "the server still serves (dropped after {took:?})"
+    );
+}
+
 #[test]
 fn max_connections_refuses_the_excess_and_recovers() {
     let _serial = serial();

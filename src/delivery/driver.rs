@@ -40,7 +40,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::futures::OwnedNotified;
 use tokio::sync::watch;
-use tokio::time::{sleep_until, timeout, timeout_at, Instant, Sleep};
+use tokio::time::{sleep_until, timeout_at, Instant, Sleep};
 use tower::ServiceExt;
 
 use super::head::{self, Head, Parsed};
@@ -548,17 +548,23 @@ impl Conn {
     }
 
     /// Head and body in one `writev`, without copying the body.
+    /// Writes `head` then `body` (one `writev` while both fit). Tries the
+    /// socket first and waits for writability only when it is full, so a
+    /// response that fits the socket buffer (nearly all) arms no timer.
     async fn write_two(&mut self, head: &[u8], body: &[u8]) -> io::Result<()> {
         let (mut h, mut b) = (0, 0);
         while h < head.len() || b < body.len() {
             let bufs = [IoSlice::new(&head[h..]), IoSlice::new(&body[b..])];
-            let n = match timeout(self.shared.settings.write_timeout, self.stream.write_vectored(&bufs)).await {
-                Ok(result) => result?,
-                Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "write stalled")),
+            let n = match self.stream.try_write_vectored(&bufs) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    sendfile::writable(&self.stream, self.shared.settings.write_timeout).await?;
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
             };
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
             let from_head = n.min(head.len() - h);
             h += from_head;
             b += n - from_head;
@@ -567,10 +573,7 @@ impl Conn {
     }
 
     async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        match timeout(self.shared.settings.write_timeout, self.stream.write_all(bytes)).await {
-            Ok(result) => result,
-            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "write stalled")),
-        }
+        self.write_two(bytes, &[]).await
     }
 
     /// A refusal from the driver itself: a short text, CORS, and close.

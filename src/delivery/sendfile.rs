@@ -64,7 +64,9 @@ pub async fn send_all(stream: &TcpStream, mut buf: &[u8], more: bool, timeout: D
     Ok(())
 }
 
-async fn writable(stream: &TcpStream, timeout: Duration) -> io::Result<()> {
+/// Waits until the socket takes more, at most `timeout` (a peer that reads
+/// nothing for that long is gone: "write stalled").
+pub async fn writable(stream: &TcpStream, timeout: Duration) -> io::Result<()> {
     match tokio::time::timeout(timeout, stream.writable()).await {
         Ok(result) => result,
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "write stalled")),
