@@ -235,10 +235,6 @@ fn multiple_ranges_are_multipart_and_abuse_gets_the_whole_file() {
     assert_eq!(server.get("/healthz").status, 200);
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
 /// A follow stream: reads from the range's offset, delivers appended lines
 /// within a second (woken by the watcher), and ends once the file is rotated.
 #[test]

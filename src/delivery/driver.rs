@@ -171,6 +171,12 @@ impl Conn {
                     if !keep_alive {
                         return Ok(End::Close);
                     }
+                    // Writes try the socket before they wait and pipelined
+                    // heads are parsed from the buffer, so a fast pipelining
+                    // client might never make this task wait: spend tokio's
+                    // cooperative budget once per response, which yields to
+                    // the worker's other connections every 128 responses.
+                    tokio::task::coop::consume_budget().await;
                 }
                 Parsed::Handoff(why) => {
                     tracing::debug!(why, "handing the connection to hyper");
@@ -547,7 +553,6 @@ impl Conn {
         }
     }
 
-    /// Head and body in one `writev`, without copying the body.
     /// Writes `head` then `body` (one `writev` while both fit). Tries the
     /// socket first and waits for writability only when it is full, so a
     /// response that fits the socket buffer (nearly all) arms no timer.
