@@ -5,7 +5,7 @@
  *
  * Serves GET /tiles/<rest> from ROOT/<rest> with no freshness checks at all:
  * each file is opened once and its descriptor and response head are kept
- * for good (up to MAX_OPEN; beyond that, open, serve, close). Per request it
+ * for good (table.h, shared with uring.c). Per request it
  * makes the syscalls nginx makes on an open_file_cache hit, minus the stat:
  * recv, send(head, MSG_MORE), sendfile. It is not a server to ship: no
  * timeouts, no pipelining beyond one buffer, minimal parsing, 404 otherwise.
@@ -28,81 +28,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define MAX_OPEN 16000
-#define SLOTS (1 << 16)
 #define BUF 4096
 
-struct entry {
-  char *path;        /* request path, the key */
-  int fd;            /* -1: not cached */
-  off_t len;
-  char head[192];
-  int head_len;
-};
+#include "table.h"
 
-static struct entry table[SLOTS];
-static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
-static int open_count;
-static const char *root;
-static int port;
-
-static uint64_t hash(const char *s, size_t n) {
-  uint64_t h = 1469598103934665603ull;
-  for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
-  return h;
-}
-
-static int make_head(char *out, size_t cap, off_t len) {
-  return snprintf(out, cap,
-                  "HTTP/1.1 200 OK\r\nServer: ceiling\r\nContent-Type: image/png\r\n"
-                  "Content-Length: %lld\r\nCache-Control: public, max-age=60\r\n\r\n",
-                  (long long)len);
-}
-
-/* Finds or opens the entry for path; returns NULL if there is no such file.
- * *transient is set when the descriptor must be closed after the response. */
-static struct entry *lookup(const char *path, size_t n, struct entry *tmp, int *transient) {
-  uint64_t h = hash(path, n);
-  *transient = 0;
-  for (uint64_t i = 0; i < SLOTS; i++) {
-    struct entry *e = &table[(h + i) & (SLOTS - 1)];
-    char *p = __atomic_load_n(&e->path, __ATOMIC_ACQUIRE);
-    if (p == NULL) break;
-    if (strlen(p) == n && memcmp(p, path, n) == 0) return e;
-  }
-  char file[1024];
-  if (n < 7 || memcmp(path, "/tiles/", 7) != 0 || n - 7 + strlen(root) + 2 > sizeof file) return NULL;
-  snprintf(file, sizeof file, "%s/%.*s", root, (int)(n - 7), path + 7);
-  if (strstr(file, "..")) return NULL;
-  int fd = open(file, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return NULL;
-  struct stat st;
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) { close(fd); return NULL; }
-  pthread_mutex_lock(&table_lock);
-  if (open_count < MAX_OPEN) {
-    for (uint64_t i = 0; i < SLOTS; i++) {
-      struct entry *e = &table[(h + i) & (SLOTS - 1)];
-      if (e->path == NULL) {
-        e->fd = fd;
-        e->len = st.st_size;
-        e->head_len = make_head(e->head, sizeof e->head, st.st_size);
-        __atomic_store_n(&e->path, strndup(path, n), __ATOMIC_RELEASE);
-        open_count++;
-        pthread_mutex_unlock(&table_lock);
-        return e;
-      }
-      if (strlen(e->path) == n && memcmp(e->path, path, n) == 0) break; /* raced */
-    }
-  }
-  pthread_mutex_unlock(&table_lock);
-  tmp->fd = fd;
-  tmp->len = st.st_size;
-  tmp->head_len = make_head(tmp->head, sizeof tmp->head, st.st_size);
-  *transient = 1;
-  return tmp;
-}
-
-static const char not_found[] = "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
 
 /* Answers every complete request in buf; returns 0 to keep the connection. */
 static int answer(int c, char *buf, size_t n) {
@@ -114,9 +43,8 @@ static int answer(int c, char *buf, size_t n) {
     if (strncmp(at, "GET ", 4) != 0) return -1;
     char *path = at + 4, *sp = memchr(path, ' ', end - path);
     if (!sp) return -1;
-    struct entry tmp, *e;
     int transient;
-    e = lookup(path, sp - path, &tmp, &transient);
+    struct entry *e = lookup(path, sp - path, &transient);
     if (!e) {
       if (send(c, not_found, sizeof not_found - 1, MSG_NOSIGNAL) < 0) return -1;
     } else {
@@ -129,11 +57,11 @@ static int answer(int c, char *buf, size_t n) {
             fd_set w; FD_ZERO(&w); FD_SET(c, &w); select(c + 1, NULL, &w, NULL, NULL);
             continue;
           }
-          if (transient) close(e->fd);
+          if (transient) drop_transient(e);
           return -1;
         }
       }
-      if (transient) close(e->fd);
+      if (transient) drop_transient(e);
     }
     at = end + 4;
   }

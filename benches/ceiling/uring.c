@@ -69,8 +69,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define MAX_OPEN 16000
-#define SLOTS (1 << 16)
 #define BUF 4096          /* recv buffer size, as epoll.c */
 #define BSTRIDE (BUF + 64) /* room for the NUL the parser writes */
 #define NBUFS 512         /* provided recv buffers per thread (power of 2) */
@@ -86,110 +84,8 @@
 #define WAITALL MSG_WAITALL  /* -DWAITALL=0 tests the resubmission of short sends */
 #endif
 
-struct entry {
-  char *path;        /* request path, the key */
-  int fd;            /* -1: not cached */
-  off_t len;
-  char head[192];
-  int head_len;
-  char *resp;        /* copy mode: head then body, head_len + len bytes */
-};
+#include "table.h"
 
-static struct entry table[SLOTS];
-static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
-static int open_count;
-static const char *root;
-static int port;
-static int splice_mode;
-
-static uint64_t hash(const char *s, size_t n) {
-  uint64_t h = 1469598103934665603ull;
-  for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
-  return h;
-}
-
-static int make_head(char *out, size_t cap, off_t len) {
-  return snprintf(out, cap,
-                  "HTTP/1.1 200 OK\r\nServer: ceiling\r\nContent-Type: image/png\r\n"
-                  "Content-Length: %lld\r\nCache-Control: public, max-age=60\r\n\r\n",
-                  (long long)len);
-}
-
-/* copy mode: head and the whole file in one buffer */
-static char *load(int fd, off_t len, const char *head, int head_len) {
-  char *b = malloc(head_len + len);
-  if (!b) return NULL;
-  memcpy(b, head, head_len);
-  off_t off = 0;
-  while (off < len) {
-    ssize_t r = pread(fd, b + head_len + off, len - off, off);
-    if (r <= 0) { free(b); return NULL; }
-    off += r;
-  }
-  return b;
-}
-
-static void drop_transient(struct entry *e) {
-  close(e->fd);
-  free(e->resp);
-  free(e);
-}
-
-/* Finds or opens the entry for path; returns NULL if there is no such file.
- * *transient is set when the returned entry is the caller's, to drop with
- * drop_transient after the response. */
-static struct entry *lookup(const char *path, size_t n, int *transient) {
-  uint64_t h = hash(path, n);
-  *transient = 0;
-  for (uint64_t i = 0; i < SLOTS; i++) {
-    struct entry *e = &table[(h + i) & (SLOTS - 1)];
-    char *p = __atomic_load_n(&e->path, __ATOMIC_ACQUIRE);
-    if (p == NULL) break;
-    if (strlen(p) == n && memcmp(p, path, n) == 0) return e;
-  }
-  char file[1024];
-  if (n < 7 || memcmp(path, "/tiles/", 7) != 0 || n - 7 + strlen(root) + 2 > sizeof file) return NULL;
-  snprintf(file, sizeof file, "%s/%.*s", root, (int)(n - 7), path + 7);
-  if (strstr(file, "..")) return NULL;
-  int fd = open(file, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return NULL;
-  struct stat st;
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) { close(fd); return NULL; }
-  char head[192];
-  int head_len = make_head(head, sizeof head, st.st_size);
-  char *resp = NULL;
-  if (!splice_mode && !(resp = load(fd, st.st_size, head, head_len))) { close(fd); return NULL; }
-  pthread_mutex_lock(&table_lock);
-  if (open_count < MAX_OPEN) {
-    for (uint64_t i = 0; i < SLOTS; i++) {
-      struct entry *e = &table[(h + i) & (SLOTS - 1)];
-      if (e->path == NULL) {
-        e->fd = fd;
-        e->len = st.st_size;
-        memcpy(e->head, head, head_len);
-        e->head_len = head_len;
-        e->resp = resp;
-        __atomic_store_n(&e->path, strndup(path, n), __ATOMIC_RELEASE);
-        open_count++;
-        pthread_mutex_unlock(&table_lock);
-        return e;
-      }
-      if (strlen(e->path) == n && memcmp(e->path, path, n) == 0) break; /* raced */
-    }
-  }
-  pthread_mutex_unlock(&table_lock);
-  struct entry *t = calloc(1, sizeof *t);
-  if (!t) { close(fd); free(resp); return NULL; }
-  t->fd = fd;
-  t->len = st.st_size;
-  memcpy(t->head, head, head_len);
-  t->head_len = head_len;
-  t->resp = resp;
-  *transient = 1;
-  return t;
-}
-
-static const char not_found[] = "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
 
 /* ---- connections, indexed by descriptor (process-wide, so shared by the
  * threads: a descriptor belongs to one ring at a time) ---- */
@@ -329,7 +225,7 @@ static void start(struct thr *t, int fd, struct conn *c) {
     c->out_len = sizeof not_found - 1;
     c->out_off = 0;
     submit_send(t, fd, c);
-  } else if (!splice_mode) {
+  } else if (keep_bodies) {
     c->out = e->resp;
     c->out_len = e->head_len + e->len;
     c->out_off = 0;
@@ -385,7 +281,7 @@ static void handle(struct thr *t, struct io_uring_cqe *cqe) {
       setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
       memset(n, 0, sizeof *n);
       n->pipe_r = n->pipe_w = -1;
-      if (splice_mode) {
+      if (!keep_bodies) {
         int p[2];
         if (pipe2(p, O_CLOEXEC) != 0) { close(res); goto rearm; }
         fcntl(p[1], F_SETPIPE_SZ, PIPE_SZ);
@@ -500,7 +396,7 @@ static void *worker(void *arg) {
 
   if (idx == 0)
     fprintf(stderr, "ceiling-uring: body=%s taskrun=%s ring_fd=%s, multishot accept+recv, buf ring %d x %d\n",
-            splice_mode ? "splice" : "copy", taskrun_name, regfd == 1 ? "registered" : "plain", NBUFS, BUF);
+            keep_bodies ? "copy" : "splice", taskrun_name, regfd == 1 ? "registered" : "plain", NBUFS, BUF);
 
   arm_accept(t);
   for (;;) {
@@ -530,8 +426,11 @@ int main(int argc, char **argv) {
   root = argv[2];
   int threads = argc > 3 ? atoi(argv[3]) : (int)sysconf(_SC_NPROCESSORS_ONLN);
   const char *body = getenv("CEILING_BODY");
-  if (body && strcmp(body, "splice") == 0) splice_mode = 1;
-  else if (body && *body && strcmp(body, "copy") != 0) { fprintf(stderr, "CEILING_BODY: copy or splice\n"); return 2; }
+  if (body && *body && strcmp(body, "copy") != 0 && strcmp(body, "splice") != 0) {
+    fprintf(stderr, "CEILING_BODY: copy or splice\n");
+    return 2;
+  }
+  keep_bodies = !(body && strcmp(body, "splice") == 0);
   struct rlimit rl;
   getrlimit(RLIMIT_NOFILE, &rl);
   rl.rlim_cur = rl.rlim_max;
