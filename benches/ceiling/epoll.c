@@ -5,7 +5,7 @@
  *
  * Serves GET /tiles/<rest> from ROOT/<rest> with no freshness checks at all:
  * each file is opened once and its descriptor and response head are kept
- * for good (table.h, shared with uring.c). Per request it
+ * for good (common.h, shared with uring.c). Per request it
  * makes the syscalls nginx makes on an open_file_cache hit, minus the stat:
  * recv, send(head, MSG_MORE), sendfile. It is not a server to ship: no
  * timeouts, no pipelining beyond one buffer, minimal parsing, 404 otherwise.
@@ -30,7 +30,7 @@
 
 #define BUF 4096
 
-#include "table.h"
+#include "common.h"
 
 
 /* Answers every complete request in buf; returns 0 to keep the connection. */
@@ -38,13 +38,12 @@ static int answer(int c, char *buf, size_t n) {
   buf[n] = 0;
   char *at = buf;
   while (at < buf + n) {
-    char *end = strstr(at, "\r\n\r\n");
-    if (!end) return -1; /* a request split across reads: not worth handling here */
-    if (strncmp(at, "GET ", 4) != 0) return -1;
-    char *path = at + 4, *sp = memchr(path, ' ', end - path);
-    if (!sp) return -1;
+    const char *path;
+    size_t len;
+    char *next = next_get(at, &path, &len);
+    if (!next) return -1;
     int transient;
-    struct entry *e = lookup(path, sp - path, &transient);
+    struct entry *e = lookup(path, len, &transient);
     if (!e) {
       if (send(c, not_found, sizeof not_found - 1, MSG_NOSIGNAL) < 0) return -1;
     } else {
@@ -63,18 +62,14 @@ static int answer(int c, char *buf, size_t n) {
       }
       if (transient) drop_transient(e);
     }
-    at = end + 4;
+    at = next;
   }
   return 0;
 }
 
 static void *worker(void *arg) {
   (void)arg;
-  int l = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0), one = 1;
-  setsockopt(l, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
-  setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(0x7f000001)};
-  if (bind(l, (void *)&a, sizeof a) || listen(l, 1024)) { perror("bind"); exit(1); }
+  int l = listener(SOCK_NONBLOCK), one = 1;
   int ep = epoll_create1(0);
   struct epoll_event ev = {.events = EPOLLIN, .data.fd = l};
   epoll_ctl(ep, EPOLL_CTL_ADD, l, &ev);
@@ -110,14 +105,7 @@ static void *worker(void *arg) {
 }
 
 int main(int argc, char **argv) {
-  if (argc < 3) { fprintf(stderr, "usage: ceiling-epoll PORT ROOT [THREADS]\n"); return 2; }
-  port = atoi(argv[1]);
-  root = argv[2];
-  int threads = argc > 3 ? atoi(argv[3]) : (int)sysconf(_SC_NPROCESSORS_ONLN);
-  struct rlimit rl;
-  getrlimit(RLIMIT_NOFILE, &rl);
-  rl.rlim_cur = rl.rlim_max;
-  setrlimit(RLIMIT_NOFILE, &rl);
+  int threads = setup(argc, argv, "ceiling-epoll");
   pthread_t t[64];
   for (int i = 0; i < threads && i < 64; i++) pthread_create(&t[i], NULL, worker, NULL);
   fprintf(stdout, "listening on http://127.0.0.1:%d\n", port);

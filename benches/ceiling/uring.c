@@ -84,7 +84,7 @@
 #define WAITALL MSG_WAITALL  /* -DWAITALL=0 tests the resubmission of short sends */
 #endif
 
-#include "table.h"
+#include "common.h"
 
 
 /* ---- connections, indexed by descriptor (process-wide, so shared by the
@@ -252,17 +252,16 @@ static int parse(struct conn *c, char *buf, size_t n) {
   buf[n] = 0;
   char *at = buf;
   while (at < buf + n) {
-    char *end = strstr(at, "\r\n\r\n");
-    if (!end) return -1; /* a request split across reads: not worth handling here */
-    if (strncmp(at, "GET ", 4) != 0) return -1;
-    char *path = at + 4, *sp = memchr(path, ' ', end - path);
-    if (!sp) return -1;
+    const char *path;
+    size_t len;
+    char *next = next_get(at, &path, &len);
+    if (!next) return -1;
     if (c->qn == QMAX) return -1;
     int transient;
-    struct entry *e = lookup(path, sp - path, &transient);
+    struct entry *e = lookup(path, len, &transient);
     c->q[(c->qh + c->qn) % QMAX] = (struct resp){e, transient};
     c->qn++;
-    at = end + 4;
+    at = next;
   }
   return 0;
 }
@@ -366,11 +365,7 @@ static int ring_init(struct io_uring *ring) {
 static void *worker(void *arg) {
   int idx = (int)(intptr_t)arg;
   struct thr *t = calloc(1, sizeof *t);
-  int l = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-  setsockopt(l, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
-  setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(0x7f000001)};
-  if (bind(l, (void *)&a, sizeof a) || listen(l, 1024)) { perror("bind"); exit(1); }
+  int l = listener(0);
   t->listener = l;
 
   int r = ring_init(&t->ring);
@@ -421,20 +416,13 @@ static void *worker(void *arg) {
 }
 
 int main(int argc, char **argv) {
-  if (argc < 3) { fprintf(stderr, "usage: ceiling-uring PORT ROOT [THREADS]\n"); return 2; }
-  port = atoi(argv[1]);
-  root = argv[2];
-  int threads = argc > 3 ? atoi(argv[3]) : (int)sysconf(_SC_NPROCESSORS_ONLN);
+  int threads = setup(argc, argv, "ceiling-uring");
   const char *body = getenv("CEILING_BODY");
   if (body && *body && strcmp(body, "copy") != 0 && strcmp(body, "splice") != 0) {
     fprintf(stderr, "CEILING_BODY: copy or splice\n");
     return 2;
   }
   keep_bodies = !(body && strcmp(body, "splice") == 0);
-  struct rlimit rl;
-  getrlimit(RLIMIT_NOFILE, &rl);
-  rl.rlim_cur = rl.rlim_max;
-  setrlimit(RLIMIT_NOFILE, &rl);
   conns = calloc(MAX_FD, sizeof *conns);
   for (int i = 0; i < MAX_FD; i++) conns[i].pipe_r = conns[i].pipe_w = -1;
   pthread_t t[64];

@@ -1,8 +1,9 @@
-/* The file table of the ceiling servers (epoll.c, uring.c): each file is
- * opened once, on its first request, and kept for good with its response
- * head (up to MAX_OPEN; beyond that, open, serve, close: a "transient"
- * entry the caller drops). No freshness check of any kind: that is the
- * point of a ceiling. Included by both, after the system headers. */
+/* What the ceiling servers (epoll.c, uring.c) share: the command line, the
+ * listener, request splitting, and the file table. Each file is opened once,
+ * on its first request, and kept for good with its response head (up to
+ * MAX_OPEN; beyond that, open, serve, close: a "transient" entry the caller
+ * drops). No freshness check of any kind: that is the point of a ceiling.
+ * Included by both, after the system headers. */
 #define MAX_OPEN 16000
 #define SLOTS (1 << 16)
 
@@ -111,4 +112,48 @@ static struct entry *lookup(const char *path, size_t n, int *transient) {
   return t;
 }
 
+/* The GET request starting at `at` (in a NUL-terminated buffer): sets
+ * *path and *len to its target and returns where the next request starts,
+ * or NULL for anything else, including a head split across reads (not
+ * worth handling here). */
+static char *next_get(char *at, const char **path, size_t *len) {
+  char *end = strstr(at, "\r\n\r\n");
+  if (!end || strncmp(at, "GET ", 4) != 0) return NULL;
+  char *p = at + 4, *sp = memchr(p, ' ', end - p);
+  if (!sp) return NULL;
+  *path = p;
+  *len = sp - p;
+  return end + 4;
+}
+
 static const char not_found[] = "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
+
+/* PORT ROOT [THREADS] into port and root; returns the thread count. Raises
+ * the open-file limit to its hard limit (the table keeps 16,000 open). */
+static int setup(int argc, char **argv, const char *name) {
+  if (argc < 3) {
+    fprintf(stderr, "usage: %s PORT ROOT [THREADS]\n", name);
+    exit(2);
+  }
+  port = atoi(argv[1]);
+  root = argv[2];
+  struct rlimit rl;
+  getrlimit(RLIMIT_NOFILE, &rl);
+  rl.rlim_cur = rl.rlim_max;
+  setrlimit(RLIMIT_NOFILE, &rl);
+  return argc > 3 ? atoi(argv[3]) : (int)sysconf(_SC_NPROCESSORS_ONLN);
+}
+
+/* A listener of the thread's own on 127.0.0.1:port (SO_REUSEPORT: the
+ * kernel spreads connections over the threads). */
+static int listener(int type_flags) {
+  int l = socket(AF_INET, SOCK_STREAM | type_flags, 0), one = 1;
+  setsockopt(l, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+  setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(0x7f000001)};
+  if (bind(l, (void *)&a, sizeof a) || listen(l, 1024)) {
+    perror("bind");
+    exit(1);
+  }
+  return l;
+}
