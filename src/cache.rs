@@ -13,13 +13,17 @@
 //! And a bound that does not depend on the watcher: an entry not checked
 //! for `revalidate_after` (40 ms by default) is confirmed with one `stat` of
 //! its path before use, so a watcher thread waiting for a core under load,
-//! or a lost event, cannot keep an old file served for longer.
+//! or a lost event, cannot keep an old file served for longer. That `stat`
+//! walks the path from the root's own descriptor, as the open did, not from
+//! `/`: a few path components instead of a dozen on every request.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::hash::BuildHasher;
 use std::io;
 use std::num::NonZeroUsize;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -46,6 +50,29 @@ pub struct Validators {
 }
 
 impl Validators {
+    /// `statx` of `rel` below the directory `dir`, following symbolic links
+    /// as `std::fs::metadata` does, and decoded as it decodes (so that the
+    /// result compares equal with [`Validators::of`] for the same file).
+    fn at(dir: &OwnedFd, rel: &[u8]) -> io::Result<Validators> {
+        use nix::NixPath;
+        // SAFETY: statx only writes the struct, which is plain data.
+        let mut buf: libc::statx = unsafe { std::mem::zeroed() };
+        // A stack copy with the NUL (nix's NixPath), no allocation.
+        let rc = rel.with_nix_path(|path| {
+            // SAFETY: `path` is NUL-terminated and outlives the call; `buf` is valid.
+            unsafe { libc::statx(dir.as_raw_fd(), path.as_ptr(), 0, libc::STATX_BASIC_STATS, &mut buf) }
+        })?;
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Validators {
+            dev: libc::makedev(buf.stx_dev_major, buf.stx_dev_minor),
+            ino: buf.stx_ino,
+            len: buf.stx_size,
+            mtime_ns: buf.stx_mtime.tv_sec as i128 * 1_000_000_000 + buf.stx_mtime.tv_nsec as i128,
+        })
+    }
+
     pub fn of(meta: &std::fs::Metadata) -> Validators {
         Validators {
             dev: meta.dev(),
@@ -76,6 +103,10 @@ pub struct FileEntry {
     pub file: File,
     pub path: PathBuf,
     pub root: usize,
+    /// The root's directory, and where in `path` the part below it starts:
+    /// path checks walk from there.
+    root_dir: Arc<OwnedFd>,
+    rel_at: usize,
     pub validators: Validators,
     pub etag: HeaderValue,
     pub last_modified: HeaderValue,
@@ -147,8 +178,9 @@ impl FileEntry {
         if now.saturating_sub(self.checked_ms.load(Ordering::Relaxed)) < self.revalidate_after_ms {
             return Currency::Recent;
         }
-        match std::fs::metadata(&self.path) {
-            Ok(meta) if Validators::of(&meta) == self.validators => {
+        let rel = self.path.as_os_str().as_bytes().get(self.rel_at..).unwrap_or_default();
+        match Validators::at(&self.root_dir, rel) {
+            Ok(now_seen) if now_seen == self.validators => {
                 self.checked_ms.store(now, Ordering::Relaxed);
                 Currency::Confirmed
             }
@@ -474,6 +506,8 @@ impl DescriptorCache {
             content_type: HeaderValue::from_static(content_type(&path)),
             cache_control: header(root.cache_control_for(rel))?,
             root: root.index,
+            root_dir: root.dir().clone(),
+            rel_at: key.len() - rel.len(),
             delivery,
             counters: self.counters[root.index].clone(),
             sendfile_refused: AtomicBool::new(false),
@@ -605,6 +639,23 @@ pub fn content_type_of_ext(ext: &str) -> &'static str {
 mod tests {
     use super::*;
 
+    /// The root-relative check decodes `statx` as std does: for the same
+    /// file it equals the descriptor's validators (else every path check
+    /// would call a current file stale), through a symlink too.
+    #[test]
+    fn validators_at_a_relative_path_match_the_descriptors() {
+        let dir = std::env::temp_dir().join(format!("tessera-validators-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("a/b")).unwrap();
+        std::fs::write(dir.join("a/b/t.png"), b"tile").unwrap();
+        let _ = std::os::unix::fs::symlink("b/t.png", dir.join("a/link.png"));
+        let root: OwnedFd = File::open(&dir).unwrap().into();
+        let of = Validators::of(&File::open(dir.join("a/b/t.png")).unwrap().metadata().unwrap());
+        assert_eq!(Validators::at(&root, b"a/b/t.png").unwrap(), of);
+        assert_eq!(Validators::at(&root, b"a/link.png").unwrap(), of, "symlinks are followed");
+        assert!(Validators::at(&root, b"a/b/none.png").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     fn shard() -> ShardInner {
         ShardInner { lru: LruCache::new(NonZeroUsize::new(2).unwrap()), dirs: HashMap::default() }
     }
@@ -618,6 +669,8 @@ mod tests {
             file,
             path: PathBuf::from("/x"),
             root: 0,
+            root_dir: Arc::new(File::open("/").unwrap().into()),
+            rel_at: 1,
             validators,
             etag: HeaderValue::from_static("\"e\""),
             last_modified: HeaderValue::from_static("x"),

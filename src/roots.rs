@@ -10,6 +10,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use nix::errno::Errno;
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
@@ -106,13 +107,18 @@ pub struct Root {
     pub watcher: WatcherKind,
     /// The root's own area first, then configured subdirectories, deepest first.
     pub areas: Vec<Area>,
-    /// `O_PATH` descriptor of the root directory: every open is relative to it.
-    dir: OwnedFd,
+    /// `O_PATH` descriptor of the root directory: every open is relative to
+    /// it, and so are the cache's path checks (`FileEntry::fresh`).
+    dir: Arc<OwnedFd>,
 }
 
 impl Root {
     pub fn open(index: usize, spec: RootSpec) -> io::Result<Root> {
-        let dir = nix::fcntl::open(&spec.path, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+        let dir = Arc::new(nix::fcntl::open(
+            &spec.path,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?);
         let own = Area::classify(&spec.path, PathBuf::new(), spec.delivery)?;
         let mut dirs = Vec::new();
         for d in &spec.dirs {
@@ -150,6 +156,11 @@ impl Root {
 
     pub fn path(&self) -> &Path {
         &self.spec.path
+    }
+
+    /// The root directory's `O_PATH` descriptor.
+    pub fn dir(&self) -> &Arc<OwnedFd> {
+        &self.dir
     }
 
     /// Whether open descriptors of `rel` may be cached. Shared storage
