@@ -112,18 +112,24 @@ static struct entry *lookup(const char *path, size_t n, int *transient) {
   return t;
 }
 
-/* The GET request starting at `at` (in a NUL-terminated buffer): sets
- * *path and *len to its target and returns where the next request starts,
- * or NULL for anything else, including a head split across reads (not
- * worth handling here). */
-static char *next_get(char *at, const char **path, size_t *len) {
-  char *end = strstr(at, "\r\n\r\n");
-  if (!end || strncmp(at, "GET ", 4) != 0) return NULL;
-  char *p = at + 4, *sp = memchr(p, ' ', end - p);
-  if (!sp) return NULL;
-  *path = p;
-  *len = sp - p;
-  return end + 4;
+/* Calls respond(ctx, e, transient) for every GET request in buf[0..n), in
+ * order, with its file's entry (NULL: no such file, answer 404; a transient
+ * entry is respond's to drop). Returns -1 as soon as a request is anything
+ * else (a head split across reads included: not worth handling here) or
+ * respond returns nonzero, else 0. Writes the NUL at buf[n]. */
+static int each_get(char *buf, size_t n, int (*respond)(void *ctx, struct entry *e, int transient), void *ctx) {
+  buf[n] = 0;
+  for (char *at = buf; at < buf + n;) {
+    char *end = strstr(at, "\r\n\r\n");
+    if (!end || strncmp(at, "GET ", 4) != 0) return -1;
+    char *path = at + 4, *sp = memchr(path, ' ', end - path);
+    if (!sp) return -1;
+    int transient;
+    struct entry *e = lookup(path, sp - path, &transient);
+    if (respond(ctx, e, transient)) return -1;
+    at = end + 4;
+  }
+  return 0;
 }
 
 static const char not_found[] = "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";

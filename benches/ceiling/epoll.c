@@ -33,38 +33,27 @@
 #include "common.h"
 
 
+/* Sends one response on the connection *ctx; nonzero closes it. */
+static int respond(void *ctx, struct entry *e, int transient) {
+  int c = *(int *)ctx;
+  if (!e) return send(c, not_found, sizeof not_found - 1, MSG_NOSIGNAL) < 0;
+  int failed = send(c, e->head, e->head_len, MSG_MORE | MSG_NOSIGNAL) != e->head_len;
+  off_t off = 0;
+  while (!failed && off < e->len) {
+    ssize_t s = sendfile(c, e->fd, &off, e->len - off);
+    if (s < 0 && errno == EAGAIN) { /* socket full: wait for room, simply */
+      fd_set w; FD_ZERO(&w); FD_SET(c, &w); select(c + 1, NULL, &w, NULL, NULL);
+    } else if (s <= 0) {
+      failed = 1;
+    }
+  }
+  if (transient) drop_transient(e);
+  return failed;
+}
+
 /* Answers every complete request in buf; returns 0 to keep the connection. */
 static int answer(int c, char *buf, size_t n) {
-  buf[n] = 0;
-  char *at = buf;
-  while (at < buf + n) {
-    const char *path;
-    size_t len;
-    char *next = next_get(at, &path, &len);
-    if (!next) return -1;
-    int transient;
-    struct entry *e = lookup(path, len, &transient);
-    if (!e) {
-      if (send(c, not_found, sizeof not_found - 1, MSG_NOSIGNAL) < 0) return -1;
-    } else {
-      if (send(c, e->head, e->head_len, MSG_MORE | MSG_NOSIGNAL) != e->head_len) return -1;
-      off_t off = 0;
-      while (off < e->len) {
-        ssize_t s = sendfile(c, e->fd, &off, e->len - off);
-        if (s <= 0) {
-          if (s < 0 && errno == EAGAIN) { /* socket full: wait for room, simply */
-            fd_set w; FD_ZERO(&w); FD_SET(c, &w); select(c + 1, NULL, &w, NULL, NULL);
-            continue;
-          }
-          if (transient) drop_transient(e);
-          return -1;
-        }
-      }
-      if (transient) drop_transient(e);
-    }
-    at = next;
-  }
-  return 0;
+  return each_get(buf, n, respond, &c);
 }
 
 static void *worker(void *arg) {

@@ -246,24 +246,23 @@ static void finish(struct thr *t, int fd, struct conn *c) {
   else start(t, fd, c);
 }
 
+/* Queues a response on the connection *ctx; nonzero closes it (too many
+ * pipelined requests at once). */
+static int enqueue(void *ctx, struct entry *e, int transient) {
+  struct conn *c = ctx;
+  if (c->qn == QMAX) {
+    if (transient) drop_transient(e);
+    return -1;
+  }
+  c->q[(c->qh + c->qn) % QMAX] = (struct resp){e, transient};
+  c->qn++;
+  return 0;
+}
+
 /* Queues a response for every complete request in buf; returns 0 to keep
  * the connection. */
 static int parse(struct conn *c, char *buf, size_t n) {
-  buf[n] = 0;
-  char *at = buf;
-  while (at < buf + n) {
-    const char *path;
-    size_t len;
-    char *next = next_get(at, &path, &len);
-    if (!next) return -1;
-    if (c->qn == QMAX) return -1;
-    int transient;
-    struct entry *e = lookup(path, len, &transient);
-    c->q[(c->qh + c->qn) % QMAX] = (struct resp){e, transient};
-    c->qn++;
-    at = next;
-  }
-  return 0;
+  return each_get(buf, n, enqueue, c);
 }
 
 static int transient_err(int res) { return res == -EAGAIN || res == -EINTR; }
