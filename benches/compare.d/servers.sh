@@ -1,0 +1,84 @@
+# Sourced by benches/compare, benches/ceiling/run and benches/profile-tiles:
+# the settings they share, so that a server measured by one is configured as
+# in the others.
+#
+#   bench_limits     sets nofile (and raises RLIMIT_NOFILE to it), nginx_cache
+#                    and tessera_cache (descriptor caches below the limit)
+#   bench_workers    prints the worker count: WORKERS, else the cores wrk's
+#                    one thread leaves (at least 1)
+#   conf_nginx DIR PORT            writes DIR/nginx.conf, prints the command
+#   conf_tessera DIR PORT DELIVERY writes DIR/tessera.toml, prints the command
+#   free_port        prints a free loopback port
+#
+# conf_* read WORK (the data), BIN (tessera), nofile, nginx_cache,
+# tessera_cache, nginx_workers, tessera_workers and budget_mib.
+
+bench_limits() {
+  local hard fd_cache
+  hard=$(ulimit -Hn)
+  [ "$hard" = unlimited ] && hard=1048576
+  nofile=$(( hard < 65536 ? hard : 65536 ))
+  ulimit -n "$nofile"
+  # Descriptor caches are capped below the open-file limit, keeping room for
+  # 64 connections, logs and the like: a cache larger than the limit makes
+  # opens fail (nginx answers 500 once its open_file_cache passes
+  # RLIMIT_NOFILE).
+  fd_cache=$(( nofile - 2048 ))
+  nginx_cache=$(( fd_cache < 50000 ? fd_cache : 50000 ))
+  tessera_cache=$(( fd_cache < 30000 ? fd_cache : 30000 ))
+}
+
+bench_workers() {
+  local cores
+  cores=$(nproc)
+  echo "${WORKERS:-$(( cores > 2 ? cores - 1 : 1 ))}"
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+conf_nginx() { # dir port
+  mkdir -p "$1/tmp"
+  cat > "$1/nginx.conf" <<CONF
+worker_processes $nginx_workers;
+worker_rlimit_nofile $nofile;
+daemon off;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+user www-data;
+events { worker_connections 4096; }
+http {
+  types { image/png png; text/plain log; }
+  default_type application/octet-stream;
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  tcp_nodelay on;
+  keepalive_requests 1000000;
+  keepalive_timeout 75s;
+  open_file_cache max=$nginx_cache inactive=60s;
+  open_file_cache_valid 60s;
+  client_body_temp_path $1/tmp/body;
+  proxy_temp_path $1/tmp/proxy;
+  fastcgi_temp_path $1/tmp/fastcgi;
+  uwsgi_temp_path $1/tmp/uwsgi;
+  scgi_temp_path $1/tmp/scgi;
+  server {
+    listen 127.0.0.1:$2;
+    root $WORK;
+  }
+}
+CONF
+  echo nginx -p "$1" -c "$1/nginx.conf" -e "$1/error.log"
+}
+
+conf_tessera() { # dir port delivery
+  cat > "$1/tessera.toml" <<CONF
+[cache]
+max_open_files = $tessera_cache
+memory_budget_mib = $budget_mib
+[http]
+workers = $tessera_workers
+CONF
+  echo "$BIN" serve --config "$1/tessera.toml" --listen "127.0.0.1:$2" --tiles "$WORK/tiles" \
+    --logs "$WORK/logs" --state "$WORK/state-$3" --delivery "$3"
+}
