@@ -22,6 +22,8 @@ pub struct Metrics {
     pub memory_bytes: IntGauge,
     pub connections: IntGauge,
     pub handoffs: IntCounter,
+    pub write_stalls: IntCounter,
+    pub changed_while_sent: IntCounter,
     /// Requests answered by the driver from a replay of an earlier answer.
     pub replays: IntCounter,
     pub rejected_heads: IntCounterVec,
@@ -88,6 +90,14 @@ impl Metrics {
             handoffs: counter(
                 "tessera_handoffs_total",
                 "Connections handed to hyper (bodies, Expect, Upgrade, HTTP/2)",
+            ),
+            write_stalls: counter(
+                "tessera_write_stalls_total",
+                "Connections dropped because the client acknowledged nothing for write_timeout_ms",
+            ),
+            changed_while_sent: counter(
+                "tessera_changed_while_sent_total",
+                "Responses cut short because their file changed or shrank under them",
             ),
             cache_open_files,
             cache_hits: counter("tessera_cache_hits_total", "Descriptor cache hits"),

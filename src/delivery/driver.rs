@@ -121,6 +121,10 @@ pub async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
             shared.metrics.connections.dec();
             return;
         }
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+            conn.shared.metrics.write_stalls.inc();
+            tracing::debug!(error = %e, "connection dropped");
+        }
         Err(e) => tracing::debug!(error = %e, "connection ended"),
     }
     conn.shared.metrics.connections.dec();
@@ -441,6 +445,7 @@ impl Conn {
                     self.copy_file(slice).await.map(|()| "buffered")
                 }
                 Err(SendError::Shrank) => {
+                    self.shared.metrics.changed_while_sent.inc();
                     tracing::warn!(path = %entry.path.display(), "file ended early during sendfile; closing connection");
                     Err(super::shrank())
                 }
@@ -456,6 +461,7 @@ impl Conn {
     /// truncation): its descriptor leaves the cache, and the connection
     /// closes before the end of the body.
     fn changed(&self, entry: &FileEntry) -> io::Error {
+        self.shared.metrics.changed_while_sent.inc();
         self.shared.cache.rewritten_under(entry);
         self.shared.cache.invalidate(&entry.path);
         tracing::info!(path = %entry.path.display(), "file changed while being sent; closing connection");
@@ -466,7 +472,11 @@ impl Conn {
     async fn copy_file(&mut self, slice: &FileSlice) -> io::Result<()> {
         let (mut offset, end) = (slice.offset, slice.offset + slice.len);
         while offset < end {
-            let chunk = read_chunk(&slice.entry, offset, end - offset).await?;
+            let chunk = read_chunk(&slice.entry, offset, end - offset).await.inspect_err(|e| {
+                if e.kind() == io::ErrorKind::UnexpectedEof {
+                    self.shared.metrics.changed_while_sent.inc();
+                }
+            })?;
             // The last chunk goes only if the file is still the version the
             // head describes: a rewrite during the copy ends the connection.
             if offset + chunk.len() as u64 == end && !slice.entry.holds_snapshot() {
@@ -564,7 +574,7 @@ impl Conn {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    sendfile::writable(&self.stream, self.shared.settings.write_timeout).await?;
+                    super::progress::writable(&self.stream, self.shared.settings.write_timeout).await?;
                     continue;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -20,6 +20,7 @@
 pub mod driver;
 pub mod handoff;
 pub mod head;
+pub mod progress;
 pub mod sendfile;
 
 use std::fs::File;

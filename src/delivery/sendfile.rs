@@ -17,6 +17,7 @@ use nix::errno::Errno;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use super::progress::{self, writable};
 use super::FileSlice;
 
 /// Why a sendfile transfer stopped early.
@@ -64,15 +65,6 @@ pub async fn send_all(stream: &TcpStream, mut buf: &[u8], more: bool, timeout: D
     Ok(())
 }
 
-/// Waits until the socket takes more, at most `timeout` (a peer that reads
-/// nothing for that long is gone: "write stalled").
-pub async fn writable(stream: &TcpStream, timeout: Duration) -> io::Result<()> {
-    match tokio::time::timeout(timeout, stream.writable()).await {
-        Ok(result) => result,
-        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "write stalled")),
-    }
-}
-
 /// Sends `head`, then the slice's bytes straight from its file.
 pub async fn send_head_and_file(
     stream: &TcpStream,
@@ -81,48 +73,76 @@ pub async fn send_head_and_file(
     chunk: u64,
     timeout: Duration,
 ) -> Result<(), SendError> {
-    let (file, offset, len, sent) = (&slice.entry.file, slice.offset, slice.len, &slice.entry.counters.sendfile);
+    let (offset, len) = (slice.offset, slice.len);
     let cork = (len >= CORK_FROM).then(|| Cork::new(stream));
     send_all(stream, head, len > 0, timeout).await?;
+    let mut body = Body { stream, slice, off: offset as libc::off64_t, chunk, timeout };
+    let end = offset + len;
     // Large bodies hold their last byte back until the file is known
     // unchanged after the rest went out (see `finish`). Small ones go in one
     // call: three more syscalls per tile would cost more than the
     // microseconds of exposure they close for files nobody writes in place;
     // files known to be written in place take the buffered path instead
     // (`DescriptorCache::entry`).
-    let guarded = len >= GUARD_FROM;
-    let end = offset + len - u64::from(guarded);
-    let mut off = offset as libc::off64_t;
-    let mut moved = 0u64;
-    while (off as u64) < end {
-        let want = (end - off as u64).min(chunk) as usize;
-        let result = stream.try_io(Interest::WRITABLE, || {
-            nix::sys::sendfile::sendfile64(stream.as_fd(), file.as_fd(), Some(&mut off), want).map_err(io::Error::from)
-        });
-        match result {
-            Ok(0) => return Err(SendError::Shrank),
-            Ok(n) => {
-                moved += n as u64;
-                sent.inc_by(n as u64);
-                if n == want && (off as u64) < end {
-                    // A full chunk went out: let the other connections run.
-                    tokio::task::yield_now().await;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => writable(stream, timeout).await?,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if moved == 0 && refused(&e) => return Err(SendError::Refused(e)),
-            Err(e) => return Err(SendError::Io(e)),
-        }
+    if len < GUARD_FROM {
+        return body.send_to(end).await;
     }
-    // Uncorked before the drain: a corked partial segment would sit in the
-    // queue that `finish` waits to see empty.
-    drop(cork);
-    if guarded {
-        finish(stream, slice, len, timeout).await?;
-        sent.inc_by(1);
+    if len < DRAIN_FROM {
+        body.send_to(end - 1).await?;
+    } else {
+        // The byte before the held-back one carries an acknowledgment
+        // request, so that the drain waits for the kernel's word instead
+        // of polling the send queue.
+        body.send_to(end - 2).await?;
+        let request = progress::AckRequest::arm(stream);
+        body.send_to(end - 1).await?;
+        // Uncorked before the drain: a corked partial segment would sit in
+        // the queue that the drain waits to see empty.
+        drop(cork);
+        progress::acknowledged(stream, request, timeout).await?;
     }
+    finish(stream, slice, timeout).await?;
+    slice.entry.counters.sendfile.inc_by(1);
     Ok(())
+}
+
+/// A body being sent by sendfile: where it stands in its file.
+struct Body<'a> {
+    stream: &'a TcpStream,
+    slice: &'a FileSlice,
+    off: libc::off64_t,
+    chunk: u64,
+    timeout: Duration,
+}
+
+impl Body<'_> {
+    /// Sends the slice's file up to offset `end`, at most `chunk` bytes a
+    /// call, yielding between full chunks.
+    async fn send_to(&mut self, end: u64) -> Result<(), SendError> {
+        let (stream, file) = (self.stream, &self.slice.entry.file);
+        while (self.off as u64) < end {
+            let want = (end - self.off as u64).min(self.chunk) as usize;
+            let result = stream.try_io(Interest::WRITABLE, || {
+                nix::sys::sendfile::sendfile64(stream.as_fd(), file.as_fd(), Some(&mut self.off), want)
+                    .map_err(io::Error::from)
+            });
+            match result {
+                Ok(0) => return Err(SendError::Shrank),
+                Ok(n) => {
+                    self.slice.entry.counters.sendfile.inc_by(n as u64);
+                    if n == want && (self.off as u64) < end {
+                        // A full chunk went out: let the other connections run.
+                        tokio::task::yield_now().await;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => writable(stream, self.timeout).await?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if self.off as u64 == self.slice.offset && refused(&e) => return Err(SendError::Refused(e)),
+                Err(e) => return Err(SendError::Io(e)),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Bodies at least this long go out corked (see [`Cork`]).
@@ -154,19 +174,17 @@ impl Drop for Cork<'_> {
 /// Bodies at least this long hold back their last byte (see `finish`).
 const GUARD_FROM: u64 = 64 * 1024;
 
-/// Bodies at least this long wait for the socket to drain before the final
-/// check: sendfile queues page references, not copies, so a page rewritten
-/// or truncated while still queued would go out changed.
+/// Bodies at least this long wait until the peer acknowledged all but the
+/// held-back byte before the final check: sendfile queues page references,
+/// not copies, so a page rewritten or truncated while still queued (or
+/// kept for a retransmission) would go out changed.
 pub const DRAIN_FROM: u64 = 1 << 20;
 
 /// Sends the slice's last byte, only if the file is still the version the
 /// head describes; otherwise the connection ends without it, and the client
 /// sees an incomplete response rather than a torn one.
-async fn finish(stream: &TcpStream, slice: &FileSlice, len: u64, timeout: Duration) -> Result<(), SendError> {
-    if len >= DRAIN_FROM {
-        drained(stream, timeout).await?;
-    }
-    let last = super::read_exact_at(&slice.entry.file, slice.offset + len - 1, 1)?;
+async fn finish(stream: &TcpStream, slice: &FileSlice, timeout: Duration) -> Result<(), SendError> {
+    let last = super::read_exact_at(&slice.entry.file, slice.offset + slice.len - 1, 1)?;
     if last.len() != 1 {
         return Err(SendError::Shrank);
     }
@@ -175,23 +193,6 @@ async fn finish(stream: &TcpStream, slice: &FileSlice, len: u64, timeout: Durati
     }
     send_all(stream, &last, false, timeout).await?;
     Ok(())
-}
-
-/// Waits until the peer has acknowledged everything queued on the socket.
-async fn drained(stream: &TcpStream, timeout: Duration) -> io::Result<()> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let mut queued: libc::c_int = 0;
-        // SAFETY: TIOCOUTQ writes one int through the pointer, which is valid.
-        let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
-        if rc < 0 || queued == 0 {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "write stalled"));
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
 }
 
 /// Errors that mean "this file cannot be sendfile'd", not "the peer is gone".
