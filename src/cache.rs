@@ -136,8 +136,9 @@ pub struct FileEntry {
     /// are done inline; shared storage can block for long and is read on the
     /// blocking pool.
     pub local: bool,
-    /// A log: growth by appends keeps an earlier snapshot valid.
-    pub append_only: bool,
+    /// A log: growth by appends keeps an earlier snapshot valid, as long
+    /// as these bytes of it are unchanged (see [`Self::holds_snapshot`]).
+    appended_to: Option<Samples>,
     revalidate_after_ms: u64,
 }
 
@@ -198,9 +199,10 @@ impl FileEntry {
 
     /// Whether the bytes the head describes are still the file's, checked
     /// before a body's last byte goes out. Strict ([`Self::unchanged`]) for
-    /// tiles; for logs, which grow by appends, a longer file with the same
-    /// inode still holds the snapshot (a truncation or rotation does not).
-    /// Always true on shared storage (see below).
+    /// tiles; for logs, which grow by appends, the same inode, not shorter,
+    /// with the same sampled bytes ([`Samples`]): an append holds the
+    /// snapshot, a truncation or a rewrite in place does not. Always true
+    /// on shared storage (see below).
     pub fn holds_snapshot(&self) -> bool {
         // Shared storage is opened afresh for every request, and its
         // attributes come through client caches (NFS, FUSE) that can
@@ -208,13 +210,19 @@ impl FileEntry {
         if !self.local {
             return true;
         }
-        if !self.append_only {
-            return self.unchanged();
+        let Some(samples) = &self.appended_to else { return self.unchanged() };
+        let Ok(meta) = self.file.metadata() else { return false };
+        let now = Validators::of(&meta);
+        if now == self.validators {
+            return true;
         }
-        self.file.metadata().is_ok_and(|meta| {
-            let now = Validators::of(&meta);
-            now.dev == self.validators.dev && now.ino == self.validators.ino && now.len >= self.validators.len
-        })
+        // Grown or touched: an append leaves the snapshot's bytes as they
+        // were; a rewrite in place or a truncation followed by new lines
+        // (`copytruncate`) changes the bytes sampled, unless it wrote the same ones.
+        now.dev == self.validators.dev
+            && now.ino == self.validators.ino
+            && now.len >= self.validators.len
+            && Samples::take(&self.file, self.validators.len).is_ok_and(|again| again == *samples)
     }
 
     /// Whether the file starts with the gzip magic bytes (read once).
@@ -260,6 +268,35 @@ impl Drop for FileEntry {
             budget.release(charge);
             budget.gauge.sub(charge as i64);
         }
+    }
+}
+
+/// A fingerprint of three blocks of a log version (its first, middle and last
+/// 4 KiB), taken when its descriptor is opened: a log that grew keeps
+/// answering for the version a response started with only while these
+/// bytes stay the same. Appends never touch them; rewrites of logs (a
+/// `copytruncate` rotation, a shell `>`, a re-upload in place) change
+/// timestamps, and with them the first and last lines. Twelve KiB read
+/// at open and at the end of a large body, never per byte sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Samples(u64);
+
+impl Samples {
+    const BLOCK: u64 = 4096;
+
+    fn take(file: &File, len: u64) -> io::Result<Samples> {
+        use std::hash::Hasher;
+        // SipHash with fixed keys: the same bytes hash the same within the process.
+        let mut hasher = std::hash::DefaultHasher::new();
+        let block = Self::BLOCK.min(len);
+        for at in [0, (len - block) / 2, len - block] {
+            let bytes = crate::delivery::read_exact_at(file, at, block as usize)?;
+            if bytes.len() as u64 != block {
+                return Err(crate::delivery::shrank());
+            }
+            hasher.write(&bytes);
+        }
+        Ok(Samples(hasher.finish()))
     }
 }
 
@@ -499,6 +536,11 @@ impl DescriptorCache {
             }
             delivery => delivery,
         };
+        // Shared storage has no final check (see `holds_snapshot`).
+        let appended_to = match root.kind() == crate::config::RootKind::Logs && cacheable {
+            true => Some(Samples::take(&file, validators.len)?),
+            false => None,
+        };
         let header = |s: &str| HeaderValue::from_str(s).map_err(io::Error::other);
         Ok(FileEntry {
             etag: header(&validators.etag())?,
@@ -521,7 +563,7 @@ impl DescriptorCache {
             cached: AtomicBool::new(false),
             replayable: cacheable && root.first_of_kind,
             local: cacheable,
-            append_only: root.kind() == crate::config::RootKind::Logs,
+            appended_to,
             revalidate_after_ms: self.revalidate_after.as_millis() as u64,
         })
     }
@@ -686,7 +728,7 @@ mod tests {
             cached: AtomicBool::new(false),
             replayable: false,
             local: true,
-            append_only: false,
+            appended_to: None,
             revalidate_after_ms: 0,
         })
     }
