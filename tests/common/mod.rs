@@ -35,8 +35,10 @@ const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 pub const LISTENING_PREFIX: &str = "tessera listening on http://";
 
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_tessera")
+/// The binary under test: this build's, or `TESSERA_TEST_BIN` (to show that
+/// a test fails on an older build).
+pub fn bin() -> String {
+    std::env::var("TESSERA_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tessera").to_string())
 }
 
 // ---------------------------------------------------------------------------
@@ -996,6 +998,19 @@ pub struct RawConn {
 impl RawConn {
     pub fn connect(addr: SocketAddr) -> RawConn {
         let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        stream.set_read_timeout(Some(IO_TIMEOUT)).expect("read timeout");
+        stream.set_write_timeout(Some(IO_TIMEOUT)).expect("write timeout");
+        RawConn { stream, buf: Vec::new() }
+    }
+
+    /// A connection whose receive buffer is `rcvbuf` bytes (set before the
+    /// handshake, so the window it advertises stays that small): a field
+    /// device's modest socket, or a reader the server can fill quickly.
+    pub fn connect_small(addr: SocketAddr, rcvbuf: usize) -> RawConn {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+        socket.set_recv_buffer_size(rcvbuf).expect("SO_RCVBUF");
+        socket.connect_timeout(&addr.into(), IO_TIMEOUT).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        let stream: TcpStream = socket.into();
         stream.set_read_timeout(Some(IO_TIMEOUT)).expect("read timeout");
         stream.set_write_timeout(Some(IO_TIMEOUT)).expect("write timeout");
         RawConn { stream, buf: Vec::new() }
