@@ -297,6 +297,49 @@ fn follow_streams_appends_and_ends_on_rotation() {
     );
 }
 
+/// `copytruncate` under a follow stream that has caught up: the log is
+/// copied away, truncated and written again past where the stream stands,
+/// faster than the stream wakes. The stream ends; it never goes on with the
+/// new file's bytes from its old offset as if they were appends.
+#[test]
+fn follow_ends_on_copytruncate_without_the_new_lines() {
+    let fx = Fixture::new();
+    let path = fx.logs().join("rtu").join("live.log");
+    let start = lines(0, 2_000);
+    write_file(&path, &start);
+    let server = fx.start_ready();
+    let mut stream = TcpStream::connect(server.addr).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+    stream.write_all(b"GET /logs/rtu/live.log?follow HTTP/1.1\r\nHost: t\r\n\r\n").expect("send");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    let mut read_until = |got: &mut Vec<u8>, needle: &[u8], within: Duration| -> bool {
+        let deadline = Instant::now() + within;
+        while find(got, needle).is_none() && Instant::now() < deadline {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+        }
+        find(got, needle).is_some()
+    };
+    assert!(read_until(&mut got, &lines(1_999, 2_000), Duration::from_secs(3)), "the stream never caught up");
+    // Caught up: the stream now waits for the watcher.
+    std::thread::sleep(Duration::from_millis(200));
+
+    std::fs::copy(&path, fx.logs().join("rtu").join("live.log.1")).expect("copy");
+    let rewritten = lines(50_000, 53_000);
+    let mut file = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
+    file.set_len(0).expect("truncate");
+    file.write_all(&rewritten).expect("write the new lines");
+    drop(file);
+
+    assert!(read_until(&mut got, b"\r\n0\r\n\r\n", Duration::from_secs(8)), "the stream did not end on copytruncate");
+    assert!(find(&got, &lines(50_000, 50_001)).is_none(), "the stream went on with the new file's lines");
+    assert_eq!(server.get("/logs/rtu/live.log").body, rewritten, "the log itself is the new version");
+}
+
 /// A follower that hangs up is noticed while the file is quiet: its slot is freed.
 #[test]
 fn a_departed_follower_frees_its_slot() {

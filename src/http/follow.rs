@@ -6,8 +6,10 @@
 //! ([`Followers`](crate::watch::Followers)), not by sleeping in a loop; a
 //! slow safety check every [`RECHECK`] covers an event lost in an overflow.
 //! It ends when the file at the path is replaced (rotation: a new inode),
-//! removed or truncated, once everything the old file held has been sent,
-//! or when the client leaves (the driver sees the connection close).
+//! removed or truncated (also when written again past the stream's place
+//! before it looked: the log's sampled bytes changed), once everything the
+//! old file held has been sent, or when the client leaves (the driver sees
+//! the connection close).
 
 use std::io;
 use std::path::PathBuf;
@@ -48,6 +50,7 @@ pub fn start(app: &AppState, method: &Method, headers: &HeaderMap, entry: Arc<Fi
         path: entry.path.clone(),
         entry: entry.clone(),
         pos: offset,
+        waited: false,
         _slot: Slot(app.clone()),
     };
     let stream = futures_util::stream::unfold(state, |mut state| async move {
@@ -90,6 +93,9 @@ struct Follow {
     path: PathBuf,
     notify: Arc<Notify>,
     pos: u64,
+    /// Whether the stream waited for the file since it last read: the new
+    /// bytes are then checked once to be appends (see `next`).
+    waited: bool,
     _slot: Slot,
 }
 
@@ -106,11 +112,17 @@ impl Follow {
 
             let len = self.entry.file.metadata()?.len();
             if self.pos < len {
+                // New bytes after a wait: appended, or a truncation (`copytruncate`)
+                // written past where the stream stands before it looked.
+                if std::mem::take(&mut self.waited) && !self.entry.holds_snapshot() {
+                    return Ok(None);
+                }
                 return self.read(len).await.map(Some);
             }
             if len < self.pos || self.replaced() {
                 return Ok(None); // truncated, rotated or removed: this file is done
             }
+            self.waited = true;
             tokio::select! {
                 _ = &mut notified => {}
                 _ = tokio::time::sleep(RECHECK) => {}
