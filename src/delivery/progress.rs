@@ -16,7 +16,9 @@
 //! the kernel puts a notification on the socket's error queue once every
 //! byte up to it is acknowledged; the task sleeps on the socket's error
 //! readiness until then. A waiting connection wakes four times per
-//! `write_timeout` to look at its progress, and once when done.
+//! `write_timeout` to look at its progress, and once when done. (A kernel
+//! that refuses the request gets its send queue polled instead, at most
+//! every 50 ms.)
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -24,6 +26,7 @@ use std::time::Duration;
 
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 /// How many times per timeout a wait looks at the peer's progress.
 const CHECKS: u32 = 4;
@@ -106,22 +109,34 @@ impl Drop for AckRequest<'_> {
 /// `timeout`.
 pub async fn acknowledged(stream: &TcpStream, request: Option<AckRequest<'_>>, timeout: Duration) -> io::Result<()> {
     let mut progress = Progress::new(stream, timeout);
+    let mut next_check = Instant::now() + progress.period;
+    // Without a request (a kernel that refuses it), the send queue is
+    // polled instead, from 1 ms up to POLL_MAX apart.
+    let mut poll = Duration::from_millis(1);
     loop {
         if request.is_some() && take_notification(stream)? {
             return Ok(());
         }
-        // Also the way out when no request could be armed, or when the
-        // kernel dropped the notification (an error queue over the receive
-        // buffer's limit).
+        // Also the way out when the kernel dropped the notification (an
+        // error queue over the receive buffer's limit).
         if unacknowledged(stream)? == 0 {
             return Ok(());
         }
+        let wake = if request.is_some() { next_check } else { next_check.min(Instant::now() + poll) };
         tokio::select! {
             ready = stream.ready(Interest::ERROR), if request.is_some() => { ready?; }
-            () = tokio::time::sleep(progress.period) => progress.check(stream)?,
+            () = tokio::time::sleep_until(wake) => poll = (poll * 2).min(POLL_MAX),
+        }
+        if Instant::now() >= next_check {
+            progress.check(stream)?;
+            next_check = Instant::now() + progress.period;
         }
     }
 }
+
+/// The longest pause between two looks at the send queue when the kernel
+/// cannot notify.
+const POLL_MAX: Duration = Duration::from_millis(50);
 
 /// Takes the acknowledgment notification off the error queue, if it came.
 /// Error readiness without one is the socket's own error (a reset).
