@@ -420,3 +420,44 @@ fn directories_past_the_watch_limit_are_polled_then_watched_again() {
     let listing = server.get_json("/tiles");
     assert!(tileset(&listing, "world").is_none(), "world was removed: {listing}");
 }
+
+/// `tessera doctor` under a watch limit lower than the directories to watch:
+/// the limit, where it comes from, and a warning that some directories
+/// would be polled, with the way to raise it.
+#[test]
+fn doctor_reports_the_watch_limit_and_the_directories_it_leaves_polled() {
+    let fx = Fixture::new();
+    write_pyramid(&fx.tiles(), "world", 1); // 7 directories with the root, and the logs root
+    let config = limit_config(&fx, 500);
+    let args = ["doctor".as_ref(), "--config".as_ref(), config.as_os_str()];
+    let Some(mut command) = under_watch_limit(3, &args) else { return };
+    let out_path = fx.root().join("doctor.stdout");
+    let mut child = command
+        .stdin(std::process::Stdio::null())
+        .stdout(fs::File::create(&out_path).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn tessera doctor");
+    let mut status = None;
+    poll_until(START_DEADLINE, || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("tessera doctor did not finish within {START_DEADLINE:?}");
+    }
+    let report = fs::read_to_string(&out_path).unwrap();
+    assert!(status.is_some_and(|s| s.success()), "doctor failed:\n{report}");
+    for needle in [
+        "limit 3 watches (/proc/sys/user/max_inotify_watches",
+        "watches in use by this user's processes",
+        "the inotify roots need 8",
+        "directories would be polled",
+        "sysctl user.max_inotify_watches=",
+        "polled every 500 ms",
+    ] {
+        assert!(report.contains(needle), "doctor's report lacks {needle:?}:\n{report}");
+    }
+}
