@@ -3,13 +3,17 @@
 //! Apache's advice to check that sendfile is really called.
 
 use std::fmt::Write;
+use std::io::{Read, Write as _};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
+use std::time::Duration;
 
 use walkdir::WalkDir;
 
 use crate::config::Config;
 use crate::delivery::sendfile;
 use crate::roots::{is_hidden, Area, Root, WatcherKind};
+use crate::watch::limit::{self, WatchLimit};
 
 /// How many directory entries the probe looks through for a file to send.
 const PROBE_SEARCH: usize = 10_000;
@@ -17,7 +21,6 @@ const PROBE_SEARCH: usize = 10_000;
 /// The report, as text for people. Problems are marked `warning:`.
 pub fn report(config: &Config, roots: &[Root]) -> String {
     let mut out = String::new();
-    let watch_limit = read_number("/proc/sys/fs/inotify/max_user_watches");
     let (soft, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap_or((0, 0));
     let mut inotify_dirs = 0u64;
     for root in roots {
@@ -29,7 +32,10 @@ pub fn report(config: &Config, roots: &[Root]) -> String {
         let watcher = match root.watcher {
             WatcherKind::Inotify => {
                 inotify_dirs += dirs;
-                format!("inotify, recursive: {dirs} directories, one watch each")
+                format!(
+                    "inotify: {dirs} directories, one watch each (past the watch limit, polled every {} ms)",
+                    root.spec.poll_interval.as_millis()
+                )
             }
             WatcherKind::Poll => {
                 format!("polling every {} ms ({dirs} directories)", root.spec.poll_interval.as_millis())
@@ -39,20 +45,7 @@ pub fn report(config: &Config, roots: &[Root]) -> String {
         let _ = writeln!(out, "  watcher      {watcher}");
     }
     let _ = writeln!(out, "limits");
-    match watch_limit {
-        Some(limit) => {
-            let _ = writeln!(
-                out,
-                "  inotify      {inotify_dirs} directories watched of fs.inotify.max_user_watches = {limit}"
-            );
-            if inotify_dirs > limit {
-                let _ = writeln!(out, "  warning: more directories than inotify watches; raise fs.inotify.max_user_watches or use watch = \"poll\"");
-            }
-        }
-        None => {
-            let _ = writeln!(out, "  inotify      limit unknown (/proc/sys/fs/inotify/max_user_watches unreadable)");
-        }
-    }
+    describe_watch_limit(&mut out, config, inotify_dirs);
     let _ = writeln!(
         out,
         "  open files   soft {soft}, hard {hard}; descriptor cache holds up to {}",
@@ -121,6 +114,62 @@ fn count_dirs(root: &Path) -> u64 {
         .count() as u64
 }
 
-fn read_number(path: &str) -> Option<u64> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+/// The inotify watch limit against what the inotify roots need: its value
+/// and source, the watches this user's processes hold already, and how many
+/// directories would be polled for want of watches.
+fn describe_watch_limit(out: &mut String, config: &Config, needed: u64) {
+    let Some(limit) = WatchLimit::read() else {
+        let _ = writeln!(
+            out,
+            "  inotify      limit unknown ({} and {} unreadable)",
+            limit::SYSTEM_SETTING,
+            limit::NAMESPACE_SETTING
+        );
+        return;
+    };
+    let in_use = limit::own_uid().map(limit::watches_in_use).unwrap_or(0);
+    let free = limit.value.saturating_sub(in_use);
+    let polled = needed.saturating_sub(free);
+    let _ = writeln!(out, "  inotify      limit {limit}");
+    let _ = writeln!(
+        out,
+        "  inotify      {in_use} watches in use by this user's processes (a running tessera's included), \
+         {free} free; the inotify roots need {needed}"
+    );
+    if polled > 0 {
+        let _ = writeln!(
+            out,
+            "  warning: {polled} of {needed} directories would be polled instead of watched (changes seen within \
+             poll_interval_ms, not at once); {}",
+            limit.advice(needed + in_use)
+        );
+    }
+    if let Some(live) = live_unwatched(config.listen) {
+        let _ = writeln!(
+            out,
+            "  inotify      tessera at {} polls {live} directories now (tessera_watch_unwatched_directories)",
+            config.listen
+        );
+    }
+}
+
+/// `tessera_watch_unwatched_directories` (summed over roots) of a tessera
+/// answering at `addr`, if one does within a moment.
+fn live_unwatched(addr: SocketAddr) -> Option<u64> {
+    if addr.port() == 0 {
+        return None;
+    }
+    let timeout = Duration::from_millis(300);
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    stream.set_write_timeout(Some(timeout)).ok()?;
+    stream.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
+    let mut text = String::new();
+    stream.take(4 << 20).read_to_string(&mut text).ok()?;
+    let values: Vec<u64> = text
+        .lines()
+        .filter(|l| l.starts_with("tessera_watch_unwatched_directories{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }

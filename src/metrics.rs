@@ -1,6 +1,6 @@
 //! Prometheus counters, exposed as text at `/metrics`.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 /// Per-root counters of how body bytes left the process.
 #[derive(Debug, Clone)]
@@ -33,6 +33,8 @@ pub struct Metrics {
     pub cache_open_files: IntGauge,
     pub watch_events: IntCounter,
     pub rescans: IntCounter,
+    /// Directories of a local root polled because inotify refused them a watch, by root.
+    pub unwatched_dirs: IntGaugeVec,
     /// Entries new or changed on disk that start-up reconcile had to read again.
     pub reconcile_rereads: IntCounter,
     /// Catalog rows inserted, updated or deleted since start.
@@ -76,6 +78,15 @@ impl Metrics {
         let cache_open_files =
             IntGauge::new("tessera_cache_open_files", "Descriptors held by the descriptor cache").expect("metric");
         registry.register(Box::new(cache_open_files.clone())).expect("register");
+        let unwatched_dirs = IntGaugeVec::new(
+            Opts::new(
+                "tessera_watch_unwatched_directories",
+                "Directories polled because inotify refused them a watch (the watch limit), by root",
+            ),
+            &["root"],
+        )
+        .expect("metric");
+        registry.register(Box::new(unwatched_dirs.clone())).expect("register");
         Metrics {
             requests,
             bytes_sent,
@@ -106,8 +117,12 @@ impl Metrics {
                 "tessera_cache_invalidations_total",
                 "Descriptor cache entries dropped because the file changed",
             ),
-            watch_events: counter("tessera_watch_events_total", "Filesystem events received from the watcher"),
+            watch_events: counter(
+                "tessera_watch_events_total",
+                "Filesystem changes reported by the watchers (inotify events, changes found by polling)",
+            ),
             rescans: counter("tessera_rescans_total", "Full rescans of a root (queue overflow, watch errors)"),
+            unwatched_dirs,
             reconcile_rereads: counter(
                 "tessera_reconcile_rereads_total",
                 "Entries re-read by start-up reconcile because their stat changed",

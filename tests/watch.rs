@@ -287,3 +287,177 @@ fn replayed_answers_end_when_the_file_changes() {
 fn httpdate_like(value: &str) -> bool {
     value.len() == 29 && value.ends_with(" GMT") && value.as_bytes()[3] == b','
 }
+
+/// A command that runs tessera with `args` in a user namespace of its own
+/// whose inotify watch limit (`user.max_inotify_watches`) is `limit`: root of
+/// that namespace may lower it, and the kernel then refuses the watch past
+/// it with `ENOSPC`, as on a machine whose `fs.inotify.max_user_watches` ran
+/// out. None (with a message) where user namespaces cannot be made.
+fn under_watch_limit(limit: u32, args: &[&std::ffi::OsStr]) -> Option<std::process::Command> {
+    let script = format!("echo {limit} > /proc/sys/user/max_inotify_watches && exec \"$0\" \"$@\"");
+    let probe = std::process::Command::new("unshare")
+        .args(["-Ur", "sh", "-c", &script, "true"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED: `unshare -Ur` cannot lower max_inotify_watches here (no user namespaces)");
+        return None;
+    }
+    let mut command = std::process::Command::new("unshare");
+    command.args(["-Ur", "sh", "-c", &script, bin()]).args(args);
+    Some(command)
+}
+
+/// The configuration of a tiles root polled every `poll_ms` and a logs root.
+fn limit_config(fx: &Fixture, poll_ms: u64) -> std::path::PathBuf {
+    let quote = |p: std::path::PathBuf| format!("{:?}", p.display().to_string());
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\nstate = {}\n[[tiles]]\npath = {}\npoll_interval_ms = {poll_ms}\n[[logs]]\npath = {}\n",
+        quote(fx.state()),
+        quote(fx.tiles()),
+        quote(fx.logs()),
+    );
+    let path = fx.root().join("tessera.toml");
+    fs::write(&path, text).unwrap();
+    path
+}
+
+fn late_tileset(server: &Server) -> (Value, Value) {
+    let listing = server.get_json("/tiles");
+    let late = tileset(&listing, "late").cloned().unwrap_or(Value::Null);
+    (late["tile_count"].clone(), late["version"].clone())
+}
+
+/// Past the inotify watch limit while running, the directories inotify
+/// refuses are polled (every `poll_interval_ms`), counted in
+/// `tessera_watch_unwatched_directories` and announced by one warning; once
+/// watches are free again they move back to inotify.
+#[test]
+fn directories_past_the_watch_limit_are_polled_then_watched_again() {
+    const LIMIT: u32 = 20;
+    const POLL_MS: u64 = 200;
+    const LATE: u32 = 20;
+    let fx = Fixture::new();
+    let tiles = fx.tiles();
+    // 6 directories of world, 3 of late, the two roots: 11 watches of 20.
+    write_pyramid(&tiles, "world", 1);
+    write_file(&tile_path(&tiles, "late", 5, 31, 0), &tile_bytes(31, 500));
+    let config = limit_config(&fx, POLL_MS);
+    let args = ["serve".as_ref(), "--config".as_ref(), config.as_os_str()];
+    let Some(command) = under_watch_limit(LIMIT, &args) else { return };
+    let server = Server::spawn_command(command, &fx.root().join("server.stderr"));
+    server.wait_ready();
+    let root = root_label(&tiles);
+    let unwatched = || server.metric_with("tessera_watch_unwatched_directories", &[("root", &root)]);
+    assert_eq!(unwatched(), Some(0.0), "every directory is watched at start");
+
+    // 20 new directories pass the limit by 11: those are polled.
+    for x in 0..LATE {
+        fs::create_dir_all(tiles.join("late").join("5").join(x.to_string())).unwrap();
+    }
+    let expected = f64::from(11 + LATE - LIMIT);
+    let mut last = None;
+    let counted = poll_until(WATCH_DEADLINE, || {
+        last = unwatched();
+        last == Some(expected)
+    });
+    assert!(counted, "tessera_watch_unwatched_directories is {last:?}, expected {expected}");
+    let stderr = server.stderr();
+    assert!(
+        stderr.contains("inotify watch limit") && stderr.contains("max_inotify_watches") && stderr.contains("sysctl"),
+        "no warning naming the watch limit and how to raise it:\n{stderr}"
+    );
+    assert_eq!(stderr.matches("inotify watch limit").count(), 1, "one warning per root:\n{stderr}");
+
+    // A tile in each late directory, watched or polled, is listed within the
+    // poll interval (plus the usual margin).
+    let (count, version) = late_tileset(&server);
+    assert_eq!(count, 1);
+    for x in 0..LATE {
+        write_file(&tile_path(&tiles, "late", 5, x, 0), &tile_bytes(u64::from(x), 400));
+    }
+    let deadline = Duration::from_millis(POLL_MS) + WATCH_DEADLINE;
+    let mut last = (Value::Null, Value::Null);
+    let listed = poll_until(deadline, || {
+        last = late_tileset(&server);
+        last.0 == 1 + LATE
+    });
+    assert!(listed, "within {deadline:?} late should count {} tiles; last seen {last:?}", 1 + LATE);
+    assert_ne!(last.1, version, "the tileset's version must change with its tiles");
+    assert_eq!(server.get("/tiles/late/5/19/0.png").body, tile_bytes(19, 400));
+
+    // Freeing watches (world's 6 directories and 13 late ones) leaves fewer
+    // directories than the limit: the polled ones move back to inotify.
+    fs::remove_dir_all(tiles.join("world")).unwrap();
+    for x in 0..13 {
+        fs::remove_dir_all(tiles.join("late").join("5").join(x.to_string())).unwrap();
+    }
+    let mut last = None;
+    let upgraded = poll_until(deadline, || {
+        last = unwatched();
+        last == Some(0.0)
+    });
+    assert!(upgraded, "tessera_watch_unwatched_directories is {last:?} after watches were freed, expected 0");
+    assert!(
+        server.stderr().contains("watched by inotify again"),
+        "no note of the return to inotify:\n{}",
+        server.stderr()
+    );
+
+    // A change in every remaining late directory, formerly polled ones
+    // included, is seen through inotify within the usual deadline.
+    for x in 13..LATE {
+        write_file(&tile_path(&tiles, "late", 5, x, 1), &tile_bytes(100 + u64::from(x), 400));
+    }
+    let expected = 1 + 2 * (LATE - 13);
+    let mut last = (Value::Null, Value::Null);
+    let seen = poll_until(WATCH_DEADLINE, || {
+        last = late_tileset(&server);
+        last.0 == expected
+    });
+    assert!(seen, "after the upgrade, late should count {expected} tiles; last seen {last:?}");
+    let listing = server.get_json("/tiles");
+    assert!(tileset(&listing, "world").is_none(), "world was removed: {listing}");
+}
+
+/// `tessera doctor` under a watch limit lower than the directories to watch:
+/// the limit, where it comes from, and a warning that some directories
+/// would be polled, with the way to raise it.
+#[test]
+fn doctor_reports_the_watch_limit_and_the_directories_it_leaves_polled() {
+    let fx = Fixture::new();
+    write_pyramid(&fx.tiles(), "world", 1); // 7 directories with the root, and the logs root
+    let config = limit_config(&fx, 500);
+    let args = ["doctor".as_ref(), "--config".as_ref(), config.as_os_str()];
+    let Some(mut command) = under_watch_limit(3, &args) else { return };
+    let out_path = fx.root().join("doctor.stdout");
+    let mut child = command
+        .stdin(std::process::Stdio::null())
+        .stdout(fs::File::create(&out_path).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn tessera doctor");
+    let mut status = None;
+    poll_until(START_DEADLINE, || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("tessera doctor did not finish within {START_DEADLINE:?}");
+    }
+    let report = fs::read_to_string(&out_path).unwrap();
+    assert!(status.is_some_and(|s| s.success()), "doctor failed:\n{report}");
+    for needle in [
+        "limit 3 watches (/proc/sys/user/max_inotify_watches",
+        "watches in use by this user's processes",
+        "the inotify roots need 8",
+        "directories would be polled",
+        "sysctl user.max_inotify_watches=",
+        "polled every 500 ms",
+    ] {
+        assert!(report.contains(needle), "doctor's report lacks {needle:?}:\n{report}");
+    }
+}

@@ -1,12 +1,18 @@
-//! Watch: notify watchers on every root. Each event first invalidates the
+//! Watch: a watcher on every root. Each event first invalidates the
 //! descriptor cache for its paths, right on the watcher's thread, and then
 //! queues the paths for the catalog worker (DESIGN.md decision 7).
 //!
 //! The cache is invalidated before anything else so that freshness does not
 //! wait for SQLite. A queue overflow or a watcher error clears the whole cache
 //! and asks for a rescan of the root: after it nobody knows what changed.
-//! Local roots use inotify; shared roots use polling, since changes made by
-//! other machines never reach this kernel's inotify.
+//! Local roots use inotify, one watch per directory ([`tree`]), with the
+//! directories past the watch limit polled instead ([`poll`]); shared roots
+//! use notify's polling over the whole root, since changes made by other
+//! machines never reach this kernel's inotify.
+
+pub mod limit;
+mod poll;
+mod tree;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +23,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use notify::event::{AccessKind, AccessMode, ModifyKind};
-use notify::{Event, EventKind, EventKindMask, PollWatcher, RecommendedWatcher, RecursiveMode, Watcher};
+use notify::{Event, EventKind, PollWatcher, RecursiveMode, Watcher};
 
 use crate::cache::DescriptorCache;
 use crate::catalog::worker::Job;
@@ -66,10 +72,11 @@ impl Followers {
 
 /// The running watchers; dropping this stops them.
 pub struct Watchers {
-    _watchers: Vec<Box<dyn Watcher + Send>>,
+    _polling: Vec<Box<dyn Watcher + Send>>,
+    _trees: Vec<tree::Running>,
 }
 
-/// What every watcher's callback needs.
+/// What every watcher reports to.
 #[derive(Clone)]
 struct Sink {
     root: usize,
@@ -81,6 +88,7 @@ struct Sink {
 }
 
 impl Sink {
+    /// An event of notify's poll watcher (shared roots).
     fn handle(&self, result: notify::Result<Event>) {
         match result {
             Ok(event) if event.need_rescan() => {
@@ -93,13 +101,8 @@ impl Sink {
                 }
                 self.metrics.watch_events.inc();
                 let in_place = matches!(event.kind, EventKind::Modify(ModifyKind::Data(_)));
-                for path in event.paths {
-                    if in_place {
-                        self.cache.mark_rewritten(&path);
-                    }
-                    self.cache.invalidate(&path);
-                    self.followers.wake(&path);
-                    let _ = self.jobs.send(Job::Path(self.root, path));
+                for path in &event.paths {
+                    self.changed(path, in_place);
                 }
             }
             Err(e) => {
@@ -107,6 +110,17 @@ impl Sink {
                 self.rescan();
             }
         }
+    }
+
+    /// Something changed at `path` (`in_place`: a file's bytes were written
+    /// where they are): invalidate, wake its followers, queue it.
+    fn changed(&self, path: &Path, in_place: bool) {
+        if in_place {
+            self.cache.mark_rewritten(path);
+        }
+        self.cache.invalidate(path);
+        self.followers.wake(path);
+        let _ = self.jobs.send(Job::Path(self.root, path.to_path_buf()));
     }
 
     fn rescan(&self) {
@@ -136,7 +150,7 @@ pub fn start(
     metrics: &Arc<Metrics>,
     followers: &Arc<Followers>,
 ) -> Watchers {
-    let mut watchers: Vec<Box<dyn Watcher + Send>> = Vec::new();
+    let mut watchers = Watchers { _polling: Vec::new(), _trees: Vec::new() };
     for root in roots {
         let sink = Sink {
             root: root.index,
@@ -146,39 +160,31 @@ pub fn start(
             metrics: metrics.clone(),
             followers: followers.clone(),
         };
-        match start_one(root, sink.clone()) {
-            Ok(Some(w)) => watchers.push(w),
-            Ok(None) => {}
-            Err(e) if root.watcher == WatcherKind::Inotify => {
-                // Typically the inotify watch limit: polling still keeps us fresh.
-                tracing::warn!(root = %root.path().display(), error = %e, "inotify unavailable; falling back to polling");
-                match poll_watcher(root, sink) {
-                    Ok(w) => watchers.push(w),
-                    Err(e) => tracing::warn!(root = %root.path().display(), error = %e, "cannot watch root"),
+        match root.watcher {
+            WatcherKind::Off => {}
+            WatcherKind::Poll => watchers.poll(root, sink),
+            WatcherKind::Inotify => {
+                let gauge = metrics.unwatched_dirs.with_label_values(&[&root.path().display().to_string()]);
+                match tree::start(root, sink.clone(), gauge) {
+                    Ok(tree) => watchers._trees.push(tree),
+                    Err(e) => {
+                        // No inotify instance (fs.inotify.max_user_instances)
+                        // or no thread: polling still keeps us fresh.
+                        tracing::warn!(root = %root.path().display(), error = %e, "inotify unavailable; falling back to polling");
+                        watchers.poll(root, sink);
+                    }
                 }
             }
-            Err(e) => tracing::warn!(root = %root.path().display(), error = %e, "cannot watch root"),
         }
     }
-    Watchers { _watchers: watchers }
+    watchers
 }
 
-fn start_one(root: &Root, sink: Sink) -> notify::Result<Option<Box<dyn Watcher + Send>>> {
-    match root.watcher {
-        WatcherKind::Off => Ok(None),
-        WatcherKind::Poll => poll_watcher(root, sink).map(Some),
-        WatcherKind::Inotify => {
-            // Only events that can change content or the set of files, filtered
-            // in the kernel: inotify would otherwise wake this thread for
-            // every open of a file, tessera's own included.
-            let kinds = EventKindMask::CORE | EventKindMask::ACCESS_CLOSE;
-            // Never through symbolic links: a link inside a root may point
-            // anywhere, and nothing behind one is served or indexed.
-            let config = notify::Config::default().with_event_kinds(kinds).with_follow_symlinks(false);
-            let mut w = RecommendedWatcher::new(move |r| sink.handle(r), config)?;
-            w.watch(root.path(), RecursiveMode::Recursive)?;
-            tracing::debug!(root = %root.path().display(), "watching with inotify");
-            Ok(Some(Box::new(w)))
+impl Watchers {
+    fn poll(&mut self, root: &Root, sink: Sink) {
+        match poll_watcher(root, sink) {
+            Ok(w) => self._polling.push(w),
+            Err(e) => tracing::warn!(root = %root.path().display(), error = %e, "cannot watch root"),
         }
     }
 }
