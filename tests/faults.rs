@@ -1455,12 +1455,12 @@ fn read_only_state(fx: &Fixture, with_database: bool) -> Result<(), String> {
         }
     }
     let Some(_immutable) = Immutable::set(&paths) else {
-        eprintln!("SKIPPED: chattr +i is not available here, and root ignores chmod 0555");
+        skip("chattr +i is not available here, and root ignores chmod 0555");
         return Ok(());
     };
     if fs::write(fx.state().join("probe"), b"x").is_ok() {
         let _ = fs::remove_file(fx.state().join("probe"));
-        eprintln!("SKIPPED: the state directory is still writable after chattr +i");
+        skip("the state directory is still writable after chattr +i");
         return Ok(());
     }
     let server = try_start(fx, &[]).map_err(|e| format!("the server did not start over a read-only state: {e}"))?;

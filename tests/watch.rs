@@ -301,11 +301,11 @@ fn under_watch_limit(limit: u32, args: &[&std::ffi::OsStr]) -> Option<std::proce
         .stderr(std::process::Stdio::null())
         .status();
     if !probe.is_ok_and(|s| s.success()) {
-        eprintln!("SKIPPED: `unshare -Ur` cannot lower max_inotify_watches here (no user namespaces)");
+        skip("`unshare -Ur` cannot lower max_inotify_watches here (no user namespaces)");
         return None;
     }
     let mut command = std::process::Command::new("unshare");
-    command.args(["-Ur", "sh", "-c", &script, bin()]).args(args);
+    command.args(["-Ur", "sh", "-c", &script, &bin()]).args(args);
     Some(command)
 }
 

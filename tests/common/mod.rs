@@ -41,6 +41,17 @@ pub fn bin() -> String {
     std::env::var("TESSERA_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tessera").to_string())
 }
 
+/// A test whose prerequisite this machine lacks (user namespaces, `chattr`,
+/// root for network namespaces): skipped with a message on a developer's
+/// machine, a failure where every test must run (`TESSERA_REQUIRE_ALL_TESTS`,
+/// set by `.ci/run`).
+pub fn skip(reason: &str) {
+    if std::env::var_os("TESSERA_REQUIRE_ALL_TESTS").is_some() {
+        panic!("this test cannot run here and TESSERA_REQUIRE_ALL_TESTS is set: {reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
+}
+
 // ---------------------------------------------------------------------------
 // Polling
 // ---------------------------------------------------------------------------
