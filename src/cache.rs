@@ -523,9 +523,9 @@ impl DescriptorCache {
         // A file known to be written in place is copied, not sent by
         // reference, under 1 MiB: sendfile queues page references, and an
         // overwrite after the last check would change bytes still waiting in
-        // the socket (the soak caught bodies with one version's length and
-        // another's bytes). From 1 MiB the sendfile path drains the socket
-        // before that check anyway.
+        // the socket (one version's length with another's bytes). From 1 MiB
+        // the sendfile path waits for the client's acknowledgments before
+        // that check anyway.
         let delivery = match root.area(rel).delivery {
             DeliveryPath::Sendfile
                 if cacheable

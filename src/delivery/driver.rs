@@ -699,7 +699,7 @@ thread_local! {
 const REPLAYS_MAX: usize = 1 << 15;
 /// Longer targets are never remembered: every query-string variant of a tile
 /// would otherwise take a key of its own, up to the head size limit each
-/// (a review found 64 Ki keys of 16 KiB: 1 GiB per worker).
+/// (32 Ki keys of 16 KiB: half a GiB per worker).
 const REPLAY_TARGET_MAX: usize = 256;
 
 /// Keeps the head of a whole-file 200 for replays, if it may be replayed.
