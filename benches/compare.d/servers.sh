@@ -7,11 +7,13 @@
 #   bench_workers    prints the worker count: WORKERS, else the cores wrk's
 #                    one thread leaves (at least 1)
 #   conf_nginx DIR PORT            writes DIR/nginx.conf, prints the command
+#   conf_lighttpd DIR PORT         writes DIR/lighttpd.conf, prints the command
 #   conf_tessera DIR PORT DELIVERY writes DIR/tessera.toml, prints the command
 #   free_port        prints a free loopback port
 #
 # conf_* read WORK (the data), BIN (tessera), nofile, nginx_cache,
-# tessera_cache, nginx_workers, tessera_workers and budget_mib.
+# tessera_cache, nginx_workers, lighttpd_max_worker (0: lighttpd's single
+# process), tessera_workers and budget_mib.
 
 bench_limits() {
   local hard fd_cache
@@ -69,6 +71,26 @@ http {
 }
 CONF
   echo nginx -p "$1" -c "$1/nginx.conf" -e "$1/error.log"
+}
+
+conf_lighttpd() {
+  cat > "$1/lighttpd.conf" <<EOF
+server.document-root = "$WORK"
+server.bind = "127.0.0.1"
+server.port = $2
+server.pid-file = "$1/lighttpd.pid"
+server.errorlog = "$1/error.log"
+server.modules = ()
+server.network-backend = "sendfile"
+server.stat-cache-engine = "inotify"
+server.max-fds = $nofile
+server.max-connections = 4096
+server.max-keep-alive-requests = 65535
+server.max-keep-alive-idle = 60
+server.max-worker = $lighttpd_max_worker
+mimetype.assign = ( ".png" => "image/png", ".log" => "text/plain" )
+EOF
+  echo lighttpd -D -f "$1/lighttpd.conf"
 }
 
 conf_tessera() { # dir port delivery
