@@ -12,7 +12,8 @@ use walkdir::WalkDir;
 
 use crate::config::Config;
 use crate::delivery::sendfile;
-use crate::roots::{is_hidden, Area, Root, WatcherKind};
+use crate::names::is_hidden;
+use crate::roots::{Area, Root, WatcherKind};
 use crate::watch::limit::{self, WatchLimit};
 
 /// How many directory entries the probe looks through for a file to send.

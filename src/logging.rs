@@ -9,7 +9,7 @@
 //! `journalctl -u tessera DEVICE=pump-7` finds a device's downloads.
 //!
 //! The access log (one event per request, target `tessera::access`, see
-//! [`crate::http::observe::access`]) is off unless the filter enables it, as
+//! [`access`]) is off unless the filter enables it, as
 //! the appliance's unit does: `TESSERA_LOG=info,tessera::access=info`.
 
 use std::io::IsTerminal;
@@ -47,4 +47,43 @@ fn stderr_is_journal() -> bool {
     let Some((dev, ino)) = stream.split_once(':') else { return false };
     let Ok(st) = nix::sys::stat::fstat(std::io::stderr().as_fd()) else { return false };
     dev.parse() == Ok(st.st_dev) && ino.parse() == Ok(st.st_ino)
+}
+
+/// One access-log event (target `tessera::access`, off by default). In the
+/// journal its fields are ROUTE, METHOD, PATH, STATUS, BYTES, DELIVERY
+/// (memory, sendfile, buffered, hyper, none), ROOT, and DEVICE or TILESET
+/// taken from the URL, so `journalctl -u tessera DEVICE=...` works.
+#[allow(clippy::too_many_arguments)]
+pub fn access(
+    route: &str,
+    method: &str,
+    path: &str,
+    status: u16,
+    bytes: u64,
+    delivery: &str,
+    root: Option<&std::path::Path>,
+    elapsed_us: u64,
+) {
+    if !tracing::enabled!(target: "tessera::access", tracing::Level::INFO) {
+        return;
+    }
+    let mut segments = path.trim_start_matches('/').split('/');
+    let (kind, name) = (segments.next().unwrap_or_default(), segments.next().unwrap_or_default());
+    let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+    let device = (kind == "logs" && !name.is_empty()).then_some(name.as_ref());
+    let tileset = (kind == "tiles" && !name.is_empty()).then(|| name.trim_end_matches(".json"));
+    tracing::info!(
+        target: "tessera::access",
+        route,
+        method,
+        path,
+        status,
+        bytes,
+        delivery,
+        root = root.map(|r| r.display().to_string()),
+        device,
+        tileset,
+        elapsed_us,
+        "{method} {path} {status} {bytes}"
+    );
 }

@@ -16,15 +16,16 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-use crate::cache::Validators;
 use crate::roots::Root;
+use crate::tile::Format;
+use crate::validators::Validators;
 
 /// What the catalog keeps of an MBTiles file.
 #[derive(Debug, Clone)]
 pub struct Summary {
     /// The `metadata` table as a JSON object of strings (`json` included as written).
     pub metadata: serde_json::Value,
-    pub format: String,
+    pub format: Format,
     /// Per zoom level: z, first and last column, first and last (TMS) row.
     pub levels: Vec<[u32; 5]>,
     pub tile_count: u64,
@@ -79,28 +80,16 @@ pub fn summarise(path: &Path) -> rusqlite::Result<Summary> {
         levels.push(level);
         tile_count += count as u64;
     }
-    let declared = metadata.get("format").and_then(|f| f.as_str()).map(str::to_ascii_lowercase);
-    let format = match declared.as_deref() {
-        Some(f @ ("png" | "jpg" | "webp" | "pbf")) => f.to_string(),
-        Some("jpeg") => "jpg".into(),
-        Some("mvt") => "pbf".into(),
-        _ => {
+    let declared = metadata.get("format").and_then(|f| f.as_str()).and_then(Format::from_name);
+    let format = match declared {
+        Some(format) => format,
+        None => {
             let first: Option<Vec<u8>> =
                 conn.query_row("SELECT tile_data FROM tiles LIMIT 1", [], |r| r.get(0)).optional()?;
-            sniff(first.as_deref().unwrap_or_default()).to_string()
+            Format::sniff(first.as_deref().unwrap_or_default())
         }
     };
     Ok(Summary { metadata: serde_json::Value::Object(metadata), format, levels, tile_count })
-}
-
-/// The tile format from the first bytes of a tile.
-pub fn sniff(data: &[u8]) -> &'static str {
-    match data {
-        [0x89, b'P', b'N', b'G', ..] => "png",
-        [0xff, 0xd8, 0xff, ..] => "jpg",
-        [b'R', b'I', b'F', b'F', _, _, _, _, b'W', b'E', b'B', b'P', ..] => "webp",
-        _ => "pbf",
-    }
 }
 
 /// One tile read from an MBTiles file, with the validators of the file it came from.

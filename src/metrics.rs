@@ -1,5 +1,8 @@
 //! Prometheus counters, exposed as text at `/metrics`.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 /// Per-root counters of how body bytes left the process.
@@ -153,5 +156,29 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+/// The route a request matched, as its metric and access-log label: put on
+/// the response by the HTTP layer, read by whichever transport wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route(pub &'static str);
+
+impl Metrics {
+    /// Counts a request. Label lookups hash strings under a lock; each thread
+    /// keeps the counters it has used, keyed by the route's static address.
+    pub fn count_request(&self, route: Route, status: u16) {
+        thread_local! {
+            static COUNTERS: RefCell<HashMap<(usize, u16), IntCounter, foldhash::fast::RandomState>> =
+                RefCell::new(HashMap::with_hasher(foldhash::fast::RandomState::default()));
+        }
+        COUNTERS.with(|counters| {
+            let key = (route.0.as_ptr() as usize, status);
+            counters
+                .borrow_mut()
+                .entry(key)
+                .or_insert_with(|| self.requests.with_label_values(&[route.0, &status.to_string()]))
+                .inc();
+        });
     }
 }

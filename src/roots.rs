@@ -305,19 +305,3 @@ fn local_fs_name(fs_type: i64) -> &'static str {
         _ => "local",
     }
 }
-
-/// A path segment that may name a tileset, a device or a file: not empty, no
-/// separator of any platform, no NUL or control character, and not hidden
-/// (which also rules out `.` and `..`).
-pub fn safe_segment(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 255
-        && !s.starts_with('.')
-        && !s.chars().any(|c| c == '/' || c == '\\' || c.is_control())
-}
-
-/// Whether a path relative to a root has a hidden component; such files are
-/// neither indexed nor served.
-pub fn is_hidden(rel: &Path) -> bool {
-    rel.components().any(|c| matches!(c, Component::Normal(n) if n.as_encoded_bytes().starts_with(b".")))
-}

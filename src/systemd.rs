@@ -96,6 +96,10 @@ pub async fn supervise(ready: Arc<AtomicBool>, listen: SocketAddr, status: impl 
 
 const STATUS_EVERY: Duration = Duration::from_secs(10);
 
+/// Marks the watchdog's own `GET /healthz`, which the HTTP layer keeps out
+/// of the access log.
+pub const SELF_CHECK_HEADER: &str = "x-tessera-self-check";
+
 /// `GET /healthz` through the listening socket, as a client would.
 async fn self_check(listen: SocketAddr) -> io::Result<()> {
     let mut addr = listen;

@@ -1,5 +1,6 @@
-//! URL-to-path resolution for tiles: `http::tiles::segments` and `tile_rel`
-//! on the raw input and on the path `http::Uri` makes of it, then
+//! URL-to-path resolution for tiles, as `http::tiles::dispatch` does it
+//! (`segments`, then `tile_address` and `stored_rel` for four segments), on
+//! the raw input and on the path `http::Uri` makes of it, then
 //! `Root::open_file` in a real tiles root planted with hidden files,
 //! symbolic links out of the root (relative, absolute, through `/proc`, to a
 //! sibling whose name shares the root's prefix), links to hidden names, a
@@ -7,7 +8,7 @@
 //!
 //! Invariants, beyond "never panics":
 //!  * `segments` gives 1 to 4 segments;
-//!  * an Ok `tile_rel` is `{tileset}/{z}/{x}/{y}.{ext}`: exactly four
+//!  * an Ok tile path is `{tileset}/{z}/{x}/{y}.{ext}`: exactly four
 //!    segments, none empty, hidden (`.`, `..`, `.x`; "a..b" is a fine name)
 //!    or holding a separator, NUL or control character; no leading '/';
 //!    only normal components;
@@ -27,10 +28,12 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use tessera::catalog::TILE_EXTENSIONS;
+use http::StatusCode;
 use tessera::config::{RootKind, RootSpec};
-use tessera::http::tiles::{segments, tile_rel};
-use tessera::roots::{safe_segment, Root};
+use tessera::http::tiles::{segments, stored_rel, tile_address};
+use tessera::names::safe_segment;
+use tessera::roots::Root;
+use tessera::tile::Format;
 
 /// What every file outside the root, or hidden inside it, starts with.
 const OUTSIDE: &[u8] = b"OUTSIDE";
@@ -163,6 +166,15 @@ fn check_path(fx: &Fixture, path: &str) {
     }
 }
 
+/// What `dispatch` makes of a tile path: the file below the tiles root, or
+/// the status it answers.
+fn tile_rel(path: &str, tms: bool) -> Result<String, StatusCode> {
+    let segs = segments(path)?;
+    let [tileset, z, x, file] = segs.as_slice() else { return Err(StatusCode::NOT_FOUND) };
+    let (tileset, tile) = tile_address(tileset, z, x, file)?;
+    Ok(stored_rel(tileset, &tile, tms))
+}
+
 /// Checks the shape of a resolved tile path; returns z, x and y.
 fn check_rel(rel: &str, tileset: &str) -> (u32, u32, u32) {
     assert!(!rel.starts_with('/'), "absolute: {rel:?}");
@@ -187,7 +199,7 @@ fn check_rel(rel: &str, tileset: &str) -> (u32, u32, u32) {
     let (y, ext) = parts[3].split_once('.').expect("y.ext");
     let (z, x, y) = (number(parts[1]), number(parts[2]), number(y));
     assert!(z <= 30 && u64::from(x) < 1u64 << z && u64::from(y) < 1u64 << z, "{rel:?} outside its zoom level");
-    assert!(TILE_EXTENSIONS.contains(&ext), "extension {ext:?} in {rel:?}");
+    assert!(Format::from_name(ext).is_some() && ext == ext.to_ascii_lowercase(), "extension {ext:?} in {rel:?}");
     (z, x, y)
 }
 

@@ -21,8 +21,8 @@ use parking_lot::RwLock;
 use rusqlite::{params, Connection};
 use sha2::{Digest, Sha256};
 
-use crate::cache::Validators;
 use crate::roots::Root;
+use crate::validators::Validators;
 
 /// A file must have been unchanged this long before it is hashed.
 pub const SETTLE: Duration = Duration::from_secs(2);

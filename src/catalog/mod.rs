@@ -15,10 +15,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
-use serde::Serialize;
+
+use crate::config::Scheme;
+use crate::tile::{flip_row, Format};
 
 pub use logscan::{time_span, time_span_of};
-pub use reconcile::{classify, normalise_format, reconcile, tile_range_bounds, Entry, ReconcileStats, TILE_EXTENSIONS};
+pub use reconcile::{classify, reconcile, tile_range_bounds, Entry, ReconcileStats};
 
 /// Bump when the schema changes: an older database is rebuilt, not migrated,
 /// since everything in it can be read again from the disk.
@@ -237,8 +239,54 @@ pub fn open_second_writer(location: &Location) -> anyhow::Result<Connection> {
     Ok(conn)
 }
 
-/// A read-only connection for the HTTP handlers.
-pub fn open_reader(location: &Location) -> anyhow::Result<Connection> {
+/// The catalog as the HTTP layer reads it: one read-only connection,
+/// opened on first use and opened again after an error (the database may
+/// have been rebuilt under it). Its queries block: run them on a blocking
+/// thread. Handlers see [`Queries`], never the connection itself.
+pub struct Reader {
+    location: Location,
+    conn: parking_lot::Mutex<Option<Connection>>,
+}
+
+/// What a read can ask of the catalog.
+pub struct Queries<'a>(&'a Connection);
+
+/// Why a catalog read failed.
+pub type Error = rusqlite::Error;
+
+impl Reader {
+    pub fn new(location: Location) -> Reader {
+        Reader { location, conn: parking_lot::Mutex::new(None) }
+    }
+
+    /// Runs `f` on the read connection; the error is for a log line.
+    pub fn read<T>(&self, f: impl FnOnce(Queries<'_>) -> Result<T, Error>) -> Result<T, String> {
+        let mut conn = self.conn.lock();
+        if conn.is_none() {
+            *conn = Some(open_reader(&self.location).map_err(|e| e.to_string())?);
+        }
+        let result = f(Queries(conn.as_ref().expect("opened")));
+        if result.is_err() {
+            *conn = None;
+        }
+        result.map_err(|e| e.to_string())
+    }
+}
+
+impl Queries<'_> {
+    /// See [`tilesets`].
+    pub fn tilesets(&self, root_order: &[i64]) -> Result<Vec<Tileset>, Error> {
+        tilesets(self.0, root_order)
+    }
+
+    /// See [`logs`].
+    pub fn logs(&self, root_order: &[i64], filter: &LogFilter) -> Result<Vec<LogRecord>, Error> {
+        logs(self.0, root_order, filter)
+    }
+}
+
+/// A read-only connection (the HTTP layer's, through [`Reader`]).
+fn open_reader(location: &Location) -> anyhow::Result<Connection> {
     let conn = location
         .open(OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI)?;
     if let Location::Memory = location {
@@ -264,25 +312,47 @@ pub fn root_id(conn: &Connection, kind: &str, path: &Path) -> rusqlite::Result<i
     Ok(conn.last_insert_rowid())
 }
 
+/// Where a tileset's tiles are: a directory of files, or an MBTiles file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Directory,
+    Mbtiles,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Directory => "directory",
+            Source::Mbtiles => "mbtiles",
+        }
+    }
+
+    fn from_column(s: &str) -> Source {
+        if s == "mbtiles" {
+            Source::Mbtiles
+        } else {
+            Source::Directory
+        }
+    }
+}
+
 /// A tileset as the catalog knows it: facts of the disk only. What the
 /// configuration adds (a scheme override, the missing-tile status) is the
 /// HTTP layer's to apply.
 #[derive(Debug, Clone)]
 pub struct Tileset {
     pub name: String,
-    /// `directory` or `mbtiles`.
-    pub source: String,
-    pub format: String,
-    /// The row order the files declare: `tms` for MBTiles and for a
-    /// `metadata.json` saying so, else `xyz`.
-    pub scheme: String,
+    pub source: Source,
+    pub format: Format,
+    /// The row order the files declare: TMS for MBTiles and for a
+    /// `metadata.json` saying so, else XYZ.
+    pub scheme: Scheme,
     pub minzoom: u32,
     pub maxzoom: u32,
     /// Per zoom level: z, first and last column, first and last row, as stored.
     pub levels: Vec<[u32; 5]>,
     pub tile_count: u64,
-    /// RFC 3339: the newest file's mtime, or the last deletion, whichever is later.
-    pub last_change: String,
+    /// The newest file's mtime, or the last deletion, whichever is later.
     pub last_change_ns: i64,
     /// Changes whenever any tile of the tileset does (see `refresh_tileset`).
     pub fingerprint: i64,
@@ -319,24 +389,18 @@ impl Tileset {
     }
 }
 
-/// Row `y` of zoom `z` counted from the other edge (XYZ <-> TMS).
-pub fn flip_row(z: u32, y: u32) -> u32 {
-    ((1u64 << z) - 1 - u64::from(y)) as u32
-}
-
-/// A log file as the catalog knows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct LogEntry {
+/// A log file as the catalog knows it: facts of the disk, which the HTTP
+/// layer turns into its listing (URLs, dates).
+#[derive(Debug, Clone)]
+pub struct LogRecord {
     pub device: String,
     pub file: String,
-    pub url: String,
     pub size: u64,
-    /// RFC 3339 modification time (`last_change` says the same; `mtime` is kept for older clients).
-    pub mtime: String,
-    pub last_change: String,
-    pub first: Option<String>,
-    pub last: Option<String>,
+    pub mtime_ns: i64,
     pub etag: String,
+    /// The first and last timestamp inside the file (Unix milliseconds).
+    pub first_ms: Option<i64>,
+    pub last_ms: Option<i64>,
     /// Appended to within the last [`GROWING_WINDOW`].
     pub growing: bool,
     /// `sha-256=:…:` once computed for the file as it is now.
@@ -373,15 +437,14 @@ pub fn tilesets(conn: &Connection, root_order: &[i64]) -> rusqlite::Result<Vec<T
         Ok(Tileset {
             root: r.get(0)?,
             name: r.get(1)?,
-            source: r.get(2)?,
-            format: r.get(3)?,
-            scheme: r.get(4)?,
+            source: Source::from_column(&r.get::<_, String>(2)?),
+            format: Format::from_name(&r.get::<_, String>(3)?).unwrap_or(Format::Png),
+            scheme: if r.get::<_, String>(4)? == "tms" { Scheme::Tms } else { Scheme::Xyz },
             minzoom: r.get(5)?,
             maxzoom: r.get(6)?,
             levels: serde_json::from_str(&levels).unwrap_or_default(),
             tile_count: r.get(8)?,
             fingerprint: r.get(9)?,
-            last_change: rfc3339_ns(last_change_ns),
             last_change_ns,
             metadata: metadata.and_then(|m| serde_json::from_str(&m).ok()),
         })
@@ -396,7 +459,7 @@ pub fn tilesets(conn: &Connection, root_order: &[i64]) -> rusqlite::Result<Vec<T
 /// Logs matching `filter`, ordered by device and file. Pagination is by
 /// key (the last device and file of the previous page), so a page boundary
 /// stays put while logs come and go.
-pub fn logs(conn: &Connection, root_order: &[i64], filter: &LogFilter) -> rusqlite::Result<Vec<LogEntry>> {
+pub fn logs(conn: &Connection, root_order: &[i64], filter: &LogFilter) -> rusqlite::Result<Vec<LogRecord>> {
     let mut stmt = conn.prepare_cached(
         "SELECT root, device, file, size, mtime_ns, etag, first_ms, last_ms, appended_ns, digest FROM logs
          WHERE (?1 IS NULL OR device = ?1)
@@ -409,28 +472,23 @@ pub fn logs(conn: &Connection, root_order: &[i64], filter: &LogFilter) -> rusqli
     let growing_since = reconcile::now_ns() - GROWING_WINDOW.as_nanos() as i64;
     let rows =
         stmt.query_map(params![filter.device, filter.since_ms, filter.until_ms, after_device, after_file], |r| {
-            let device: String = r.get(1)?;
-            let file: String = r.get(2)?;
-            let mtime = rfc3339_ns(r.get(4)?);
             Ok((
                 r.get::<_, i64>(0)?,
-                LogEntry {
-                    url: format!("/logs/{}/{}", urlencode(&device), urlencode(&file)),
-                    device,
-                    file,
+                LogRecord {
+                    device: r.get(1)?,
+                    file: r.get(2)?,
                     size: r.get(3)?,
-                    last_change: mtime.clone(),
-                    mtime,
+                    mtime_ns: r.get(4)?,
                     etag: r.get(5)?,
-                    first: r.get::<_, Option<i64>>(6)?.map(rfc3339_ms),
-                    last: r.get::<_, Option<i64>>(7)?.map(rfc3339_ms),
+                    first_ms: r.get(6)?,
+                    last_ms: r.get(7)?,
                     growing: r.get::<_, i64>(8)? > growing_since,
                     digest: r.get(9)?,
                 },
             ))
         })?;
     let rank = |id: i64| root_order.iter().position(|r| *r == id).unwrap_or(usize::MAX);
-    let mut out: Vec<(usize, LogEntry)> = Vec::new();
+    let mut out: Vec<(usize, LogRecord)> = Vec::new();
     for row in rows {
         let (root, entry) = row?;
         if !root_order.contains(&root) {
@@ -453,28 +511,6 @@ pub fn logs(conn: &Connection, root_order: &[i64], filter: &LogFilter) -> rusqli
         }
     }
     Ok(out.into_iter().map(|(_, entry)| entry).collect())
-}
-
-pub fn rfc3339_ns(ns: i64) -> String {
-    chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
-}
-
-pub fn rfc3339_ms(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
-        .unwrap_or_default()
-}
-
-/// Percent-encodes one URL path segment.
-pub fn urlencode(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for b in segment.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => out.push(b as char),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
 }
 
 /// The database file's path in a state directory.

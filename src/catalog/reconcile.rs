@@ -12,9 +12,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OptionalExtension};
 use walkdir::WalkDir;
 
-use crate::cache::Validators;
-use crate::config::RootKind;
-use crate::roots::is_hidden;
+use super::Source;
+use crate::config::{RootKind, Scheme};
+use crate::names::is_hidden;
+use crate::tile::{Format, Tile};
+use crate::validators::Validators;
 
 /// What one reconcile did.
 #[derive(Debug, Default, Clone)]
@@ -71,8 +73,6 @@ impl Entry {
     }
 }
 
-pub const TILE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "pbf", "mvt"];
-
 /// `{tileset}/{z}/{x}/{y}.{ext}` in a tiles root, `{device}/{file}` in a logs root.
 pub fn classify(kind: RootKind, rel: &str) -> Option<Entry> {
     let parts: Vec<&str> = rel.split('/').collect();
@@ -82,14 +82,9 @@ pub fn classify(kind: RootKind, rel: &str) -> Option<Entry> {
             let tileset = file.strip_suffix(".mbtiles").filter(|t| !t.is_empty())?;
             Some(Entry::Mbtiles { tileset: tileset.to_string() })
         }
-        (RootKind::Tiles, [tileset, z, x, file]) => {
-            let (y, ext) = file.split_once('.')?;
-            let (z, x, y) = (z.parse().ok()?, x.parse().ok()?, y.parse().ok()?);
-            let ext = ext.to_ascii_lowercase();
-            if z > 30 || !TILE_EXTENSIONS.contains(&ext.as_str()) || x >> z != 0 || y >> z != 0 {
-                return None;
-            }
-            Some(Entry::Tile { tileset: tileset.to_string(), z, x, y, ext })
+        (RootKind::Tiles, [_, _, _, _]) => {
+            let (tileset, tile) = Tile::parse_rel(rel)?;
+            Some(Entry::Tile { tileset: tileset.to_string(), z: tile.z, x: tile.x, y: tile.y, ext: tile.ext })
         }
         (RootKind::Logs, [device, file]) => Some(Entry::Log { device: device.to_string(), file: file.to_string() }),
         _ => None,
@@ -253,7 +248,7 @@ fn upsert(
             let (metadata, format, levels, count) = match &summary {
                 Some(s) => (
                     Some(s.metadata.to_string()),
-                    Some(s.format.clone()),
+                    Some(s.format.as_str()),
                     Some(serde_json::to_string(&s.levels).expect("serialisable")),
                     Some(s.tile_count as i64),
                 ),
@@ -289,9 +284,9 @@ fn upsert(
 
 /// What a tileset's summary row is made of.
 struct Summary {
-    source: &'static str,
-    format: String,
-    scheme: &'static str,
+    source: Source,
+    format: Format,
+    scheme: Scheme,
     levels: Vec<[u32; 5]>,
     tile_count: i64,
     fingerprint: i64,
@@ -327,9 +322,9 @@ fn refresh_tileset(conn: &Connection, root_id: i64, tileset: &str, deleted: bool
     .execute(params![
         root_id,
         tileset,
-        summary.source,
-        summary.format,
-        summary.scheme,
+        summary.source.as_str(),
+        summary.format.as_str(),
+        summary.scheme.as_str(),
         minzoom,
         maxzoom,
         serde_json::to_string(&summary.levels).expect("serialisable"),
@@ -373,9 +368,9 @@ fn directory_summary(conn: &Connection, root_id: i64, tileset: &str) -> rusqlite
         .and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok())
         .is_some_and(|m| m["scheme"].as_str().is_some_and(|s| s.eq_ignore_ascii_case("tms")));
     Ok(Some(Summary {
-        source: "directory",
-        format: normalise_format(&format).to_string(),
-        scheme: if tms { "tms" } else { "xyz" },
+        source: Source::Directory,
+        format: Format::from_name(&format).unwrap_or(Format::Png),
+        scheme: if tms { Scheme::Tms } else { Scheme::Xyz },
         levels: rows.iter().map(|r| r.0).collect(),
         tile_count: rows.iter().map(|r| r.1).sum(),
         max_mtime_ns: rows.iter().map(|r| r.2).max().unwrap_or(0).max(meta_mtime),
@@ -396,9 +391,9 @@ fn mbtiles_summary(conn: &Connection, root_id: i64, tileset: &str) -> rusqlite::
         })
         .optional()?;
     Ok(row.map(|(metadata, format, levels, tile_count, mtime, ino)| Summary {
-        source: "mbtiles",
-        format,
-        scheme: "tms",
+        source: Source::Mbtiles,
+        format: Format::from_name(&format).unwrap_or(Format::Pbf),
+        scheme: Scheme::Tms,
         levels: serde_json::from_str(&levels).unwrap_or_default(),
         tile_count,
         max_mtime_ns: mtime,
@@ -427,14 +422,6 @@ fn read_metadata_json(file: std::fs::File, path: &Path) -> std::io::Result<Optio
             tracing::warn!(path = %path.display(), error = %e, "metadata.json is not JSON; ignored");
             Ok(None)
         }
-    }
-}
-
-pub fn normalise_format(ext: &str) -> &str {
-    match ext {
-        "jpeg" => "jpg",
-        "mvt" => "pbf",
-        other => other,
     }
 }
 

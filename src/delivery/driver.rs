@@ -10,28 +10,22 @@
 //! - anything else: the response body's frames, with `Content-Length` when
 //!   the length is known and chunked encoding when it is not.
 //!
-//! Replays: the Router's answer to a plain GET or HEAD of a file (no
-//! conditional, no range, no `Vary`) is the same bytes for as long as the
-//! file's descriptor-cache entry stays current, so each worker thread keeps
-//! the head it wrote, by request target, next to that entry, and answers the
-//! same request again without calling the Router. An invalidation, eviction
-//! or due safety-net check of the entry ends the replay (perf: the Router
-//! stack was most of the tile path's user time).
+//! A plain whole-file answer is kept and replayed for the same request
+//! target while its file is current, without calling the Router
+//! (`replay.rs`); heads are written by `response.rs`.
 //!
 //! Keep-alive and pipelining come naturally: requests are read from one
 //! buffer and answered in order. What the driver does not handle goes to
 //! hyper with the bytes already read ([`handoff`]).
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{header, Method, Request, Response, StatusCode, Version};
+use axum::http::{header, Method, Request, Response, StatusCode};
 use axum::Router;
 use bytes::{Buf, Bytes, BytesMut};
 use http_body::Body as _;
@@ -44,11 +38,15 @@ use tokio::time::{sleep_until, timeout_at, Instant, Sleep};
 use tower::ServiceExt;
 
 use super::head::{self, Head, Parsed};
+use super::replay::{self, route_of, Found};
+use super::response::{
+    bodiless_status, finish_head, http_date_string, push_header, with_http_date, write_date, write_status_and_headers,
+};
 use super::sendfile::{self, SendError};
 use super::{handoff, read_chunk, FileSlice};
-use crate::cache::{DescriptorCache, FileEntry, Validators};
+use crate::cache::{DescriptorCache, FileEntry};
 use crate::config::HttpSettings;
-use crate::http::observe::access;
+use crate::logging::access;
 use crate::metrics::Metrics;
 use crate::roots::{DeliveryPath, Root};
 
@@ -201,7 +199,7 @@ impl Conn {
     async fn serve(&mut self, head: &Head) -> io::Result<Option<bool>> {
         let replay_key = if head.replayable() {
             let target = head.target(&self.buf);
-            if let Some(found) = self.replay_entry(target) {
+            if let Some(found) = replay::find(target, &self.shared) {
                 let path = access_enabled().then(|| target.split('?').next().unwrap_or(target).to_owned());
                 self.buf.advance(head.len);
                 return self.replay(found, head, path).await.map(Some);
@@ -310,58 +308,13 @@ impl Conn {
         self.out = out;
         let metrics = &self.shared.metrics;
         metrics.replays.inc();
-        crate::http::observe::count(metrics, route, StatusCode::OK);
-        if let (Some(path), Some(started), Ok((bytes, delivery))) =
-            (path.filter(|_| !head.self_check), started, &result)
-        {
+        metrics.count_request(route, StatusCode::OK.as_u16());
+        if let (Some(path), Some(started), Ok((bytes, delivery))) = (path, started, &result) {
             let root = self.shared.roots.get(entry.root).map(|r| r.path());
             let elapsed = started.elapsed().as_micros() as u64;
-            access(route, head.method.as_str(), &path, 200, *bytes, delivery, root, elapsed);
+            access(route.0, head.method.as_str(), &path, 200, *bytes, delivery, root, elapsed);
         }
         result.map(|_| head.keep_alive)
-    }
-
-    /// The file and head of a replay for `target`, if it is still the answer.
-    /// The common case is a live, current descriptor-cache entry. If the
-    /// cache let the entry go (an eviction under the open-file limit, or an
-    /// invalidation), the file is opened again through the cache, and the
-    /// replay holds only if the new descriptor has the validators the head
-    /// was written for (so `ETag`, `Last-Modified` and `Content-Length` are
-    /// still true); anything else drops the replay and the Router answers.
-    fn replay_entry(&self, target: &str) -> Option<Found> {
-        let stale = REPLAYS.with(|replays| {
-            let replays = replays.borrow();
-            let replay = replays.get(target)?;
-            if let Some(entry) = replay.entry.upgrade().filter(|entry| entry.fresh()) {
-                self.shared.metrics.cache_hits.inc();
-                return Some(Ok(Found { entry, head: replay.head.clone(), route: replay.route }));
-            }
-            Some(Err((replay.root, replay.rel.clone(), replay.validators)))
-        })?;
-        let (root, rel, validators) = match stale {
-            Ok(found) => return Some(found),
-            Err(stale) => stale,
-        };
-        let reopened = self
-            .shared
-            .cache
-            .open(&self.shared.roots[root], &rel)
-            .ok()
-            .filter(|entry| entry.validators == validators && entry.replayable && entry.is_current());
-        REPLAYS.with(|replays| {
-            let mut replays = replays.borrow_mut();
-            match reopened {
-                Some(entry) => {
-                    let replay = replays.get_mut(target)?;
-                    replay.entry = Arc::downgrade(&entry);
-                    Some(Found { entry, head: replay.head.clone(), route: replay.route })
-                }
-                None => {
-                    replays.remove(target);
-                    None
-                }
-            }
-        })
     }
 
     /// Answers through the Router; returns whether the connection may stay
@@ -369,12 +322,10 @@ impl Conn {
     async fn respond(&mut self, request: Request<()>, head: &Head, replay_key: Option<String>) -> io::Result<bool> {
         let (is_head, version, keep_alive) = (head.method == Method::HEAD, head.version, head.keep_alive);
         let started = std::time::Instant::now();
-        // The watchdog's own health check is not a client: not logged.
-        let log =
-            (access_enabled() && !head.self_check).then(|| (request.method().clone(), request.uri().path().to_owned()));
+        let log = access_enabled().then(|| (request.method().clone(), request.uri().path().to_owned()));
         let mut request = request.map(|()| Body::empty());
         if log.is_some() {
-            request.extensions_mut().insert(crate::http::observe::Driven);
+            request.extensions_mut().insert(super::Driven);
         }
         let response: Response<Body> =
             self.shared.router.clone().oneshot(request).await.unwrap_or_else(|e: Infallible| match e {});
@@ -386,7 +337,7 @@ impl Conn {
         out.clear();
         write_status_and_headers(&mut out, &parts);
         if let Some(target) = replay_key {
-            remember(target, &parts, &out, &self.shared.roots);
+            replay::remember(target, &parts, &out, &self.shared.roots);
         }
         write_date(&mut out, &parts);
         let has_length = parts.headers.contains_key(header::CONTENT_LENGTH) && !bodiless_status(status);
@@ -410,11 +361,12 @@ impl Conn {
             self.send_body(&mut out, body, chunked, exact).await.map(|n| (n, "body"))
         };
         self.out = out;
+        let log = log.filter(|_| parts.extensions.get::<super::Unlogged>().is_none());
         if let (Some((method, path)), Ok((bytes, delivery))) = (log, &result) {
             let root = file.and_then(|f| self.shared.roots.get(f.entry.root)).map(|r| r.path());
-            let route = crate::http::observe::route_label(&path);
+            let route = route_of(&parts);
             let elapsed = started.elapsed().as_micros() as u64;
-            access(route, method.as_str(), &path, status.as_u16(), *bytes, delivery, root, elapsed);
+            access(route.0, method.as_str(), &path, status.as_u16(), *bytes, delivery, root, elapsed);
         }
         result.map(|_| keep_alive)
     }
@@ -447,7 +399,7 @@ impl Conn {
                 Err(SendError::Shrank) => {
                     self.shared.metrics.changed_while_sent.inc();
                     tracing::warn!(path = %entry.path.display(), "file ended early during sendfile; closing connection");
-                    Err(super::shrank())
+                    Err(crate::cache::shrank())
                 }
                 Err(SendError::Changed) => Err(self.changed(entry)),
                 Err(SendError::Io(e)) => Err(e),
@@ -622,159 +574,7 @@ impl Conn {
     }
 }
 
-fn write_status_and_headers(out: &mut Vec<u8>, parts: &axum::http::response::Parts) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(parts.status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    // A 204 never has a body, and a 304's Content-Length would have to be
-    // the length of the 200 it stands for (RFC 9110 8.6): axum sets 0 for
-    // their empty bodies, which is wrong for both, so drop it (as hyper does).
-    let no_length = bodiless_status(parts.status);
-    for (name, value) in &parts.headers {
-        // Framing and connection management are the driver's to decide.
-        if name == header::CONNECTION
-            || name == header::TRANSFER_ENCODING
-            || (no_length && name == header::CONTENT_LENGTH)
-        {
-            continue;
-        }
-        push_header(out, name.as_str(), value.as_bytes());
-    }
-}
-
-fn write_date(out: &mut Vec<u8>, parts: &axum::http::response::Parts) {
-    if !parts.headers.contains_key(header::DATE) {
-        out.extend_from_slice(b"date: ");
-        with_http_date(|date| out.extend_from_slice(date.as_bytes()));
-        out.extend_from_slice(b"\r\n");
-    }
-}
-
-/// `Connection` as the request and version call for, and the head's end.
-fn finish_head(out: &mut Vec<u8>, keep_alive: bool, version: Version) {
-    if !keep_alive {
-        push_header(out, "connection", b"close");
-    } else if version == Version::HTTP_10 {
-        push_header(out, "connection", b"keep-alive");
-    }
-    out.extend_from_slice(b"\r\n");
-}
-
-/// A current replay: the file to send and the head kept for it.
-struct Found {
-    entry: Arc<FileEntry>,
-    head: Bytes,
-    route: &'static str,
-}
-
-/// A response the driver may send again for the same request target.
-struct Replay {
-    /// Weak: a replay must not keep a descriptor open after the descriptor
-    /// cache let it go (that leaked descriptors past the open-file limit).
-    entry: Weak<FileEntry>,
-    /// Status line and headers as the Router's response had them, without
-    /// `Date`, framing of the driver's own or `Connection`.
-    head: Bytes,
-    route: &'static str,
-    /// Where the file is and which version the head describes, to re-open
-    /// it once the cache has let the entry go.
-    root: usize,
-    rel: Box<str>,
-    validators: Validators,
-}
-
-thread_local! {
-    /// This worker thread's replays, by request target. foldhash, seeded
-    /// per process, instead of SipHash: a tenth of a replay's instructions
-    /// went to hashing the target (callgrind); only targets that were
-    /// answered with a whole file get in, and the map is bounded.
-    static REPLAYS: RefCell<HashMap<String, Replay, foldhash::fast::RandomState>> =
-        RefCell::new(HashMap::with_hasher(foldhash::fast::RandomState::default()));
-}
-
-/// More replays than this and the map starts afresh (it is a cache of
-/// what the descriptor cache already bounds).
-const REPLAYS_MAX: usize = 1 << 15;
-/// Longer targets are never remembered: every query-string variant of a tile
-/// would otherwise take a key of its own, up to the head size limit each
-/// (32 Ki keys of 16 KiB: half a GiB per worker).
-const REPLAY_TARGET_MAX: usize = 256;
-
-/// Keeps the head of a whole-file 200 for replays, if it may be replayed.
-fn remember(target: String, parts: &axum::http::response::Parts, head: &[u8], roots: &[Root]) {
-    let Some(slice) = parts.extensions.get::<FileSlice>() else { return };
-    let entry = &slice.entry;
-    if target.len() > REPLAY_TARGET_MAX
-        || parts.status != StatusCode::OK
-        || parts.headers.contains_key(header::VARY)
-        || parts.extensions.get::<super::NoReplay>().is_some()
-        || slice.offset != 0
-        || slice.len != entry.len()
-        || !entry.replayable
-        || !entry.is_current()
-    {
-        return;
-    }
-    let Some(rel) = roots.get(entry.root).and_then(|root| relative(&entry.path, root)) else { return };
-    let route = crate::http::observe::route_label(&target);
-    let replay = Replay {
-        entry: Arc::downgrade(entry),
-        head: Bytes::copy_from_slice(head),
-        route,
-        root: entry.root,
-        rel: rel.into(),
-        validators: entry.validators,
-    };
-    REPLAYS.with(|replays| {
-        let mut replays = replays.borrow_mut();
-        if replays.len() >= REPLAYS_MAX {
-            replays.clear();
-        }
-        replays.insert(target, replay);
-    });
-}
-
-/// `path` relative to `root`, as the cache's key was built from them.
-fn relative<'a>(path: &'a std::path::Path, root: &Root) -> Option<&'a str> {
-    let rel = path.to_str()?.strip_prefix(root.path().to_str()?)?.strip_prefix('/')?;
-    (!rel.is_empty()).then_some(rel)
-}
-
 /// Whether the access log is on (a per-callsite cached check).
 fn access_enabled() -> bool {
     tracing::enabled!(target: "tessera::access", tracing::Level::INFO)
-}
-
-/// Statuses whose responses never carry a body nor a body length.
-fn bodiless_status(status: StatusCode) -> bool {
-    status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED || status.is_informational()
-}
-
-fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// Calls `f` with the Date header value, formatted at most once a second per thread.
-fn with_http_date<R>(f: impl FnOnce(&str) -> R) -> R {
-    thread_local! {
-        static CACHE: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
-    }
-    let now = SystemTime::now();
-    let secs = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    CACHE.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.0 != secs {
-            *c = (secs, httpdate::fmt_http_date(now));
-        }
-        f(&c.1)
-    })
-}
-
-fn http_date_string() -> String {
-    with_http_date(str::to_owned)
 }

@@ -45,8 +45,6 @@ pub struct Head {
     /// No `Range` and no conditional field: for a GET or HEAD of an
     /// origin-form target, the answer depends on the target alone.
     pub unconditional: bool,
-    /// The watchdog's own health check (`X-Tessera-Self-Check`).
-    pub self_check: bool,
 }
 
 impl Head {
@@ -96,9 +94,8 @@ impl Head {
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// The most header fields a request may have, whatever the configuration
-/// says: parsing uses a stack array of this size (no allocation).
-pub const MAX_HEADERS: usize = 128;
+/// Parsing uses a stack array of this size (no allocation).
+const MAX_HEADERS: usize = crate::config::MAX_HEADERS;
 
 pub fn parse(buf: &[u8], limits: &HttpSettings) -> Parsed {
     let n = buf.len().min(H2_PREFACE.len());
@@ -163,7 +160,7 @@ fn check(buf: &[u8], req: &httparse::Request<'_, '_>, len: usize) -> Parsed {
     let start = target.as_ptr() as usize - buf.as_ptr() as usize;
 
     let (mut hosts, mut lengths, mut close, mut keep) = (0, 0, false, false);
-    let (mut unconditional, mut self_check) = (true, false);
+    let mut unconditional = true;
     for h in req.headers.iter() {
         if h.value.iter().any(|&b| b == b'\r' || b == b'\n') {
             return Parsed::Reject(StatusCode::BAD_REQUEST, "obsolete line folding");
@@ -194,8 +191,6 @@ fn check(buf: &[u8], req: &httparse::Request<'_, '_>, len: usize) -> Parsed {
             }
         } else if name.eq_ignore_ascii_case("range") || name.len() > 3 && name[..3].eq_ignore_ascii_case("if-") {
             unconditional = false;
-        } else if name.eq_ignore_ascii_case("x-tessera-self-check") {
-            self_check = true;
         }
     }
     if hosts > 1 || lengths > 1 {
@@ -213,7 +208,6 @@ fn check(buf: &[u8], req: &httparse::Request<'_, '_>, len: usize) -> Parsed {
         target: (start, start + target.len()),
         origin_form: target.starts_with('/'),
         unconditional,
-        self_check,
     })
 }
 
@@ -338,9 +332,5 @@ mod tests {
         assert!(!replayable("GET /x HTTP/1.1\r\nHost: a\r\nIF-MODIFIED-SINCE: x\r\n\r\n"));
         assert!(!replayable("POST /x HTTP/1.1\r\nHost: a\r\n\r\n"));
         assert!(!replayable("GET http://a/x HTTP/1.1\r\nHost: a\r\n\r\n"), "absolute-form goes to the Router");
-        match p("GET /x HTTP/1.1\r\nHost: a\r\nX-Tessera-Self-Check: 1\r\n\r\n") {
-            Parsed::Request(head) => assert!(head.self_check),
-            other => panic!("{other:?}"),
-        }
     }
 }

@@ -21,21 +21,21 @@ pub mod driver;
 pub mod handoff;
 pub mod head;
 pub mod progress;
+mod replay;
+mod response;
 pub mod sendfile;
 
-use std::fs::File;
 use std::future::Future;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::task::JoinHandle;
 
-use crate::cache::FileEntry;
+use crate::cache::{read_exact_at, shrank, FileEntry};
 
 /// Read size of the buffered path: large enough that a big log costs few
 /// round trips to the blocking pool, small enough to keep memory per
@@ -129,22 +129,6 @@ fn accept_chunk(entry: &FileEntry, missing: u64, bytes: Bytes) -> io::Result<Byt
     Ok(bytes)
 }
 
-/// Reads up to `want` bytes at `offset`; fewer only if the file ended.
-pub fn read_exact_at(file: &File, offset: u64, want: usize) -> io::Result<Bytes> {
-    let mut buf = BytesMut::zeroed(want);
-    let mut filled = 0;
-    while filled < want {
-        match file.read_at(&mut buf[filled..], offset + filled as u64) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    buf.truncate(filled);
-    Ok(buf.freeze())
-}
-
 impl Body for FileBody {
     type Data = Bytes;
     type Error = io::Error;
@@ -184,16 +168,21 @@ impl Body for FileBody {
     }
 }
 
+/// A request extension: the connection driver carries this request and
+/// writes its access-log line itself, once it knows how the body travelled.
+#[derive(Debug, Clone, Copy)]
+pub struct Driven;
+
+/// A response extension: this answer is left out of the access log (the
+/// service manager's own health check, every few seconds).
+#[derive(Debug, Clone, Copy)]
+pub struct Unlogged;
+
 /// A response extension: this answer must not be replayed by the driver,
 /// even if it looks like a plain whole-file 200 (it may gain headers, such as
 /// a log's `Repr-Digest`, for the same file version).
 #[derive(Debug, Clone, Copy)]
 pub struct NoReplay;
-
-/// The error for a file that ended before its `Content-Length`.
-pub fn shrank() -> io::Error {
-    io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while being sent")
-}
 
 /// Resolves once shutdown has been asked for (or its sender is gone).
 pub async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {

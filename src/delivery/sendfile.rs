@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 
 use super::progress::{self, writable};
 use super::FileSlice;
+use crate::cache::{read_exact_at, ACKNOWLEDGED_FROM};
 
 /// Why a sendfile transfer stopped early.
 #[derive(Debug)]
@@ -87,7 +88,7 @@ pub async fn send_head_and_file(
     if len < GUARD_FROM {
         return body.send_to(end).await;
     }
-    if len < DRAIN_FROM {
+    if len < ACKNOWLEDGED_FROM {
         body.send_to(end - 1).await?;
     } else {
         // The byte before the held-back one carries an acknowledgment
@@ -174,17 +175,11 @@ impl Drop for Cork<'_> {
 /// Bodies at least this long hold back their last byte (see `finish`).
 const GUARD_FROM: u64 = 64 * 1024;
 
-/// Bodies at least this long wait until the peer acknowledged all but the
-/// held-back byte before the final check: sendfile queues page references,
-/// not copies, so a page rewritten or truncated while still queued (or
-/// kept for a retransmission) would go out changed.
-pub const DRAIN_FROM: u64 = 1 << 20;
-
 /// Sends the slice's last byte, only if the file is still the version the
 /// head describes; otherwise the connection ends without it, and the client
 /// sees an incomplete response rather than a torn one.
 async fn finish(stream: &TcpStream, slice: &FileSlice, timeout: Duration) -> Result<(), SendError> {
-    let last = super::read_exact_at(&slice.entry.file, slice.offset + slice.len - 1, 1)?;
+    let last = read_exact_at(&slice.entry.file, slice.offset + slice.len - 1, 1)?;
     if last.len() != 1 {
         return Err(SendError::Shrank);
     }

@@ -25,8 +25,9 @@ use http_body::Frame;
 use tokio::sync::Notify;
 
 use super::{error, AppState};
+use crate::cache::read_exact_at;
 use crate::cache::FileEntry;
-use crate::delivery::{read_exact_at, NoReplay};
+use crate::delivery::NoReplay;
 
 /// With no event, the file is looked at again after this long.
 const RECHECK: Duration = Duration::from_secs(5);
@@ -141,7 +142,7 @@ impl Follow {
                 .map_err(io::Error::other)??
         };
         if bytes.is_empty() {
-            return Err(crate::delivery::shrank());
+            return Err(crate::cache::shrank());
         }
         self.pos += bytes.len() as u64;
         self.entry.counters.buffered.inc_by(bytes.len() as u64);

@@ -8,17 +8,60 @@ use axum::http::{HeaderMap, HeaderName, Method, StatusCode};
 use axum::response::Response;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use serde::Serialize;
 use serde_json::json;
 
-use super::{error, files, follow, json_response, AppState};
-use crate::catalog::{self, LogFilter};
+use super::{error, files, follow, json_response, wire, AppState};
+use crate::catalog::LogFilter;
+use crate::catalog::LogRecord;
 use crate::config::RootKind;
 use crate::delivery::NoReplay;
-use crate::roots::safe_segment;
+use crate::names::safe_segment;
 
 /// Most logs on one page of a listing, and the default page size.
 const MAX_PAGE: usize = 1000;
 const DEFAULT_PAGE: usize = 100;
+
+/// One log of a listing, as clients read it.
+#[derive(Serialize)]
+struct Listed<'a> {
+    device: &'a str,
+    file: &'a str,
+    url: String,
+    size: u64,
+    /// RFC 3339 modification time (`last_change` says the same; `mtime` is kept for older clients).
+    mtime: String,
+    last_change: String,
+    first: Option<String>,
+    last: Option<String>,
+    etag: &'a str,
+    growing: bool,
+    digest: Option<&'a str>,
+}
+
+impl Listed<'_> {
+    fn of(l: &LogRecord) -> Listed<'_> {
+        let mtime = wire::rfc3339_ns(l.mtime_ns);
+        Listed {
+            device: &l.device,
+            file: &l.file,
+            url: url(&l.device, &l.file),
+            size: l.size,
+            last_change: mtime.clone(),
+            mtime,
+            first: l.first_ms.map(wire::rfc3339_ms),
+            last: l.last_ms.map(wire::rfc3339_ms),
+            etag: &l.etag,
+            growing: l.growing,
+            digest: l.digest.as_deref(),
+        }
+    }
+}
+
+/// The URL of a log's download.
+pub fn url(device: &str, file: &str) -> String {
+    format!("/logs/{}/{}", wire::segment(device), wire::segment(file))
+}
 
 /// Reads `device`, `since`, `until` (RFC 3339), `limit` and `cursor` from the
 /// query. `Err` carries the message for a 400.
@@ -80,7 +123,7 @@ async fn listing(
     let limit = filter.limit.unwrap_or(DEFAULT_PAGE);
     let mut ask = filter.clone();
     ask.limit = Some(limit + 1); // one more tells whether there is a next page
-    let mut logs = match app.query(move |c| catalog::logs(c, &order, &ask)).await {
+    let mut logs = match app.query(move |q| q.logs(&order, &ask)).await {
         Ok(logs) => logs,
         Err(response) => return response,
     };
@@ -91,9 +134,10 @@ async fn listing(
         let mut pairs: Vec<(String, String)> =
             query.into_iter().filter(|(k, _)| k != "cursor").chain([("cursor".into(), cursor.clone())]).collect();
         pairs.sort();
-        let query: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={}", catalog::urlencode(v))).collect();
+        let query: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={}", wire::segment(v))).collect();
         format!("{base}?{}", query.join("&"))
     });
+    let logs: Vec<Listed<'_>> = logs.iter().map(Listed::of).collect();
     json_response(headers, &json!({ "logs": logs, "next_cursor": next_cursor, "next": next }))
 }
 
@@ -119,7 +163,7 @@ pub async fn list_device(
     }
     match filter(&query) {
         Ok(mut filter) => {
-            let base = format!("/logs/{}", catalog::urlencode(&device));
+            let base = format!("/logs/{}", wire::segment(&device));
             filter.device = Some(device);
             listing(app, &headers, filter, query, &base).await
         }

@@ -7,6 +7,7 @@ mod logs;
 pub mod observe;
 mod status;
 pub mod tiles;
+pub mod wire;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -20,7 +21,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use parking_lot::Mutex;
-use rusqlite::Connection;
 
 use crate::cache::{DescriptorCache, FileEntry};
 use crate::catalog::digest::Digests;
@@ -39,8 +39,6 @@ pub struct App {
     pub cache: Arc<DescriptorCache>,
     pub metrics: Arc<Metrics>,
     pub ready: Arc<AtomicBool>,
-    /// Where the catalog is, for the read connection.
-    pub catalog: catalog::Location,
     pub started: Instant,
     /// Digests of logs, by file version (`Repr-Digest`).
     pub digests: Arc<Digests>,
@@ -55,8 +53,8 @@ pub struct App {
     /// The catalog worker's generation, and the tilesets read at one.
     generation: Arc<AtomicU64>,
     snapshot: Mutex<Option<(u64, Arc<Vec<Tileset>>)>>,
-    /// Read connection to the catalog, opened on first use and reopened after an error.
-    reader: Mutex<Option<Connection>>,
+    /// The catalog's read side.
+    reader: Arc<catalog::Reader>,
 }
 
 pub type AppState = Arc<App>;
@@ -69,9 +67,9 @@ impl crate::systemd::StatusSource for Status {
         let app = &self.0;
         let (tile_order, log_order) = (app.root_order(RootKind::Tiles), app.root_order(RootKind::Logs));
         let counts = app
-            .query(move |c| {
-                let tilesets = catalog::tilesets(c, &tile_order)?.len();
-                Ok((tilesets, catalog::logs(c, &log_order, &Default::default())?.len()))
+            .query(move |q| {
+                let tilesets = q.tilesets(&tile_order)?.len();
+                Ok((tilesets, q.logs(&log_order, &Default::default())?.len()))
             })
             .await;
         use prometheus::core::Collector;
@@ -125,14 +123,13 @@ impl App {
             followers,
             following: AtomicUsize::new(0),
             max_followers: config.http.max_followers,
-            catalog: location,
             started: Instant::now(),
             tilesets: config.tilesets.clone(),
             public_url: config.http.public_url.clone(),
             mbtiles: MbtilesFiles::default(),
             generation,
             snapshot: Mutex::new(None),
-            reader: Mutex::new(None),
+            reader: Arc::new(catalog::Reader::new(location)),
         }
     }
 
@@ -147,7 +144,7 @@ impl App {
             }
         }
         let order = self.root_order(RootKind::Tiles);
-        match self.query(move |c| catalog::tilesets(c, &order)).await {
+        match self.query(move |q| q.tilesets(&order)).await {
             Ok(list) => {
                 let list = Arc::new(list);
                 *self.snapshot.lock() = Some((generation, list.clone()));
@@ -184,22 +181,10 @@ impl App {
     /// Runs a catalog query on the blocking pool.
     async fn query<T: Send + 'static>(
         self: &Arc<Self>,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        f: impl FnOnce(catalog::Queries<'_>) -> Result<T, catalog::Error> + Send + 'static,
     ) -> Result<T, Response> {
-        let app = self.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let mut reader = app.reader.lock();
-            if reader.is_none() {
-                *reader = Some(catalog::open_reader(&app.catalog).map_err(|e| e.to_string())?);
-            }
-            let result = f(reader.as_ref().expect("opened"));
-            if result.is_err() {
-                // The database may have been rebuilt under us: reopen next time.
-                *reader = None;
-            }
-            result.map_err(|e| e.to_string())
-        })
-        .await;
+        let reader = self.reader.clone();
+        let result = tokio::task::spawn_blocking(move || reader.read(f)).await;
         match result {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
@@ -258,6 +243,8 @@ pub fn router(app: AppState) -> Router {
         .route("/logs/{device}/{file}", get(logs::download))
         .fallback(not_found)
         .layer(observe::ObserveLayer::new(app.metrics.clone()))
+        .layer(observe::cors())
+        .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(app)
 }
 

@@ -4,15 +4,20 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use super::{text_response, AppState};
-use crate::catalog;
+use super::{text_response, wire, AppState};
 use crate::config::RootKind;
+use crate::delivery::Unlogged;
 
-pub async fn healthz() -> Response {
-    text_response("text/plain; charset=utf-8", "ok\n")
+pub async fn healthz(headers: HeaderMap) -> Response {
+    let mut response = text_response("text/plain; charset=utf-8", "ok\n");
+    // The watchdog's own check is not a client: kept out of the access log.
+    if headers.contains_key(crate::systemd::SELF_CHECK_HEADER) {
+        response.extensions_mut().insert(Unlogged);
+    }
+    response
 }
 
 /// Ready once the first reconcile is done: before it, listings are incomplete.
@@ -33,9 +38,7 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
 pub async fn index(State(app): State<AppState>) -> Response {
     let tile_order = app.root_order(RootKind::Tiles);
     let log_order = app.root_order(RootKind::Logs);
-    let listed = app
-        .query(move |c| Ok((catalog::tilesets(c, &tile_order)?, catalog::logs(c, &log_order, &Default::default())?)))
-        .await;
+    let listed = app.query(move |q| Ok((q.tilesets(&tile_order)?, q.logs(&log_order, &Default::default())?))).await;
     let (tilesets, logs) = listed.unwrap_or_default();
     let mut page = String::from(
         "<!doctype html><html><head><meta charset=utf-8><title>tessera</title>\
@@ -66,11 +69,11 @@ pub async fn index(State(app): State<AppState>) -> Response {
     );
     for t in &tilesets {
         let name = escape(&t.name);
-        let url = catalog::urlencode(&t.name);
+        let url = wire::segment(&t.name);
         let _ = write!(
             page,
             "<tr><td><a href=\"/tiles/{url}/\">{name}</a><td>{}<td>{}<td>{}&ndash;{}<td>{}<td><a href=\"/tiles/{url}.json\">/tiles/{name}.json</a></tr>",
-            t.source, t.format, t.minzoom, t.maxzoom, t.tile_count
+            t.source.as_str(), t.format, t.minzoom, t.maxzoom, t.tile_count
         );
     }
     page.push_str("</table><h2>Logs</h2><table><tr><th>device<th>file<th>size<th>first<th>last</tr>");
@@ -79,11 +82,11 @@ pub async fn index(State(app): State<AppState>) -> Response {
             page,
             "<tr><td>{}<td><a href=\"{}\">{}</a><td>{}<td>{}<td>{}</tr>",
             escape(&l.device),
-            l.url,
+            super::logs::url(&l.device, &l.file),
             escape(&l.file),
             l.size,
-            l.first.as_deref().unwrap_or("-"),
-            l.last.as_deref().unwrap_or("-")
+            l.first_ms.map(wire::rfc3339_ms).as_deref().unwrap_or("-"),
+            l.last_ms.map(wire::rfc3339_ms).as_deref().unwrap_or("-")
         );
     }
     page.push_str("</table></body></html>\n");

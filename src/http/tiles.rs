@@ -11,40 +11,38 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{error, files, json_response, AppState};
+use super::{error, files, json_response, wire, AppState};
 use crate::cache::FileEntry;
-use crate::catalog::{self, normalise_format, Tileset};
+use crate::catalog::{Source, Tileset};
 use crate::config::{RootKind, Scheme, TilesetSpec, DEFAULT_TILES_CACHE_CONTROL};
-use crate::roots::safe_segment;
+use crate::metrics::Route;
+use crate::names::safe_segment;
+use crate::tile::{NotATile, Tile};
 
-/// Tile coordinates from a request, checked before any path is built.
-#[derive(Debug, PartialEq, Eq)]
-pub struct TileRequest {
-    pub z: u32,
-    pub x: u32,
-    pub y: u32,
-    pub ext: String,
+/// The tile a request names: its tileset (a safe name) and address.
+/// `Err(400)` for what is not a tile address at all, `Err(404)` for an
+/// unsafe tileset name, an unknown format or a coordinate outside its zoom
+/// level. Every tile request goes through this before any path is built;
+/// pure, for the fuzzer.
+pub fn tile_address<'a>(tileset: &'a str, z: &str, x: &str, file: &str) -> Result<(&'a str, Tile), StatusCode> {
+    if !safe_segment(tileset) {
+        return Err(StatusCode::NOT_FOUND);
+    }
+    match Tile::parse(z, x, file) {
+        Ok(tile) => Ok((tileset, tile)),
+        Err(NotATile::Malformed) => Err(StatusCode::BAD_REQUEST),
+        Err(NotATile::Outside) => Err(StatusCode::NOT_FOUND),
+    }
 }
 
-/// Parses `{z}`, `{x}` and `{y}.{ext}`. `Err(400)` for what is not a
-/// coordinate at all, `Err(404)` for a coordinate outside the zoom level.
-pub fn parse_tile(z: &str, x: &str, file: &str) -> Result<TileRequest, StatusCode> {
-    let number = |s: &str| -> Result<u32, StatusCode> {
-        if s.is_empty() || s.len() > 10 || !s.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(StatusCode::BAD_REQUEST);
-        }
-        s.parse().map_err(|_| StatusCode::BAD_REQUEST)
-    };
-    let (y, ext) = file.split_once('.').ok_or(StatusCode::BAD_REQUEST)?;
-    let (z, x, y) = (number(z)?, number(x)?, number(y)?);
-    let ext = ext.to_ascii_lowercase();
-    if !catalog::TILE_EXTENSIONS.contains(&ext.as_str()) {
-        return Err(StatusCode::NOT_FOUND);
+/// The file a tile address names inside a tiles root: the row flipped when
+/// the tileset's directory numbers rows as TMS.
+pub fn stored_rel(tileset: &str, tile: &Tile, tms: bool) -> String {
+    if tms {
+        tile.flipped().rel(tileset)
+    } else {
+        tile.rel(tileset)
     }
-    if z > 30 || x >> z != 0 || y >> z != 0 {
-        return Err(StatusCode::NOT_FOUND);
-    }
-    Ok(TileRequest { z, x, y, ext })
 }
 
 /// The segments of a `/tiles/...` path, each percent-decoded on its own (so
@@ -63,25 +61,6 @@ pub fn segments(path: &str) -> Result<Vec<std::borrow::Cow<'_, str>>, StatusCode
     Ok(decoded)
 }
 
-/// The file a tile URL names inside a tiles root, if it names one: the
-/// segments of `path` checked (`safe_segment`, coordinates), rows flipped for
-/// TMS. Every tile request goes through this before any open. Pure, for the
-/// fuzzer, whose invariant is that the result never leaves its root.
-pub fn tile_rel(path: &str, tms: bool) -> Result<String, StatusCode> {
-    let segments = segments(path)?;
-    let [tileset, z, x, file] = segments.as_slice() else { return Err(StatusCode::NOT_FOUND) };
-    if !safe_segment(tileset) {
-        return Err(StatusCode::NOT_FOUND);
-    }
-    Ok(rel_of(tileset, &parse_tile(z, x, file)?, tms))
-}
-
-/// `{tileset}/{z}/{x}/{y}.{ext}` with the row as stored.
-fn rel_of(tileset: &str, tile: &TileRequest, tms: bool) -> String {
-    let y = if tms { catalog::flip_row(tile.z, tile.y) } else { tile.y };
-    format!("{tileset}/{}/{}/{y}.{}", tile.z, tile.x, tile.ext)
-}
-
 /// `/tiles/{tileset}.json` and `/tiles/{tileset}/{z}/{x}/{y}.{ext}`, told
 /// apart by their number of segments. Each segment of the raw path is
 /// percent-decoded on its own, so an encoded `/` stays inside its segment
@@ -92,14 +71,21 @@ pub async fn dispatch(State(app): State<AppState>, method: Method, headers: Head
         Err(StatusCode::BAD_REQUEST) => return error(StatusCode::BAD_REQUEST, "path is not UTF-8"),
         Err(status) => return error(status, "not found"),
     };
-    match decoded.as_slice() {
-        [name] if name.ends_with(".json") => tilejson(app, &headers, name).await,
-        [name] if safe_segment(name) => redirect_to_preview(name),
-        [name, last] if last.is_empty() && safe_segment(name) => preview(),
-        [tileset, z, x, file] => tile(app, &method, &headers, tileset, z, x, file).await,
-        _ => error(StatusCode::NOT_FOUND, "not found"),
-    }
+    let (route, mut response) = match decoded.as_slice() {
+        [name] if name.ends_with(".json") => (TILEJSON, tilejson(app, &headers, name).await),
+        [name] if safe_segment(name) => (PREVIEW, redirect_to_preview(name)),
+        [name, last] if last.is_empty() && safe_segment(name) => (PREVIEW, preview()),
+        [tileset, z, x, file] => (TILE, tile(app, &method, &headers, tileset, z, x, file).await),
+        _ => return error(StatusCode::NOT_FOUND, "not found"),
+    };
+    response.extensions_mut().insert(route);
+    response
 }
+
+/// The routes under `/tiles/{*rest}`, as metric labels.
+const TILEJSON: Route = Route("/tiles/{tileset}.json");
+const PREVIEW: Route = Route("/tiles/{tileset}/");
+const TILE: Route = Route("/tiles/{tileset}/{z}/{x}/{y}");
 
 async fn tile(
     app: AppState,
@@ -110,11 +96,8 @@ async fn tile(
     x: &str,
     file: &str,
 ) -> Response {
-    if !safe_segment(tileset) {
-        return error(StatusCode::NOT_FOUND, "no such tileset");
-    }
-    let tile = match parse_tile(z, x, file) {
-        Ok(tile) => tile,
+    let (tileset, tile) = match tile_address(tileset, z, x, file) {
+        Ok(found) => found,
         Err(StatusCode::BAD_REQUEST) => {
             return error(StatusCode::BAD_REQUEST, "tile URLs are /tiles/{tileset}/{z}/{x}/{y}.{ext}")
         }
@@ -126,15 +109,15 @@ async fn tile(
     // catalog cannot be read.
     let list = app.tileset_list().await.ok();
     let info = list.as_deref().and_then(|l| l.iter().find(|t| t.name == tileset));
-    if let Some(t) = info.filter(|t| t.source == "mbtiles") {
+    if let Some(t) = info.filter(|t| t.source == Source::Mbtiles) {
         return mbtiles_tile(&app, method, headers, t, spec, &tile).await;
     }
     let tms = stored_scheme(info, spec) == Scheme::Tms;
     // Twice at most: a file rewritten while it was being decompressed is
     // opened again (its descriptor leaves the cache) rather than answered 5xx.
     for _ in 0..2 {
-        match app.open(RootKind::Tiles, rel_of(tileset, &tile, tms)).await {
-            Ok(Some(entry)) => match file_tile(method, headers, &entry, is_vector(&tile.ext)) {
+        match app.open(RootKind::Tiles, stored_rel(tileset, &tile, tms)).await {
+            Ok(Some(entry)) => match file_tile(method, headers, &entry, tile.format.is_vector()) {
                 Some(response) => return response,
                 None => app.cache.invalidate(&entry.path),
             },
@@ -143,10 +126,6 @@ async fn tile(
         }
     }
     error(StatusCode::SERVICE_UNAVAILABLE, "this tile is being rewritten; retry shortly")
-}
-
-fn is_vector(ext: &str) -> bool {
-    matches!(ext, "pbf" | "mvt")
 }
 
 /// A tile file. A gzipped vector tile goes as stored with `Content-Encoding:
@@ -172,7 +151,7 @@ fn file_tile(method: &Method, headers: &HeaderMap, entry: &Arc<FileEntry>, vecto
     }
     let stored = match entry.memory() {
         Some(bytes) => Ok(bytes.clone()),
-        None => crate::delivery::read_exact_at(&entry.file, 0, entry.len() as usize),
+        None => crate::cache::read_exact_at(&entry.file, 0, entry.len() as usize),
     };
     let stored = match stored {
         Ok(stored) if stored.len() as u64 == entry.len() && entry.unchanged() => Ok(stored),
@@ -253,13 +232,13 @@ async fn mbtiles_tile(
     headers: &HeaderMap,
     t: &Tileset,
     spec: Option<&TilesetSpec>,
-    tile: &TileRequest,
+    tile: &Tile,
 ) -> Response {
-    if normalise_format(&tile.ext) != t.format {
+    if tile.format != t.format {
         return error(StatusCode::NOT_FOUND, "this tileset has no tiles of that format");
     }
     let Some(root) = app.root_by_id(t.root) else { return error(StatusCode::NOT_FOUND, "no such tileset") };
-    let (app2, name, (z, x, row)) = (app.clone(), t.name.clone(), (tile.z, tile.x, catalog::flip_row(tile.z, tile.y)));
+    let (app2, name, (z, x, row)) = (app.clone(), t.name.clone(), (tile.z, tile.x, tile.flipped().y));
     let read = tokio::task::spawn_blocking(move || app2.mbtiles.tile(&app2.roots[root], &name, z, x, row)).await;
     let blob = match read {
         Ok(Ok(Some(blob))) => blob,
@@ -270,7 +249,7 @@ async fn mbtiles_tile(
         }
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     };
-    let gzipped = blob.data.starts_with(&[0x1f, 0x8b]) && t.format == "pbf";
+    let gzipped = blob.data.starts_with(&[0x1f, 0x8b]) && t.format.is_vector();
     let data = if gzipped && !accepts_gzip(headers) {
         match gunzip(&blob.data) {
             Ok(data) => data,
@@ -286,7 +265,7 @@ async fn mbtiles_tile(
     let rep = files::Representation {
         etag: files::Representation::content_etag(&data),
         data,
-        content_type: HeaderValue::from_static(crate::cache::content_type_of_ext(&t.format)),
+        content_type: HeaderValue::from_static(t.format.content_type()),
         modified: blob.file.modified(),
         cache_control: cache_control(app, t),
     };
@@ -320,15 +299,15 @@ fn cache_control(app: &AppState, t: &Tileset) -> HeaderValue {
 /// an empty area: 204 for vector tilesets (MapLibre draws nothing, without
 /// an error) and 404 for raster ones, as configured per tileset; outside
 /// them, or for a tileset nobody knows, 404.
-fn missing(app: &AppState, info: Option<&Tileset>, spec: Option<&TilesetSpec>, tile: &TileRequest) -> Response {
+fn missing(app: &AppState, info: Option<&Tileset>, spec: Option<&TilesetSpec>, tile: &Tile) -> Response {
     let Some(t) = info else { return error(StatusCode::NOT_FOUND, "no such tileset") };
     if tile.z < t.minzoom || tile.z > t.maxzoom {
         return error(StatusCode::NOT_FOUND, "outside the tileset's zoom levels");
     }
-    if normalise_format(&tile.ext) != t.format {
+    if tile.format != t.format {
         return error(StatusCode::NOT_FOUND, "this tileset has no tiles of that format");
     }
-    let default = if t.format == "pbf" { StatusCode::NO_CONTENT } else { StatusCode::NOT_FOUND };
+    let default = if t.format.is_vector() { StatusCode::NO_CONTENT } else { StatusCode::NOT_FOUND };
     let status = spec.and_then(|s| s.missing_tile).unwrap_or(default);
     let mut response = if status == StatusCode::NO_CONTENT {
         let mut response = Response::new(axum::body::Body::empty());
@@ -358,7 +337,7 @@ const PREVIEW_HTML: &str = include_str!("preview.html");
 /// `/tiles/{tileset}` without the slash: the preview page's URL is the
 /// directory form, so that its relative links resolve.
 fn redirect_to_preview(name: &str) -> Response {
-    let location = format!("/tiles/{}/", catalog::urlencode(name));
+    let location = format!("/tiles/{}/", wire::segment(name));
     let mut response = error(StatusCode::PERMANENT_REDIRECT, &format!("see {location}"));
     if let Ok(value) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, value);
@@ -377,17 +356,17 @@ pub async fn catalog(State(app): State<AppState>, headers: HeaderMap) -> Respons
         .iter()
         .map(|t| {
             let scheme = stored_scheme(Some(t), app.tilesets.get(&t.name));
-            let id = catalog::urlencode(&t.name);
+            let id = wire::segment(&t.name);
             json!({
                 "name": t.name,
-                "source": t.source,
-                "format": t.format,
+                "source": t.source.as_str(),
+                "format": t.format.as_str(),
                 "scheme": scheme.as_str(),
                 "minzoom": t.minzoom,
                 "maxzoom": t.maxzoom,
                 "bounds": t.bounds(scheme == Scheme::Tms),
                 "tile_count": t.tile_count,
-                "last_change": t.last_change,
+                "last_change": wire::rfc3339_ns(t.last_change_ns),
                 "version": t.version(),
                 "tilejson": format!("{base}/tiles/{id}.json"),
                 "preview": format!("{base}/tiles/{id}/"),
@@ -404,8 +383,8 @@ pub async fn catalog(State(app): State<AppState>, headers: HeaderMap) -> Respons
 fn stored_scheme(info: Option<&Tileset>, spec: Option<&TilesetSpec>) -> Scheme {
     match (spec.and_then(|s| s.scheme), info) {
         (Some(scheme), None) => scheme,
-        (Some(scheme), Some(t)) if t.source == "directory" => scheme,
-        (_, Some(t)) if t.scheme == "tms" => Scheme::Tms,
+        (Some(scheme), Some(t)) if t.source == Source::Directory => scheme,
+        (_, Some(t)) => t.scheme,
         _ => Scheme::Xyz,
     }
 }
@@ -433,12 +412,12 @@ fn tilejson_of(t: &Tileset, spec: Option<&TilesetSpec>, base: &str) -> serde_jso
     let bounds = t.bounds(stored_scheme(Some(t), spec) == Scheme::Tms);
     let meta = t.metadata.as_ref().and_then(|m| m.as_object());
     let text = |key: &str| meta.and_then(|m| m.get(key)).and_then(|v| v.as_str()).filter(|v| !v.is_empty());
-    let id = catalog::urlencode(&t.name);
+    let id = wire::segment(&t.name);
     let mut tj = json!({
         "tilejson": "3.0.0",
         "name": text("name").unwrap_or(&t.name),
         "scheme": "xyz",
-        "format": t.format,
+        "format": t.format.as_str(),
         "tiles": [format!("{base}/tiles/{id}/{{z}}/{{x}}/{{y}}.{}?v={}", t.format, t.version())],
         "minzoom": t.minzoom,
         "maxzoom": t.maxzoom,
@@ -454,7 +433,7 @@ fn tilejson_of(t: &Tileset, spec: Option<&TilesetSpec>, base: &str) -> serde_jso
     if let Some(version) = text("version").filter(|v| v.split('.').count() == 3) {
         tj["version"] = json!(version);
     }
-    if t.format == "pbf" {
+    if t.format.is_vector() {
         tj["vector_layers"] = vector_layers(meta);
     }
     tj
@@ -502,14 +481,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tile_coordinates() {
-        assert_eq!(parse_tile("2", "3", "1.png"), Ok(TileRequest { z: 2, x: 3, y: 1, ext: "png".into() }));
-        assert_eq!(parse_tile("2", "4", "1.png"), Err(StatusCode::NOT_FOUND));
-        assert_eq!(parse_tile("31", "0", "0.png"), Err(StatusCode::NOT_FOUND));
-        assert_eq!(parse_tile("a", "0", "0.png"), Err(StatusCode::BAD_REQUEST));
-        assert_eq!(parse_tile("-1", "0", "0.png"), Err(StatusCode::BAD_REQUEST));
-        assert_eq!(parse_tile("1", "0", "0.exe"), Err(StatusCode::NOT_FOUND));
-        assert_eq!(parse_tile("1", "0", "0"), Err(StatusCode::BAD_REQUEST));
-        assert_eq!(parse_tile("1", "+1", "0.png"), Err(StatusCode::BAD_REQUEST));
+    fn tile_addresses_map_to_statuses() {
+        assert_eq!(tile_address("w", "2", "3", "1.png").map(|(_, t)| t.rel("w")), Ok("w/2/3/1.png".into()));
+        assert_eq!(tile_address(".w", "2", "3", "1.png").err(), Some(StatusCode::NOT_FOUND));
+        assert_eq!(tile_address("w", "2", "4", "1.png").err(), Some(StatusCode::NOT_FOUND));
+        assert_eq!(tile_address("w", "1", "0", "0.exe").err(), Some(StatusCode::NOT_FOUND));
+        assert_eq!(tile_address("w", "a", "0", "0.png").err(), Some(StatusCode::BAD_REQUEST));
+        assert_eq!(tile_address("w", "1", "+1", "0.png").err(), Some(StatusCode::BAD_REQUEST));
+        let (_, t) = tile_address("w", "2", "3", "1.png").unwrap();
+        assert_eq!(stored_rel("w", &t, true), "w/2/3/2.png");
     }
 }

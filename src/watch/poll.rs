@@ -7,8 +7,9 @@
 //! therefore costs one directory read and one `lstat` per entry of the
 //! polled directories, whatever the size of the rest of the tree.
 
+use crate::names::is_hidden_name;
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::io;
 use std::ops::Bound;
 use std::os::unix::fs::MetadataExt;
@@ -49,12 +50,6 @@ impl Stamp {
 
 /// A directory's entries by name, hidden ones left out.
 pub type Listing = HashMap<OsString, Stamp>;
-
-/// Names with a leading dot are never served nor indexed, so nothing needs
-/// to watch or poll them.
-pub fn is_hidden_name(name: &OsStr) -> bool {
-    name.as_encoded_bytes().starts_with(b".")
-}
 
 /// Lists `dir`: its entries that are not hidden, symbolic links as
 /// themselves (never followed).
@@ -188,6 +183,7 @@ impl Polled {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::OsStr;
 
     fn stamp(ino: u64, dir: bool, size: u64, mtime_ns: i128, ctime_ns: i128) -> Stamp {
         Stamp { ino, dir, size, mtime_ns, ctime_ns }

@@ -34,8 +34,9 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use prometheus::IntGauge;
 
 use super::limit::WatchLimit;
-use super::poll::{self, is_hidden_name, Change, Polled};
+use super::poll::{self, Change, Polled};
 use super::Sink;
+use crate::names::is_hidden_name;
 use crate::roots::Root;
 
 /// Events that can mean different bytes, a different length or a different

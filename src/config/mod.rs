@@ -9,65 +9,22 @@
 //! `apachectl configtest` does, so that `tessera check` can refuse a bad edit
 //! before it replaces a working server.
 
+mod cli;
+mod file;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::ValueEnum;
 use serde::Deserialize;
-use toml::Spanned;
 
-/// The command line.
-#[derive(Debug, Parser)]
-#[command(name = "tessera", version, about = "Telemetry tile server: tiles and telemetry logs over HTTP")]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Option<Command>,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Index the roots, watch them and serve them over HTTP (the default).
-    Serve(ConfigArgs),
-    /// Bring the SQLite index up to date with the disk, print what changed, and exit.
-    Index(ConfigArgs),
-    /// Validate a configuration and exit non-zero naming the line and the reason.
-    Check(ConfigArgs),
-    /// Per root: filesystem, local or shared, delivery path and why, watcher,
-    /// limits, and a live sendfile probe.
-    Doctor(ConfigArgs),
-}
-
-/// The flags shared by every subcommand; they override the configuration file.
-#[derive(Debug, Clone, Default, Args)]
-pub struct ConfigArgs {
-    /// TOML configuration file.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Address to listen on, for example 127.0.0.1:8080 or [::]:80.
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
-    /// A tiles root (repeatable); replaces the configuration file's tile roots.
-    #[arg(long, value_name = "DIR")]
-    pub tiles: Vec<PathBuf>,
-    /// A logs root (repeatable); replaces the configuration file's log roots.
-    #[arg(long, value_name = "DIR")]
-    pub logs: Vec<PathBuf>,
-    /// Directory that holds the SQLite index.
-    #[arg(long, value_name = "DIR")]
-    pub state: Option<PathBuf>,
-    /// Delivery path for every root: auto, sendfile or buffered.
-    #[arg(long, value_name = "MODE")]
-    pub delivery: Option<Delivery>,
-    /// HTTP transport: tessera's own driver (sendfile capable) or plain hyper.
-    #[arg(long, value_name = "NAME")]
-    pub transport: Option<Transport>,
-}
+pub use cli::{Cli, Command, ConfigArgs};
+use file::{parse_file, Lines};
 
 /// Which code carries HTTP/1.1 connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, ValueEnum)]
@@ -82,9 +39,12 @@ pub enum Transport {
     Hyper,
 }
 
-/// How file bodies travel (DESIGN.md decision 2). The buffered path is the
-/// only one until the sendfile connection driver lands; the setting is
-/// already carried per root so that the driver only has to read it.
+/// The most header fields a request may have, whatever the configuration
+/// says (`http.max_headers` is at most this): the driver parses heads into a
+/// stack array of this size.
+pub const MAX_HEADERS: usize = 128;
+
+/// How file bodies travel (DESIGN.md decision 2), per root or subdirectory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Delivery {
@@ -309,96 +269,6 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-// ---- the file as written ----------------------------------------------------
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<Spanned<String>>,
-    state: Option<Spanned<PathBuf>>,
-    #[serde(default)]
-    tiles: Vec<FileRoot>,
-    #[serde(default)]
-    logs: Vec<FileRoot>,
-    cache: Option<FileCache>,
-    http: Option<FileHttp>,
-    #[serde(default)]
-    tilesets: BTreeMap<Spanned<String>, FileTileset>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileTileset {
-    scheme: Option<Scheme>,
-    missing_tile: Option<Spanned<u16>>,
-    cache_control: Option<Spanned<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileRoot {
-    path: Spanned<PathBuf>,
-    delivery: Option<Delivery>,
-    watch: Option<WatchMode>,
-    poll_interval_ms: Option<Spanned<u64>>,
-    cache_control: Option<Spanned<String>>,
-    #[serde(default)]
-    directories: Vec<FileDir>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileDir {
-    path: Spanned<PathBuf>,
-    delivery: Delivery,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileHttp {
-    transport: Option<Transport>,
-    max_head_bytes: Option<Spanned<usize>>,
-    max_headers: Option<Spanned<usize>>,
-    head_timeout_ms: Option<u64>,
-    idle_timeout_ms: Option<u64>,
-    write_timeout_ms: Option<u64>,
-    sendfile_chunk_kib: Option<Spanned<u64>>,
-    workers: Option<usize>,
-    public_url: Option<Spanned<String>>,
-    max_followers: Option<usize>,
-    max_connections: Option<Spanned<usize>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileCache {
-    max_open_files: Option<Spanned<usize>>,
-    revalidate_after_ms: Option<u64>,
-    memory_max_file_kib: Option<u64>,
-    memory_budget_mib: Option<u64>,
-}
-
-/// Maps byte offsets of the file to 1-based line numbers.
-struct Lines<'a> {
-    file: &'a Path,
-    text: &'a str,
-}
-
-impl Lines<'_> {
-    fn line_of(&self, offset: usize) -> usize {
-        let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
-    }
-
-    fn error(&self, span: Option<Range<usize>>, message: impl Into<String>) -> ConfigError {
-        ConfigError {
-            file: Some(self.file.to_path_buf()),
-            line: span.map(|s| self.line_of(s.start)),
-            message: message.into(),
-        }
-    }
-}
-
 impl Config {
     /// Builds the configuration from the command line and, if given, the file.
     pub fn load(args: &ConfigArgs) -> Result<Config, ConfigError> {
@@ -431,117 +301,6 @@ impl Config {
             root.tilesets = config.tilesets.clone();
         }
         Ok(config)
-    }
-
-    fn apply_file(&mut self, file: &FileConfig, base: &Path, lines: &Lines<'_>) -> Result<(), ConfigError> {
-        if let Some(listen) = &file.listen {
-            self.listen = listen.get_ref().parse().map_err(|e| {
-                lines.error(
-                    Some(listen.span()),
-                    format!("listen: `{}` is not an address like 127.0.0.1:8080 ({e})", listen.get_ref()),
-                )
-            })?;
-        }
-        if let Some(state) = &file.state {
-            self.state = base.join(state.get_ref());
-        }
-        for (kind, roots) in [(RootKind::Tiles, &file.tiles), (RootKind::Logs, &file.logs)] {
-            for root in roots {
-                self.roots.push(file_root(kind, root, base, lines)?);
-            }
-        }
-        if let Some(cache) = &file.cache {
-            if let Some(max) = &cache.max_open_files {
-                if *max.get_ref() == 0 {
-                    return Err(lines.error(Some(max.span()), "cache.max_open_files must be at least 1"));
-                }
-                self.cache.max_open_files = *max.get_ref();
-            }
-            if let Some(ms) = cache.revalidate_after_ms {
-                self.cache.revalidate_after = Duration::from_millis(ms);
-            }
-            if let Some(kib) = cache.memory_max_file_kib {
-                self.cache.memory_max_file = kib * 1024;
-            }
-            if let Some(mib) = cache.memory_budget_mib {
-                self.cache.memory_budget = mib * 1024 * 1024;
-            }
-        }
-        if let Some(http) = &file.http {
-            self.apply_http(http, lines)?;
-        }
-        let mut tilesets = BTreeMap::new();
-        for (name, t) in &file.tilesets {
-            if !crate::roots::safe_segment(name.get_ref()) {
-                return Err(lines.error(Some(name.span()), format!("tilesets.{}: not a tileset name", name.get_ref())));
-            }
-            tilesets.insert(name.get_ref().clone(), tileset_spec(name.get_ref(), t, lines)?);
-        }
-        self.tilesets = Arc::new(tilesets);
-        Ok(())
-    }
-
-    fn apply_http(&mut self, http: &FileHttp, lines: &Lines<'_>) -> Result<(), ConfigError> {
-        let h = &mut self.http;
-        if let Some(t) = http.transport {
-            h.transport = t;
-        }
-        if let Some(w) = http.workers {
-            h.workers = w;
-        }
-        if let Some(n) = http.max_followers {
-            h.max_followers = n;
-        }
-        let at_least = |v: &Spanned<usize>, min: usize, name: &str| {
-            if *v.get_ref() < min {
-                Err(lines.error(Some(v.span()), format!("http.{name} must be at least {min}")))
-            } else {
-                Ok(*v.get_ref())
-            }
-        };
-        if let Some(v) = &http.max_connections {
-            h.max_connections = at_least(v, 1, "max_connections")?;
-        }
-        if let Some(v) = &http.max_head_bytes {
-            h.max_head_bytes = at_least(v, 1024, "max_head_bytes")?;
-        }
-        if let Some(v) = &http.max_headers {
-            h.max_headers = at_least(v, 8, "max_headers")?;
-            if h.max_headers > crate::delivery::head::MAX_HEADERS {
-                let max = crate::delivery::head::MAX_HEADERS;
-                return Err(lines.error(Some(v.span()), format!("http.max_headers must be at most {max}")));
-            }
-        }
-        if let Some(url) = &http.public_url {
-            let trimmed = url.get_ref().trim_end_matches('/');
-            let valid = (trimmed.starts_with("http://") || trimmed.starts_with("https://"))
-                && trimmed.split_once("://").is_some_and(|(_, rest)| !rest.is_empty())
-                && axum::http::HeaderValue::from_str(trimmed).is_ok()
-                && !trimmed.contains(['?', '#', ' ']);
-            if !valid {
-                return Err(lines.error(
-                    Some(url.span()),
-                    "http.public_url must be an http:// or https:// URL without query, like https://maps.example.net",
-                ));
-            }
-            h.public_url = Some(trimmed.to_string());
-        }
-        if let Some(kib) = &http.sendfile_chunk_kib {
-            if *kib.get_ref() < 64 {
-                return Err(lines.error(Some(kib.span()), "http.sendfile_chunk_kib must be at least 64"));
-            }
-            h.sendfile_chunk = kib.get_ref() * 1024;
-        }
-        for (value, slot) in [
-            (http.head_timeout_ms, &mut h.head_timeout),
-            (http.idle_timeout_ms, &mut h.idle_timeout),
-            (http.write_timeout_ms, &mut h.write_timeout),
-        ] {
-            if let Some(ms) = value {
-                *slot = Duration::from_millis(ms.max(1));
-            }
-        }
-        Ok(())
     }
 
     fn apply_args(&mut self, args: &ConfigArgs) -> Result<(), ConfigError> {
@@ -623,72 +382,6 @@ impl RootSpec {
             tilesets: Arc::default(),
         }
     }
-}
-
-fn tileset_spec(name: &str, t: &FileTileset, lines: &Lines<'_>) -> Result<TilesetSpec, ConfigError> {
-    let missing_tile = match &t.missing_tile {
-        None => None,
-        Some(code) if matches!(code.get_ref(), 204 | 404) => {
-            Some(StatusCode::from_u16(*code.get_ref()).expect("valid status"))
-        }
-        Some(code) => {
-            return Err(lines.error(Some(code.span()), format!("tilesets.{name}.missing_tile must be 204 or 404")))
-        }
-    };
-    if let Some(cc) = &t.cache_control {
-        if axum::http::HeaderValue::from_str(cc.get_ref()).is_err() {
-            return Err(
-                lines.error(Some(cc.span()), format!("tilesets.{name}.cache_control is not a valid header value"))
-            );
-        }
-    }
-    Ok(TilesetSpec {
-        scheme: t.scheme,
-        missing_tile,
-        cache_control: t.cache_control.as_ref().map(|c| c.get_ref().clone()),
-    })
-}
-
-fn parse_file(lines: &Lines<'_>) -> Result<FileConfig, ConfigError> {
-    toml::from_str::<FileConfig>(lines.text).map_err(|e| lines.error(e.span(), e.message().trim().to_string()))
-}
-
-fn file_root(kind: RootKind, root: &FileRoot, base: &Path, lines: &Lines<'_>) -> Result<RootSpec, ConfigError> {
-    let path = base.join(root.path.get_ref());
-    let path = canonical_dir(&path)
-        .map_err(|m| lines.error(Some(root.path.span()), format!("{kind} path {}: {m}", path.display())))?;
-    let mut spec = RootSpec::new(kind, path);
-    spec.delivery = root.delivery.unwrap_or_default();
-    spec.watch = root.watch.unwrap_or_default();
-    if let Some(ms) = &root.poll_interval_ms {
-        if *ms.get_ref() < 10 {
-            return Err(lines.error(Some(ms.span()), "poll_interval_ms must be at least 10"));
-        }
-        spec.poll_interval = Duration::from_millis(*ms.get_ref());
-    }
-    if let Some(cc) = &root.cache_control {
-        if axum::http::HeaderValue::from_str(cc.get_ref()).is_err() {
-            return Err(lines.error(Some(cc.span()), "cache_control is not a valid header value"));
-        }
-        spec.cache_control = cc.get_ref().clone();
-    }
-    for dir in &root.directories {
-        let rel = dir.path.get_ref();
-        let plain = rel
-            .components()
-            .all(|c| matches!(c, std::path::Component::Normal(n) if !n.as_encoded_bytes().starts_with(b".")));
-        if !plain || rel.as_os_str().is_empty() {
-            return Err(
-                lines.error(Some(dir.path.span()), "directories.path must be a plain relative path inside the root")
-            );
-        }
-        if !spec.path.join(rel).is_dir() {
-            return Err(lines
-                .error(Some(dir.path.span()), format!("directory {} does not exist", spec.path.join(rel).display())));
-        }
-        spec.dirs.push(DirSpec { rel: rel.clone(), delivery: dir.delivery });
-    }
-    Ok(spec)
 }
 
 fn canonical_dir(path: &Path) -> Result<PathBuf, String> {

@@ -22,314 +22,26 @@ use std::fs::File;
 use std::hash::BuildHasher;
 use std::io;
 use std::num::NonZeroUsize;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::http::HeaderValue;
-use bytes::Bytes;
 use lru::LruCache;
 use parking_lot::Mutex;
-use prometheus::IntGauge;
+
+mod entry;
+mod memory;
+
+use entry::{clock_ms, Samples};
+pub use entry::{read_exact_at, shrank, FileEntry, ACKNOWLEDGED_FROM};
+use memory::MemoryBudget;
 
 use crate::config::CacheSettings;
 use crate::metrics::{DeliveryCounters, Metrics};
 use crate::roots::{DeliveryPath, Root};
-
-/// What identifies one version of a file on this machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Validators {
-    pub dev: u64,
-    pub ino: u64,
-    pub len: u64,
-    pub mtime_ns: i128,
-}
-
-impl Validators {
-    /// `statx` of `rel` below the directory `dir`, following symbolic links
-    /// as `std::fs::metadata` does, and decoded as it decodes (so that the
-    /// result compares equal with [`Validators::of`] for the same file).
-    fn at(dir: &OwnedFd, rel: &[u8]) -> io::Result<Validators> {
-        use nix::NixPath;
-        // SAFETY: statx only writes the struct, which is plain data.
-        let mut buf: libc::statx = unsafe { std::mem::zeroed() };
-        // A stack copy with the NUL (nix's NixPath), no allocation.
-        let rc = rel.with_nix_path(|path| {
-            // SAFETY: `path` is NUL-terminated and outlives the call; `buf` is valid.
-            unsafe { libc::statx(dir.as_raw_fd(), path.as_ptr(), 0, libc::STATX_BASIC_STATS, &mut buf) }
-        })?;
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Validators {
-            dev: libc::makedev(buf.stx_dev_major, buf.stx_dev_minor),
-            ino: buf.stx_ino,
-            len: buf.stx_size,
-            mtime_ns: buf.stx_mtime.tv_sec as i128 * 1_000_000_000 + buf.stx_mtime.tv_nsec as i128,
-        })
-    }
-
-    pub fn of(meta: &std::fs::Metadata) -> Validators {
-        Validators {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            len: meta.len(),
-            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
-        }
-    }
-
-    /// Strong ETag from what two appliances serving the same file share:
-    /// modification time and length, never the inode (DESIGN.md decision 5).
-    pub fn etag(&self) -> String {
-        format!("\"{:x}-{:x}\"", self.mtime_ns, self.len)
-    }
-
-    pub fn modified(&self) -> SystemTime {
-        if self.mtime_ns >= 0 {
-            UNIX_EPOCH + Duration::from_nanos(self.mtime_ns as u64)
-        } else {
-            UNIX_EPOCH
-        }
-    }
-}
-
-/// One open file and everything needed to answer for it without another syscall.
-#[derive(Debug)]
-pub struct FileEntry {
-    pub file: File,
-    pub path: PathBuf,
-    pub root: usize,
-    /// The root's directory, and where in `path` the part below it starts:
-    /// path checks walk from there.
-    root_dir: Arc<OwnedFd>,
-    rel_at: usize,
-    pub validators: Validators,
-    pub etag: HeaderValue,
-    pub last_modified: HeaderValue,
-    pub content_type: HeaderValue,
-    pub cache_control: HeaderValue,
-    /// The path this file's area allows (sendfile only on local storage).
-    pub delivery: DeliveryPath,
-    pub counters: Arc<DeliveryCounters>,
-    /// Set once sendfile refused this file; it then goes the buffered way.
-    pub sendfile_refused: AtomicBool,
-    /// The whole content, for small files of cached areas; loaded on first use.
-    memory: OnceLock<Option<Bytes>>,
-    /// Whether the content is gzip-compressed; read on first need.
-    gzip: OnceLock<bool>,
-    budget: Option<Arc<MemoryBudget>>,
-    /// Milliseconds on [`clock_ms`] when this entry was last known fresh.
-    checked_ms: AtomicU64,
-    /// True while the entry is in the descriptor cache: false once an
-    /// invalidation, an eviction or a clear removed it (and for entries that
-    /// were never cached). The driver replays responses only for such entries.
-    pub cached: AtomicBool,
-    /// Whether a response for this file may be replayed by the driver: the
-    /// file is cacheable and its root is the first of its kind (no earlier
-    /// root can come to shadow the same URL without an event for this file).
-    pub replayable: bool,
-    /// On local storage: reads come from the page cache or a local disk and
-    /// are done inline; shared storage can block for long and is read on the
-    /// blocking pool.
-    pub local: bool,
-    /// A log: growth by appends keeps an earlier snapshot valid, as long
-    /// as these bytes of it are unchanged (see [`Self::holds_snapshot`]).
-    appended_to: Option<Samples>,
-    revalidate_after_ms: u64,
-}
-
-impl FileEntry {
-    pub fn len(&self) -> u64 {
-        self.validators.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.validators.len == 0
-    }
-
-    /// Still the answer for its path: in the cache and checked recently enough.
-    pub fn is_current(&self) -> bool {
-        self.currency() != Currency::Stale
-    }
-
-    /// Fit to answer from: current for its path ([`Self::is_current`]) and
-    /// its descriptor not rewritten in place ([`Self::unchanged`]), in one
-    /// `stat` at most. When the path had to be `stat`ed and gave back the
-    /// validators, the descriptor's `fstat` is skipped: the same device and
-    /// inode with the same length and mtime is the same answer an `fstat` of
-    /// that inode would give (strace: two `statx` per request before, the
-    /// most frequent syscall of the tile path).
-    pub fn fresh(&self) -> bool {
-        match self.currency() {
-            Currency::Stale => false,
-            Currency::Confirmed => true,
-            Currency::Recent => self.unchanged(),
-        }
-    }
-
-    fn currency(&self) -> Currency {
-        if !self.cached.load(Ordering::Acquire) {
-            return Currency::Stale;
-        }
-        let now = clock_ms();
-        if now.saturating_sub(self.checked_ms.load(Ordering::Relaxed)) < self.revalidate_after_ms {
-            return Currency::Recent;
-        }
-        let rel = self.path.as_os_str().as_bytes().get(self.rel_at..).unwrap_or_default();
-        match Validators::at(&self.root_dir, rel) {
-            Ok(now_seen) if now_seen == self.validators => {
-                self.checked_ms.store(now, Ordering::Relaxed);
-                Currency::Confirmed
-            }
-            _ => Currency::Stale,
-        }
-    }
-
-    /// Whether the open file still has the validators the response's head
-    /// was written from (one `fstat`). An in-place rewrite or a truncation
-    /// changes the length or the mtime; a rename over the path does not
-    /// touch this descriptor (that is `is_current`'s part).
-    pub fn unchanged(&self) -> bool {
-        self.file.metadata().is_ok_and(|meta| Validators::of(&meta) == self.validators)
-    }
-
-    /// Whether the bytes the head describes are still the file's, checked
-    /// before a body's last byte goes out. Strict ([`Self::unchanged`]) for
-    /// tiles; for logs, which grow by appends, the same inode, not shorter,
-    /// with the same sampled bytes ([`Samples`]): an append holds the
-    /// snapshot, a truncation or a rewrite in place does not. Always true
-    /// on shared storage (see below).
-    pub fn holds_snapshot(&self) -> bool {
-        // Shared storage is opened afresh for every request, and its
-        // attributes come through client caches (NFS, FUSE) that can
-        // disagree between two `fstat`s of one descriptor: no check there.
-        if !self.local {
-            return true;
-        }
-        let Some(samples) = &self.appended_to else { return self.unchanged() };
-        let Ok(meta) = self.file.metadata() else { return false };
-        let now = Validators::of(&meta);
-        if now == self.validators {
-            return true;
-        }
-        // Grown or touched: an append leaves the snapshot's bytes as they
-        // were; a rewrite in place or a truncation followed by new lines
-        // (`copytruncate`) changes the bytes sampled, unless it wrote the same ones.
-        now.dev == self.validators.dev
-            && now.ino == self.validators.ino
-            && now.len >= self.validators.len
-            && Samples::take(&self.file, self.validators.len).is_ok_and(|again| again == *samples)
-    }
-
-    /// Whether the file starts with the gzip magic bytes (read once).
-    pub fn is_gzip(&self) -> bool {
-        *self.gzip.get_or_init(|| {
-            let mut magic = [0u8; 2];
-            matches!(self.file.read_at(&mut magic, 0), Ok(2)) && magic == [0x1f, 0x8b]
-        })
-    }
-
-    /// The file's bytes from memory, if it is small enough and the budget allows.
-    pub fn memory(&self) -> Option<&Bytes> {
-        self.memory.get_or_init(|| self.load()).as_ref()
-    }
-
-    fn load(&self) -> Option<Bytes> {
-        let budget = self.budget.as_ref()?;
-        let len = self.len();
-        let charge = charge(len);
-        if len > budget.max_file || !budget.reserve(charge) {
-            return None;
-        }
-        match crate::delivery::read_exact_at(&self.file, 0, len as usize) {
-            // Kept only if the file did not change during the read.
-            Ok(bytes) if bytes.len() as u64 == len && self.unchanged() => {
-                budget.gauge.add(charge as i64);
-                Some(bytes)
-            }
-            // Shorter than its fstat: the file changed; the watcher is about to
-            // drop this entry, and the file path will close the connection.
-            _ => {
-                budget.release(charge);
-                None
-            }
-        }
-    }
-}
-
-impl Drop for FileEntry {
-    fn drop(&mut self) {
-        if let (Some(Some(bytes)), Some(budget)) = (self.memory.get(), &self.budget) {
-            let charge = charge(bytes.len() as u64);
-            budget.release(charge);
-            budget.gauge.sub(charge as i64);
-        }
-    }
-}
-
-/// A fingerprint of three blocks of a log version (its first, middle and last
-/// 4 KiB), taken when its descriptor is opened: a log that grew keeps
-/// answering for the version a response started with only while these
-/// bytes stay the same. Appends never touch them; rewrites of logs (a
-/// `copytruncate` rotation, a shell `>`, a re-upload in place) change
-/// timestamps, and with them the first and last lines. Twelve KiB read
-/// at open and at the end of a large body, never per byte sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Samples(u64);
-
-impl Samples {
-    const BLOCK: u64 = 4096;
-
-    fn take(file: &File, len: u64) -> io::Result<Samples> {
-        use std::hash::Hasher;
-        // SipHash with fixed keys: the same bytes hash the same within the process.
-        let mut hasher = std::hash::DefaultHasher::new();
-        let block = Self::BLOCK.min(len);
-        for at in [0, (len - block) / 2, len - block] {
-            let bytes = crate::delivery::read_exact_at(file, at, block as usize)?;
-            if bytes.len() as u64 != block {
-                return Err(crate::delivery::shrank());
-            }
-            hasher.write(&bytes);
-        }
-        Ok(Samples(hasher.finish()))
-    }
-}
-
-/// What a file of `len` bytes costs the memory budget: whole 4 KiB pages,
-/// since the budget bounds resident memory, and an allocator keeps blocks of
-/// a few KiB with slack (26 MiB of it over 64 MiB of tiles, in the benchmark).
-fn charge(len: u64) -> u64 {
-    len.div_ceil(4096) * 4096
-}
-
-/// The memory cache's budget, shared by every entry.
-#[derive(Debug)]
-pub struct MemoryBudget {
-    used: AtomicU64,
-    limit: u64,
-    max_file: u64,
-    gauge: IntGauge,
-}
-
-impl MemoryBudget {
-    fn reserve(&self, n: u64) -> bool {
-        let before = self.used.fetch_add(n, Ordering::AcqRel);
-        if before + n > self.limit {
-            self.used.fetch_sub(n, Ordering::AcqRel);
-            return false;
-        }
-        true
-    }
-
-    fn release(&self, n: u64) {
-        self.used.fetch_sub(n, Ordering::AcqRel);
-    }
-}
+use crate::validators::Validators;
 
 /// The cache is split in shards by key hash so that the driver's worker
 /// threads rarely wait for each other (one lock showed as `sched_yield`
@@ -528,9 +240,7 @@ impl DescriptorCache {
         // that check anyway.
         let delivery = match root.area(rel).delivery {
             DeliveryPath::Sendfile
-                if cacheable
-                    && validators.len < crate::delivery::sendfile::DRAIN_FROM
-                    && self.rewritten.lock().contains(key) =>
+                if cacheable && validators.len < ACKNOWLEDGED_FROM && self.rewritten.lock().contains(key) =>
             {
                 DeliveryPath::Buffered
             }
@@ -545,7 +255,7 @@ impl DescriptorCache {
         Ok(FileEntry {
             etag: header(&validators.etag())?,
             last_modified: header(&httpdate::fmt_http_date(validators.modified()))?,
-            content_type: HeaderValue::from_static(content_type(&path)),
+            content_type: HeaderValue::from_static(crate::mime::content_type(&path)),
             cache_control: header(root.cache_control_for(rel))?,
             root: root.index,
             root_dir: root.dir().clone(),
@@ -638,65 +348,9 @@ impl DescriptorCache {
     }
 }
 
-/// How [`FileEntry::currency`] found an entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Currency {
-    /// Out of the cache, or its path now names another version.
-    Stale,
-    /// Checked by another request within `revalidate_after`.
-    Recent,
-    /// Its path was `stat`ed just now and still has its validators.
-    Confirmed,
-}
-
-/// Milliseconds since the first call: the clock of `checked_ms`.
-fn clock_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
-}
-
-/// The media type for a stored file, by extension.
-pub fn content_type(path: &Path) -> &'static str {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    content_type_of_ext(&name.rsplit('.').next().unwrap_or("").to_ascii_lowercase())
-}
-
-/// The Content-Type for a lowercase file extension (or a tileset's format).
-pub fn content_type_of_ext(ext: &str) -> &'static str {
-    match ext {
-        "png" => "image/png",
-        "jpg" | "jpeg" => "image/jpeg",
-        "webp" => "image/webp",
-        "pbf" | "mvt" => "application/x-protobuf",
-        "json" => "application/json",
-        "jsonl" | "ndjson" => "application/x-ndjson",
-        "csv" => "text/csv; charset=utf-8",
-        "log" | "txt" => "text/plain; charset=utf-8",
-        "gz" => "application/gzip",
-        _ => "application/octet-stream",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The root-relative check decodes `statx` as std does: for the same
-    /// file it equals the descriptor's validators (else every path check
-    /// would call a current file stale), through a symlink too.
-    #[test]
-    fn validators_at_a_relative_path_match_the_descriptors() {
-        let dir = std::env::temp_dir().join(format!("tessera-validators-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("a/b")).unwrap();
-        std::fs::write(dir.join("a/b/t.png"), b"tile").unwrap();
-        let _ = std::os::unix::fs::symlink("b/t.png", dir.join("a/link.png"));
-        let root: OwnedFd = File::open(&dir).unwrap().into();
-        let of = Validators::of(&File::open(dir.join("a/b/t.png")).unwrap().metadata().unwrap());
-        assert_eq!(Validators::at(&root, b"a/b/t.png").unwrap(), of);
-        assert_eq!(Validators::at(&root, b"a/link.png").unwrap(), of, "symlinks are followed");
-        assert!(Validators::at(&root, b"a/b/none.png").is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 
     fn shard() -> ShardInner {
         ShardInner { lru: LruCache::new(NonZeroUsize::new(2).unwrap()), dirs: HashMap::default() }

@@ -1,0 +1,55 @@
+//! The command line (clap): the subcommands and the flags they share.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use super::{Delivery, Transport};
+
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(name = "tessera", version, about = "Telemetry tile server: tiles and telemetry logs over HTTP")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Index the roots, watch them and serve them over HTTP (the default).
+    Serve(ConfigArgs),
+    /// Bring the SQLite index up to date with the disk, print what changed, and exit.
+    Index(ConfigArgs),
+    /// Validate a configuration and exit non-zero naming the line and the reason.
+    Check(ConfigArgs),
+    /// Per root: filesystem, local or shared, delivery path and why, watcher,
+    /// limits, and a live sendfile probe.
+    Doctor(ConfigArgs),
+}
+
+/// The flags shared by every subcommand; they override the configuration file.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ConfigArgs {
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on, for example 127.0.0.1:8080 or [::]:80.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// A tiles root (repeatable); replaces the configuration file's tile roots.
+    #[arg(long, value_name = "DIR")]
+    pub tiles: Vec<PathBuf>,
+    /// A logs root (repeatable); replaces the configuration file's log roots.
+    #[arg(long, value_name = "DIR")]
+    pub logs: Vec<PathBuf>,
+    /// Directory that holds the SQLite index.
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    /// Delivery path for every root: auto, sendfile or buffered.
+    #[arg(long, value_name = "MODE")]
+    pub delivery: Option<Delivery>,
+    /// HTTP transport: tessera's own driver (sendfile capable) or plain hyper.
+    #[arg(long, value_name = "NAME")]
+    pub transport: Option<Transport>,
+}

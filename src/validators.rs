@@ -1,0 +1,90 @@
+//! Validators: what identifies one version of a file on this machine
+//! (device, inode, length, mtime in nanoseconds), and the strong ETag built
+//! from the part of it that every copy of the file shares (DESIGN.md
+//! decision 5). The descriptor cache, the catalog and MBTiles readers all
+//! compare versions with it.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// What identifies one version of a file on this machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Validators {
+    pub dev: u64,
+    pub ino: u64,
+    pub len: u64,
+    pub mtime_ns: i128,
+}
+
+impl Validators {
+    /// `statx` of `rel` below the directory `dir`, following symbolic links
+    /// as `std::fs::metadata` does, and decoded as it decodes (so that the
+    /// result compares equal with [`Validators::of`] for the same file).
+    pub fn at(dir: &OwnedFd, rel: &[u8]) -> io::Result<Validators> {
+        use nix::NixPath;
+        // SAFETY: statx only writes the struct, which is plain data.
+        let mut buf: libc::statx = unsafe { std::mem::zeroed() };
+        // A stack copy with the NUL (nix's NixPath), no allocation.
+        let rc = rel.with_nix_path(|path| {
+            // SAFETY: `path` is NUL-terminated and outlives the call; `buf` is valid.
+            unsafe { libc::statx(dir.as_raw_fd(), path.as_ptr(), 0, libc::STATX_BASIC_STATS, &mut buf) }
+        })?;
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Validators {
+            dev: libc::makedev(buf.stx_dev_major, buf.stx_dev_minor),
+            ino: buf.stx_ino,
+            len: buf.stx_size,
+            mtime_ns: buf.stx_mtime.tv_sec as i128 * 1_000_000_000 + buf.stx_mtime.tv_nsec as i128,
+        })
+    }
+
+    pub fn of(meta: &std::fs::Metadata) -> Validators {
+        Validators {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+        }
+    }
+
+    /// Strong ETag from what two appliances serving the same file share:
+    /// modification time and length, never the inode (DESIGN.md decision 5).
+    pub fn etag(&self) -> String {
+        format!("\"{:x}-{:x}\"", self.mtime_ns, self.len)
+    }
+
+    pub fn modified(&self) -> SystemTime {
+        if self.mtime_ns >= 0 {
+            UNIX_EPOCH + Duration::from_nanos(self.mtime_ns as u64)
+        } else {
+            UNIX_EPOCH
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::File;
+
+    /// The root-relative check decodes `statx` as std does: for the same
+    /// file it equals the descriptor's validators (else every path check
+    /// would call a current file stale), through a symlink too.
+    #[test]
+    fn validators_at_a_relative_path_match_the_descriptors() {
+        let dir = std::env::temp_dir().join(format!("tessera-validators-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("a/b")).unwrap();
+        std::fs::write(dir.join("a/b/t.png"), b"tile").unwrap();
+        let _ = std::os::unix::fs::symlink("b/t.png", dir.join("a/link.png"));
+        let root: OwnedFd = File::open(&dir).unwrap().into();
+        let of = Validators::of(&File::open(dir.join("a/b/t.png")).unwrap().metadata().unwrap());
+        assert_eq!(Validators::at(&root, b"a/b/t.png").unwrap(), of);
+        assert_eq!(Validators::at(&root, b"a/link.png").unwrap(), of, "symlinks are followed");
+        assert!(Validators::at(&root, b"a/b/none.png").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
