@@ -157,6 +157,7 @@ async fn serve_with_driver(
     (cache, roots): (Arc<DescriptorCache>, Arc<Vec<Root>>),
 ) -> anyhow::Result<()> {
     let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let max_connections = settings.max_connections.min(tokio::sync::Semaphore::MAX_PERMITS);
     let workers = match settings.workers {
         0 => std::thread::available_parallelism().map(usize::from).unwrap_or(1),
         n => n,
@@ -180,6 +181,7 @@ async fn serve_with_driver(
         shutdown,
         idle_close: Arc::new(tokio::sync::Notify::new()),
         idle_close_rings: std::sync::atomic::AtomicU64::new(0),
+        connection_slots: Arc::new(tokio::sync::Semaphore::new(max_connections)),
     });
     let mut threads = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
@@ -229,11 +231,17 @@ fn refuse(stream: tokio::net::TcpStream, shared: &Shared) {
 }
 
 /// One worker: accept until shutdown, then wait for its connections.
+///
+/// Each connection owns a permit of the process-wide `max_connections`
+/// semaphore and a sender of this worker's `finished` channel, both dropped
+/// when its task ends: over the limit an accepted connection gets 503, and
+/// the shutdown drain is `finished` closing, with no polling (as tokio's
+/// mini-redis does both).
 async fn accept_loop(listener: std::net::TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
     let mut shutdown = shared.shutdown.clone();
-    let live = Arc::new(());
+    let (finished, mut all_finished) = tokio::sync::mpsc::channel::<()>(1);
     // A descriptor kept in reserve for answering when the others run out.
     let mut spare = std::fs::File::open("/dev/null").ok();
     let mut last_warning = std::time::Instant::now() - Duration::from_secs(60);
@@ -241,16 +249,16 @@ async fn accept_loop(listener: std::net::TcpListener, shared: Arc<Shared>) -> st
         tokio::select! {
             _ = crate::delivery::stopped(&mut shutdown) => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) if shared.metrics.connections.get() >= shared.settings.max_connections as i64 => {
-                    refuse(stream, &shared);
-                }
-                Ok((stream, _peer)) => {
-                    let (shared, live) = (shared.clone(), live.clone());
-                    tokio::spawn(async move {
-                        driver::serve_connection(stream, shared).await;
-                        drop(live);
-                    });
-                }
+                Ok((stream, _peer)) => match shared.connection_slots.clone().try_acquire_owned() {
+                    Ok(slot) => {
+                        let (shared, finished) = (shared.clone(), finished.clone());
+                        tokio::spawn(async move {
+                            driver::serve_connection(stream, shared).await;
+                            drop((slot, finished));
+                        });
+                    }
+                    Err(_) => refuse(stream, &shared),
+                },
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
                     // Out of descriptors: idle keep-alive connections close,
                     // and the spare descriptor is given back to take the
@@ -280,10 +288,8 @@ async fn accept_loop(listener: std::net::TcpListener, shared: Arc<Shared>) -> st
     }
     drop(listener);
     // This runtime's tasks die with it: wait for its connections first.
-    let deadline = tokio::time::Instant::now() + DRAIN;
-    while Arc::strong_count(&live) > 1 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    drop(finished);
+    let _ = tokio::time::timeout(DRAIN, all_finished.recv()).await;
     Ok(())
 }
 

@@ -70,6 +70,9 @@ pub struct Shared {
     /// [`Shared::ring_idle_close`]), so that a connection can tell a ring
     /// during its idle wait from one that came while it was busy.
     pub idle_close_rings: std::sync::atomic::AtomicU64,
+    /// One permit per open client connection, `max_connections` in all,
+    /// held by the connection's task for its life.
+    pub connection_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
