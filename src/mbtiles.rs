@@ -16,6 +16,8 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
+use percent_encoding::{percent_encode, AsciiSet, CONTROLS};
+
 use crate::roots::Root;
 use crate::tile::Format;
 use crate::validators::Validators;
@@ -48,14 +50,10 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
 
 /// A path as the path part of an SQLite `file:` URI.
 fn percent_encode_path(path: &Path) -> String {
-    let mut out = String::new();
-    for b in path.as_os_str().as_encoded_bytes() {
-        match b {
-            b'?' | b'#' | b'%' => out.push_str(&format!("%{b:02X}")),
-            b => out.push(*b as char),
-        }
-    }
-    out
+    // What SQLite's URI parser would take for syntax, and every byte that is
+    // not ASCII (it decodes `%XX` back to the file name's bytes).
+    const URI_PATH: &AsciiSet = &CONTROLS.add(b'?').add(b'#').add(b'%');
+    percent_encode(path.as_os_str().as_encoded_bytes(), URI_PATH).to_string()
 }
 
 /// Reads an MBTiles file's metadata and the extent of its tiles.

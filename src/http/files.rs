@@ -6,13 +6,14 @@
 //! If-Range decides whether Range applies.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use axum::body::Body;
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
+use headers::{ETag, HeaderMapExt, IfMatch, IfModifiedSince, IfNoneMatch, IfUnmodifiedSince};
 use http_body::Frame;
 use http_range_header::{EndPosition, StartPosition};
 use sha2::Digest;
@@ -92,25 +93,27 @@ pub fn respond(method: &Method, headers: &HeaderMap, entry: Arc<FileEntry>) -> R
     response
 }
 
-/// 412 or 304 if a precondition says so, in RFC 9110's order, for a
-/// representation with these validators.
+/// 412 or 304 if a precondition says so, in RFC 9110's order (13.2.2), for
+/// a representation with these validators. The comparisons are the
+/// `headers` crate's (strong for If-Match, weak for If-None-Match, dates to
+/// the second); a field that does not parse is ignored, as RFC 9110 asks.
 pub fn precondition(headers: &HeaderMap, etag: &str, modified: SystemTime) -> Option<StatusCode> {
-    let modified = truncate_to_seconds(modified);
-    if let Some(if_match) = header_str(headers, header::IF_MATCH) {
-        if !etag_list_matches(if_match, etag, true) {
+    let etag: ETag = etag.parse().ok()?;
+    if let Some(if_match) = headers.typed_get::<IfMatch>() {
+        if !if_match.precondition_passes(&etag) {
             return Some(StatusCode::PRECONDITION_FAILED);
         }
-    } else if let Some(since) = header_date(headers, header::IF_UNMODIFIED_SINCE) {
-        if modified > since {
+    } else if let Some(since) = headers.typed_get::<IfUnmodifiedSince>() {
+        if !since.precondition_passes(modified) {
             return Some(StatusCode::PRECONDITION_FAILED);
         }
     }
-    if let Some(if_none_match) = header_str(headers, header::IF_NONE_MATCH) {
-        if etag_list_matches(if_none_match, etag, false) {
+    if let Some(if_none_match) = headers.typed_get::<IfNoneMatch>() {
+        if !if_none_match.precondition_passes(&etag) {
             return Some(StatusCode::NOT_MODIFIED);
         }
-    } else if let Some(since) = header_date(headers, header::IF_MODIFIED_SINCE) {
-        if modified <= since {
+    } else if let Some(since) = headers.typed_get::<IfModifiedSince>() {
+        if !since.is_modified(modified) {
             return Some(StatusCode::NOT_MODIFIED);
         }
     }
@@ -121,7 +124,10 @@ pub fn precondition(headers: &HeaderMap, etag: &str, modified: SystemTime) -> Op
 /// modification time (a JSON document built from the catalog): true when the
 /// client's copy is current and a 304 is the answer.
 pub fn none_match(headers: &HeaderMap, etag: &str) -> bool {
-    header_str(headers, header::IF_NONE_MATCH).is_some_and(|list| etag_list_matches(list, etag, false))
+    let (Some(if_none_match), Ok(etag)) = (headers.typed_get::<IfNoneMatch>(), etag.parse::<ETag>()) else {
+        return false;
+    };
+    !if_none_match.precondition_passes(&etag)
 }
 
 /// A representation held in memory (a tile from an MBTiles file, a
@@ -279,36 +285,8 @@ fn multipart(method: &Method, entry: &Arc<FileEntry>, ranges: &[(u64, u64)]) -> 
     response
 }
 
-/// Whether a comma-separated list of entity tags (or `*`) matches `etag`.
-/// Strong comparison for If-Match, weak for If-None-Match (RFC 9110 8.8.3.2).
-fn etag_list_matches(list: &str, etag: &str, strong: bool) -> bool {
-    if list.trim() == "*" {
-        return true;
-    }
-    let opaque = |t: &str| t.trim().trim_start_matches("W/").to_string();
-    list.split(',').map(str::trim).any(|candidate| {
-        if strong {
-            !candidate.starts_with("W/") && candidate == etag
-        } else {
-            opaque(candidate) == opaque(etag)
-        }
-    })
-}
-
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
-}
-
-fn header_date(headers: &HeaderMap, name: header::HeaderName) -> Option<SystemTime> {
-    header_str(headers, name).and_then(|v| httpdate::parse_http_date(v).ok())
-}
-
-/// HTTP dates have whole seconds; compare file times at that resolution.
-fn truncate_to_seconds(t: SystemTime) -> SystemTime {
-    match t.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(d) => SystemTime::UNIX_EPOCH + Duration::from_secs(d.as_secs()),
-        Err(_) => SystemTime::UNIX_EPOCH,
-    }
 }
 
 #[cfg(test)]
@@ -339,11 +317,22 @@ mod tests {
     }
 
     #[test]
-    fn etag_comparison() {
-        assert!(etag_list_matches("\"a\", \"b\"", "\"b\"", true));
-        assert!(!etag_list_matches("W/\"b\"", "\"b\"", true));
-        assert!(etag_list_matches("W/\"b\"", "\"b\"", false));
-        assert!(etag_list_matches("*", "\"b\"", false));
-        assert!(!etag_list_matches("\"c\"", "\"b\"", false));
+    fn preconditions_compare_as_rfc_9110_says() {
+        let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let ask = |name: header::HeaderName, value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(name, HeaderValue::from_str(value).unwrap());
+            precondition(&headers, "\"b\"", now)
+        };
+        assert_eq!(ask(header::IF_MATCH, "\"a\", \"b\""), None, "strong match in a list");
+        assert_eq!(ask(header::IF_MATCH, "W/\"b\""), Some(StatusCode::PRECONDITION_FAILED), "If-Match is strong");
+        assert_eq!(ask(header::IF_NONE_MATCH, "W/\"b\""), Some(StatusCode::NOT_MODIFIED), "If-None-Match is weak");
+        assert_eq!(ask(header::IF_NONE_MATCH, "*"), Some(StatusCode::NOT_MODIFIED));
+        assert_eq!(ask(header::IF_NONE_MATCH, "\"c\""), None);
+        let date = httpdate::fmt_http_date(now);
+        assert_eq!(ask(header::IF_MODIFIED_SINCE, &date), Some(StatusCode::NOT_MODIFIED));
+        let earlier = httpdate::fmt_http_date(now - std::time::Duration::from_secs(1));
+        assert_eq!(ask(header::IF_UNMODIFIED_SINCE, &earlier), Some(StatusCode::PRECONDITION_FAILED));
+        assert_eq!(ask(header::IF_MODIFIED_SINCE, "not a date"), None, "an unparsable date is ignored");
     }
 }

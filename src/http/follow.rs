@@ -72,12 +72,19 @@ pub fn start(app: &AppState, method: &Method, headers: &HeaderMap, entry: Arc<Fi
     response
 }
 
-/// Where to start: the start of `bytes=N-` (clamped to the length), or 0.
+/// Where to start: the start of one open range `bytes=N-` (clamped to the
+/// length), or 0 without a Range; `None` for any other range.
 fn start_offset(headers: &HeaderMap, len: u64) -> Option<u64> {
+    use http_range_header::{EndPosition, StartPosition};
     let Some(range) = headers.get(header::RANGE) else { return Some(0) };
-    let spec = range.to_str().ok()?.trim().strip_prefix("bytes=")?.trim();
-    let start = spec.strip_suffix('-')?;
-    start.parse::<u64>().ok().map(|n| n.min(len))
+    let parsed = http_range_header::parse_range_header(range.to_str().ok()?).ok()?;
+    match parsed.ranges.as_slice() {
+        [one] => match (&one.start, &one.end) {
+            (StartPosition::Index(n), EndPosition::LastByte) => Some((*n).min(len)),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// Holds one of the `max_followers` places while the stream lives.
