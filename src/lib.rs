@@ -1,10 +1,14 @@
 //! tessera: a telemetry tile server appliance.
 //!
-//! Data flows one way through the modules, in this order: [`config`] and
-//! [`roots`] (what to serve, on what storage), [`watch`] (changes on disk),
-//! [`catalog`] (the SQLite index; [`mbtiles`] reads MBTiles files), [`cache`] (open descriptors), [`http`]
-//! (the axum Router that produces every response) and [`delivery`] (how the
-//! bytes travel). [`server`] wires them together; [`systemd`] speaks to the service manager. See ARCHITECTURE.md.
+//! Data flows through the modules in this order: [`config`] and [`roots`]
+//! (what to serve, on what storage), [`watch`] (changes on disk),
+//! [`catalog`] (the SQLite index; [`mbtiles`] reads MBTiles files), [`cache`]
+//! (open descriptors), [`http`] (the axum Router that produces every
+//! response) and [`delivery`] (how the bytes travel). They build on leaves
+//! that import nothing above them: [`names`], [`validators`], [`tile`],
+//! [`mime`], [`metrics`], [`logging`]. Imports run one way (the table in
+//! `tests/layers.rs`); [`server`] wires everything together and [`systemd`]
+//! speaks to the service manager. See ARCHITECTURE.md.
 
 pub mod cache;
 pub mod catalog;
