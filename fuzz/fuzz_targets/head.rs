@@ -25,7 +25,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use tessera::config::HttpSettings;
-use tessera::delivery::head::{parse, Head, Parsed, MAX_HEADERS};
+use tessera::config::MAX_HEADERS;
+use tessera::delivery::head::{parse, Head, Parsed};
 
 /// At most this many pipelined requests are followed in one input.
 const MAX_PIPELINED: usize = 8;
