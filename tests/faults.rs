@@ -5,7 +5,10 @@
 //!
 //! The tests of this file run one at a time (`serial()`): they stream hundreds
 //! of megabytes, stop the server, or starve it of descriptors, and would
-//! disturb each other's timing on a small machine.
+//! disturb each other's timing on a small machine. The streams under faults,
+//! the overflow burst and the locked catalogs take 6 to 9 s each: they are
+//! second tier (`#[ignore]`, run by `cargo test -- --ignored`), the others
+//! run in the fast tier.
 
 mod common;
 
@@ -631,36 +634,43 @@ fn stream_under(fault: Fault, extra: &[&str]) {
 }
 
 #[test]
+#[ignore = "second tier: run by .ci/run (cargo test -- --ignored)"]
 fn files_replaced_by_rename_while_streaming() {
     stream_under(Fault::Rename, &[]);
 }
 
 #[test]
+#[ignore = "second tier: run by .ci/run (cargo test -- --ignored)"]
 fn files_replaced_by_rename_while_streaming_buffered() {
     stream_under(Fault::Rename, &["--delivery", "buffered"]);
 }
 
 #[test]
+#[ignore = "second tier: run by .ci/run (cargo test -- --ignored)"]
 fn files_rewritten_in_place_while_streaming() {
     stream_under(Fault::InPlace, &[]);
 }
 
 #[test]
+#[ignore = "second tier: run by .ci/run (cargo test -- --ignored)"]
 fn files_rewritten_in_place_while_streaming_buffered() {
     stream_under(Fault::InPlace, &["--delivery", "buffered"]);
 }
 
 #[test]
+#[ignore = "second tier: run by .ci/run (cargo test -- --ignored)"]
 fn files_truncated_while_streaming() {
     stream_under(Fault::Truncate, &[]);
 }
 
 #[test]
+#[ignore = "second tier: run by .ci/run (cargo test -- --ignored)"]
 fn files_truncated_while_streaming_buffered() {
     stream_under(Fault::Truncate, &["--delivery", "buffered"]);
 }
 
 #[test]
+#[ignore = "second tier: run by .ci/run (cargo test -- --ignored)"]
 fn files_deleted_while_streaming() {
     stream_under(Fault::Delete, &[]);
 }
@@ -854,6 +864,7 @@ fn signal(pid: u32, signal: i32) {
 }
 
 #[test]
+#[ignore = "second tier: run by .ci/run (cargo test -- --ignored)"]
 fn an_inotify_overflow_is_followed_by_a_rescan_that_matches_the_disk() {
     let _serial = serial();
     const XS: u32 = 160;
@@ -1307,6 +1318,7 @@ fn changes_served(server: &Server, replaced: &[u8]) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "second tier: run by .ci/run (cargo test -- --ignored)"]
 fn a_locked_catalog_does_not_stop_tiles_and_catches_up_after() {
     let _serial = serial();
     let fx = catalog_fixture();
@@ -1351,6 +1363,7 @@ fn a_locked_catalog_does_not_stop_tiles_and_catches_up_after() {
 }
 
 #[test]
+#[ignore = "second tier: run by .ci/run (cargo test -- --ignored)"]
 fn a_catalog_locked_at_start_does_not_stop_the_server() {
     let _serial = serial();
     let fx = catalog_fixture();

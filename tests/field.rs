@@ -18,7 +18,8 @@
 //! takes about as long as one 3 MiB pull (some 4.5 minutes).
 //!
 //! Needs root (CAP_NET_ADMIN: `ip netns`, `tc`), `ip` and `tc` (iproute2) and
-//! `curl`; without them the tests fail saying so. `.ci/run` installs them.
+//! `curl`; without them the tests fail saying so. `.ci/run` installs them and
+//! runs them in the second tier (`#[ignore]`: `cargo test -- --ignored`).
 
 mod common;
 
@@ -85,11 +86,13 @@ fn transfer_deadline(len: usize) -> Duration {
 }
 
 #[test]
+#[ignore = "second tier: run by .ci/run (cargo test -- --ignored)"]
 fn sendfile_path_over_a_slow_link() {
     field_link("sendfile");
 }
 
 #[test]
+#[ignore = "second tier: run by .ci/run (cargo test -- --ignored)"]
 fn buffered_path_over_a_slow_link() {
     field_link("buffered");
 }

@@ -8,9 +8,10 @@
 //! length that changes with the version; logs are fixed-width lines naming the
 //! log, its generation (a rotation starts a new one) and the line number.
 //!
-//! For [`SOAK`] (or `TESSERA_SOAK_SECS` seconds, to run longer by hand),
-//! client threads send keep-alive GETs ([`KeepAlive`]) of random tiles
-//! (plain, gzip, If-None-Match, Range), HEADs, `/tiles`, TileJSON, `/logs`, and log
+//! Second tier (`#[ignore]`: `cargo test -- --ignored`). For [`SOAK`] (or
+//! `TESSERA_SOAK_SECS` seconds, to run longer by hand), client threads send
+//! keep-alive GETs ([`KeepAlive`]) of random tiles (plain, gzip,
+//! If-None-Match, Range), HEADs, `/tiles`, TileJSON, `/logs`, and log
 //! downloads (whole, ranges, `bytes=N-` resumes), and one more hammers the few
 //! tiles rewritten in place most often, while one churn thread replaces tiles
 //! by atomic rename, rewrites some in place, deletes and re-creates others,
@@ -1092,6 +1093,7 @@ fn catalog_logs(server: &Server) -> BTreeMap<String, u64> {
 // ---------------------------------------------------------------------------
 
 #[test]
+#[ignore = "second tier: run by .ci/run (cargo test -- --ignored)"]
 fn soak_mixed_traffic_under_churn() {
     let soak = soak_duration();
     let fx = Fixture::new();
