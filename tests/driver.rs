@@ -498,40 +498,24 @@ fn attacks() -> Vec<(&'static str, Vec<u8>, Expect)> {
     ]
 }
 
-/// Parses the whole of what the server sent as HTTP/1.1 responses.
-fn parse_all(mut raw: &[u8]) -> Result<Vec<Response>, String> {
+/// Parses the whole of what the server sent as HTTP/1.1 responses: each one
+/// whole, framed by its Content-Length, and nothing after the last.
+fn parse_all(raw: &[u8]) -> Result<Vec<Response>, String> {
+    let mut conn = RawConn::over(raw);
     let mut out = Vec::new();
-    while !raw.is_empty() {
-        let mut hdrs = [httparse::EMPTY_HEADER; 128];
-        let mut parsed = httparse::Response::new(&mut hdrs);
-        let head_len = match parsed.parse(raw) {
-            Ok(httparse::Status::Complete(n)) => n,
-            other => {
-                return Err(format!(
-                    "not a whole response ({other:?}) at {:?}",
-                    String::from_utf8_lossy(&raw[..raw.len().min(300)])
-                ))
-            }
-        };
-        let status = parsed.code.unwrap_or(0);
-        let headers: Vec<(String, String)> = parsed
-            .headers
-            .iter()
-            .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).trim().to_string()))
-            .collect();
+    while !conn.at_end() {
+        let head = conn.read_head().map_err(|e| format!("not a whole response: {e}"))?;
+        let status = head.status;
         let len: usize = if (100..200).contains(&status) || status == 204 || status == 304 {
             0
         } else {
-            match headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length")) {
-                Some((_, v)) => v.parse().map_err(|_| format!("bad Content-Length {v:?}"))?,
-                None => return Err(format!("response {status} without Content-Length: {headers:?}")),
+            match head.header("content-length") {
+                Some(v) => v.parse().map_err(|_| format!("bad Content-Length {v:?}"))?,
+                None => return Err(format!("response {status} without Content-Length: {:?}", head.headers)),
             }
         };
-        if raw.len() < head_len + len {
-            return Err(format!("response {status} cut short: {} of {len} body bytes", raw.len() - head_len));
-        }
-        out.push(Response { status, headers, body: raw[head_len..head_len + len].to_vec() });
-        raw = &raw[head_len + len..];
+        let body = conn.read_body(len).map_err(|e| format!("response {status} cut short: {e}"))?;
+        out.push(Response { body, ..head });
     }
     Ok(out)
 }

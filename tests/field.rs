@@ -18,14 +18,15 @@
 //! takes about as long as one 3 MiB pull (some 4.5 minutes).
 //!
 //! Needs root (CAP_NET_ADMIN: `ip netns`, `tc`), `ip` and `tc` (iproute2) and
-//! `curl`; without them the tests fail saying so. `.ci/run` installs them.
+//! `curl`; without them the tests fail saying so. `.ci/run` installs them and
+//! runs them in the second tier (`#[ignore]`: `cargo test -- --ignored`).
 
 mod common;
 
 use std::ffi::OsStr;
 use std::fs;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{self, Read};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -34,7 +35,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use socket2::{Domain, Socket, Type};
 
 use common::*;
 
@@ -86,11 +86,13 @@ fn transfer_deadline(len: usize) -> Duration {
 }
 
 #[test]
+#[ignore = "second tier: run by .ci/run (cargo test -- --ignored)"]
 fn sendfile_path_over_a_slow_link() {
     field_link("sendfile");
 }
 
 #[test]
+#[ignore = "second tier: run by .ci/run (cargo test -- --ignored)"]
 fn buffered_path_over_a_slow_link() {
     field_link("buffered");
 }
@@ -211,8 +213,8 @@ fn stalled_reader(delivery: &'static str) {
     let stalls = [BODY_LEN / 5, 2 * BODY_LEN / 5, 3 * BODY_LEN / 5, BODY_LEN - TAIL];
     let started = Instant::now();
     let deadline = started + transfer_deadline(BODY_LEN) + STALL * stalls.len() as u32;
-    let mut conn = SlowConn::request(server.addr, "/logs/rtu-5/stall.log");
-    let len = conn.read_head_expecting_200();
+    let mut conn = request_small(server.addr, "/logs/rtu-5/stall.log");
+    let len = read_head_expecting_200(&mut conn);
     assert_eq!(len, BODY_LEN, "Content-Length");
     let mut hasher = Sha256::new();
     let mut got = 0usize;
@@ -222,7 +224,7 @@ fn stalled_reader(delivery: &'static str) {
             thread::sleep(STALL);
             done += 1;
         }
-        let chunk = conn.read_some(deadline).unwrap_or_else(|e| {
+        let chunk = conn.read_some(READ_SIZE, deadline).unwrap_or_else(|e| {
             panic!(
                 "the connection ended after {got} of {len} body bytes, {done} of {} stalls of {STALL:?} done, \
                  {:.1?} after the request: {e}",
@@ -230,7 +232,7 @@ fn stalled_reader(delivery: &'static str) {
                 started.elapsed()
             )
         });
-        hasher.update(chunk);
+        hasher.update(&chunk);
         got += chunk.len();
     }
     assert!(hasher.finalize()[..] == sha256(&body)[..], "the body read after the stalls differs from the log");
@@ -294,16 +296,17 @@ fn silent_readers(delivery: &'static str) {
 /// One silent reader: reads `quiet_at` body bytes (0: not even the head), then
 /// nothing. Returns how long after it went silent the server dropped it.
 fn silent_reader(addr: SocketAddr, quiet_at: usize) -> Result<Duration, String> {
-    let mut conn = SlowConn::request(addr, "/logs/rtu-6/silent.log");
+    let mut conn = request_small(addr, "/logs/rtu-6/silent.log");
     let deadline = Instant::now() + transfer_deadline(BODY_LEN);
     let mut got = 0usize;
     if quiet_at > 0 {
-        let len = conn.read_head_expecting_200();
+        let len = read_head_expecting_200(&mut conn);
         assert_eq!(len, BODY_LEN, "Content-Length");
         got = conn.take_buffered().len();
         while got < quiet_at {
-            let chunk =
-                conn.read_some(deadline).map_err(|e| format!("ended after {got} bytes, before going silent: {e}"))?;
+            let chunk = conn
+                .read_some(READ_SIZE, deadline)
+                .map_err(|e| format!("ended after {got} bytes, before going silent: {e}"))?;
             got += chunk.len();
         }
     }
@@ -362,80 +365,24 @@ fn start(ns: &Netns, fx: &Fixture, delivery: &str, write_timeout: Duration) -> S
     server
 }
 
-/// What one read of a [`SlowConn`] takes at most, as a modem's reader would.
+/// What one read of a slow reader takes at most, as a modem's reader would.
 const READ_SIZE: usize = 4096;
 
-/// A client connection with a small receive buffer (set before connecting,
-/// so that the window it advertises is small from the start).
-struct SlowConn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-    read: Vec<u8>,
+/// Connects with a small receive buffer (set before connecting, so that the
+/// window it advertises is small from the start) and sends `GET target`.
+fn request_small(addr: SocketAddr, target: &str) -> RawConn {
+    let mut conn = RawConn::connect_small(addr, SMALL_RCVBUF);
+    conn.send(&request_bytes("GET", target, &[("Host", "field")])).expect("send request");
+    conn
 }
 
-impl SlowConn {
-    /// Connects and sends `GET target`.
-    fn request(addr: SocketAddr, target: &str) -> SlowConn {
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
-        socket.set_recv_buffer_size(SMALL_RCVBUF).expect("SO_RCVBUF");
-        socket.connect_timeout(&addr.into(), Duration::from_secs(10)).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-        let mut stream: TcpStream = socket.into();
-        stream.set_write_timeout(Some(Duration::from_secs(10))).expect("write timeout");
-        stream.write_all(format!("GET {target} HTTP/1.1\r\nHost: field\r\n\r\n").as_bytes()).expect("send request");
-        SlowConn { stream, buf: Vec::new(), read: vec![0; READ_SIZE] }
-    }
-
-    /// Reads the response head; asserts 200 and returns the Content-Length.
-    /// Body bytes read with it stay buffered for [`SlowConn::read_some`].
-    fn read_head_expecting_200(&mut self) -> usize {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(end) = find(&self.buf, b"\r\n\r\n") {
-                let r = parse_response(&self.buf[..end + 4], true).expect("response head");
-                assert_eq!(r.status, 200, "status; head {:?}", r.headers);
-                self.buf.drain(..end + 4);
-                return r.expect_header("content-length").parse().expect("Content-Length is a number");
-            }
-            let n = self.fill(deadline).expect("response head");
-            self.buf.extend_from_slice(&self.read[..n]);
-        }
-    }
-
-    fn take_buffered(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.buf)
-    }
-
-    /// The buffered bytes if any, else what one read returns (at most
-    /// [`READ_SIZE`]). End of stream and `deadline` are errors.
-    fn read_some(&mut self, deadline: Instant) -> io::Result<&[u8]> {
-        if !self.buf.is_empty() {
-            let buffered = std::mem::take(&mut self.buf);
-            if self.read.len() < buffered.len() {
-                self.read.resize(buffered.len(), 0);
-            }
-            self.read[..buffered.len()].copy_from_slice(&buffered);
-            return Ok(&self.read[..buffered.len()]);
-        }
-        let n = self.fill(deadline)?;
-        Ok(&self.read[..n])
-    }
-
-    /// One read into `self.read`; end of stream and `deadline` are errors.
-    fn fill(&mut self, deadline: Instant) -> io::Result<usize> {
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed while reading"));
-            }
-            self.stream.set_read_timeout(Some(left))?;
-            match self.stream.read(&mut self.read[..READ_SIZE]) {
-                Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the server closed the connection")),
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
+/// Reads the response head; asserts 200 and returns the Content-Length.
+/// Body bytes read with it stay buffered for [`RawConn::read_some`].
+fn read_head_expecting_200(conn: &mut RawConn) -> usize {
+    conn.stream.set_read_timeout(Some(Duration::from_secs(30))).expect("read timeout");
+    let r = conn.read_head().expect("response head");
+    assert_eq!(r.status, 200, "status; head {:?}", r.headers);
+    r.expect_header("content-length").parse().expect("Content-Length is a number")
 }
 
 /// Whether the server's end of the connection from `client_port` is

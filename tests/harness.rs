@@ -31,4 +31,22 @@ fn harness_helpers_are_right() {
     let r = parse_response(chunked, false).expect("parse chunked");
     assert_eq!(r.body, b"abcde");
     assert_eq!(r.header("transfer-ENCODING"), Some("chunked"));
+    let cut = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n", false).expect_err("a head cut short");
+    assert_eq!(cut.kind(), std::io::ErrorKind::InvalidData);
+
+    // Pipelined answers, framed one by one as a connection reads them.
+    let two = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcHTTP/1.1 206 Partial Content\r\n\
+                Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\nde\r\n0\r\nX: y\r\n\r\n";
+    let mut conn = RawConn::over(two);
+    let first = conn.read_response(false).expect("first answer");
+    assert_eq!((first.status, first.body.as_slice(), first.closes()), (200, &b"abc"[..], false));
+    let second = conn.read_response(false).expect("second answer");
+    assert_eq!((second.status, second.body.as_slice(), second.closes()), (206, &b"de"[..], true));
+    assert!(conn.at_end());
+    let mut short = RawConn::over(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab");
+    assert!(short.read_response(false).is_err(), "a body shorter than its Content-Length");
+
+    assert_eq!(content_range("bytes 10-19/100"), Some((10, 19, 100)));
+    assert_eq!(content_range("bytes */100"), None);
+    assert_eq!(content_range("bytes 1-2-3/4"), None);
 }

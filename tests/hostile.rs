@@ -4,8 +4,10 @@
 //!
 //! Every test asserts outcomes (statuses, bodies, closes, timings, memory),
 //! then that the server is still healthy. The tests of this file run one at
-//! a time (`SERIAL`): several of them measure latency or open thousands of
-//! sockets, and would disturb each other on a small machine.
+//! a time (`serial()`): several of them measure latency or open thousands of
+//! sockets, and would disturb each other on a small machine. The flood of
+//! idle and slow connections is second tier (`#[ignore]`, run by
+//! `cargo test -- --ignored`).
 
 mod common;
 
@@ -13,17 +15,10 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::symlink;
-use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// How long any single hostile exchange may take before it counts as a hang.
 const EXCHANGE_DEADLINE: Duration = Duration::from_secs(5);
@@ -32,36 +27,12 @@ const EXCHANGE_DEADLINE: Duration = Duration::from_secs(5);
 /// (or `deadline` passes). Returns every byte received; `Err` only for a
 /// connect or send failure, or a hang past the deadline.
 fn exchange_raw(addr: SocketAddr, bytes: &[u8], deadline: Duration) -> io::Result<Vec<u8>> {
-    let mut stream = TcpStream::connect_timeout(&addr, deadline)?;
-    stream.set_write_timeout(Some(deadline))?;
+    let mut conn = RawConn::try_connect(addr, deadline)?;
+    conn.stream.set_write_timeout(Some(deadline))?;
     // A server may answer and close before it read everything (431): the
     // send can then fail with a reset, and the answer is still to be read.
-    let sent = stream.write_all(bytes);
-    let end = Instant::now() + deadline;
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 64 * 1024];
-    loop {
-        let left = end.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "no end of the answer within {deadline:?} ({} bytes so far: {:?})",
-                    raw.len(),
-                    String::from_utf8_lossy(&raw[..raw.len().min(200)])
-                ),
-            ));
-        }
-        stream.set_read_timeout(Some(left))?;
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break,
-            Err(e) => return Err(e),
-        }
-    }
+    let sent = conn.send(bytes);
+    let (raw, _) = conn.read_to_end(Instant::now() + deadline)?;
     if raw.is_empty() {
         sent?;
     }
@@ -661,7 +632,7 @@ fn check_range_answer(r: &Response, file: &[u8]) -> Result<(), String> {
                 check_multipart(&r.body, boundary.trim_matches('"'), file)?;
             } else {
                 let cr = r.header("content-range").ok_or("206 without Content-Range")?;
-                let (first, last, total) = parse_content_range(cr).ok_or(format!("bad Content-Range {cr:?}"))?;
+                let (first, last, total) = content_range_indices(cr).ok_or(format!("bad Content-Range {cr:?}"))?;
                 if total != len || last < first || last >= len {
                     return Err(format!("206 with Content-Range {cr:?} for a file of {len} bytes"));
                 }
@@ -687,11 +658,10 @@ fn check_range_answer(r: &Response, file: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-fn parse_content_range(v: &str) -> Option<(usize, usize, usize)> {
-    let rest = v.strip_prefix("bytes ")?;
-    let (range, total) = rest.split_once('/')?;
-    let (first, last) = range.split_once('-')?;
-    Some((first.parse().ok()?, last.parse().ok()?, total.parse().ok()?))
+/// [`content_range`] as indices into a file held in memory.
+fn content_range_indices(v: &str) -> Option<(usize, usize, usize)> {
+    let (first, last, total) = content_range(v)?;
+    Some((first.try_into().ok()?, last.try_into().ok()?, total.try_into().ok()?))
 }
 
 fn check_multipart(body: &[u8], boundary: &str, file: &[u8]) -> Result<(), String> {
@@ -713,7 +683,7 @@ fn check_multipart(body: &[u8], boundary: &str, file: &[u8]) -> Result<(), Strin
             .ok_or("multipart: part without Content-Range")?
             .trim()
             .to_string();
-        let (first, last, total) = parse_content_range(&cr).ok_or(format!("multipart: bad Content-Range {cr}"))?;
+        let (first, last, total) = content_range_indices(&cr).ok_or(format!("multipart: bad Content-Range {cr}"))?;
         if total != file.len() || last < first || last >= file.len() {
             return Err(format!("multipart: Content-Range {cr} for {} bytes", file.len()));
         }
@@ -917,6 +887,7 @@ fn read_until_closed(stream: &mut TcpStream, deadline: Instant) -> Result<Vec<u8
 }
 
 #[test]
+#[ignore = "second tier: run by .ci/run (cargo test -- --ignored)"]
 fn slowloris_and_idle_floods_are_cut_and_do_not_starve_normal_clients() {
     let _serial = serial();
     const IDLE: usize = 2_000;
@@ -1077,11 +1048,11 @@ fn clients_that_stop_reading_are_dropped_after_the_write_timeout() {
     fs::write(&config, format!("[http]\nwrite_timeout_ms = {}\n", TIMEOUT.as_millis())).expect("config");
     let server = fx.start_ready_with(&fx.state(), &["--config", config.to_str().unwrap()]);
 
-    let mut large = TcpStream::connect(server.addr).expect("connect");
-    large.write_all(b"GET /logs/dev1/big.log HTTP/1.1\r\nHost: t\r\n\r\n").expect("send");
-    let small = TcpStream::connect(server.addr).expect("connect");
-    let request = b"GET /tiles/world/0/0/0.png HTTP/1.1\r\nHost: t\r\n\r\n";
-    let mut writer = small.try_clone().expect("clone");
+    let mut large = RawConn::connect(server.addr);
+    large.send(&request_bytes("GET", "/logs/dev1/big.log", &[("Host", "t")])).expect("send");
+    let small = RawConn::connect(server.addr);
+    let request = request_bytes("GET", "/tiles/world/0/0/0.png", &[("Host", "t")]);
+    let mut writer = small.stream.try_clone().expect("clone");
     // A thread of its own: once the server stops reading, this write blocks
     // until the server drops the connection (then it fails, as it should).
     let pipelined = thread::spawn(move || {
@@ -1089,7 +1060,7 @@ fn clients_that_stop_reading_are_dropped_after_the_write_timeout() {
         let _ = writer.write_all(&request.repeat(20_000));
     });
     let sent = Instant::now();
-    let ports = [large.local_addr().unwrap().port(), small.local_addr().unwrap().port()];
+    let ports = [large.stream.local_addr().unwrap().port(), small.stream.local_addr().unwrap().port()];
     let open = |port: u16| server_side_established(server.addr.port(), port);
 
     thread::sleep(TIMEOUT / 2);
@@ -1112,9 +1083,9 @@ fn clients_that_stop_reading_are_dropped_after_the_write_timeout() {
     // The large client got its head and a prefix of the file, then the
     // close: an incomplete response (shorter than its Content-Length),
     // whose bytes are the file's.
-    large.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    large.stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut got = Vec::new();
-    let _ = large.read_to_end(&mut got);
+    let _ = large.stream.read_to_end(&mut got);
     let head_end = find(&got, b"\r\n\r\n").expect("the large client got a head") + 4;
     assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"), "head: {:?}", String::from_utf8_lossy(&got[..head_end]));
     let body = &got[head_end..];
@@ -1153,15 +1124,20 @@ fn max_connections_refuses_the_excess_and_recovers() {
 
     // Over the limit: each new connection gets a 503 or is closed, promptly.
     let try_one = |label: &str| -> Result<u16, String> {
-        let mut s = TcpStream::connect_timeout(&server.addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
-        let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-        match read_until_closed(&mut s, Instant::now() + Duration::from_secs(3)) {
-            Ok(bytes) if bytes.is_empty() => Ok(0),
-            Ok(bytes) => parse_response(&bytes, false).map(|r| r.status).map_err(|e| format!("{label}: {e}")),
-            Err(bytes) => {
-                Err(format!("{label}: neither answered nor closed within 3 s ({:?})", String::from_utf8_lossy(&bytes)))
+        let mut conn = RawConn::try_connect(server.addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+        let _ = conn.send(&request_bytes("GET", "/healthz", &[("Host", "t"), ("Connection", "close")]));
+        let bytes = match conn.read_to_end(Instant::now() + Duration::from_secs(3)) {
+            Ok((bytes, _)) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                return Err(format!("{label}: neither answered nor closed within 3 s ({e})"));
             }
+            // Any other error: closed.
+            Err(_) => conn.take_buffered(),
+        };
+        if bytes.is_empty() {
+            return Ok(0);
         }
+        parse_response(&bytes, false).map(|r| r.status).map_err(|e| format!("{label}: {e}"))
     };
     let mut refused = Vec::new();
     for i in 0..10 {

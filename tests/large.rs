@@ -1,5 +1,6 @@
 //! Large files: which path their bytes take (memory, sendfile, buffered), what
-//! happens when a file shrinks while it is being sent, and offsets past 4 GiB.
+//! happens when a file shrinks while it is being sent, and offsets past 4 GiB
+//! (a 5 GiB sparse file, read whole: second tier, `cargo test -- --ignored`).
 
 mod common;
 
@@ -262,6 +263,7 @@ fn stream_body(conn: &mut RawConn, what: &str, first: u64, len: u64, deadline: I
 }
 
 #[test]
+#[ignore = "second tier: run by .ci/run (cargo test -- --ignored)"]
 fn five_gigabyte_sparse_file_whole_and_tail() {
     let fx = Fixture::new();
     make_huge(&fx.logs().join("meter").join("huge.bin"));

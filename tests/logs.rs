@@ -245,10 +245,11 @@ fn follow_streams_appends_and_ends_on_rotation() {
     write_file(&path, &start);
     let server = fx.start_ready();
     let offset = start.len() - lines(99, 100).len();
-    let mut stream = TcpStream::connect(server.addr).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
-    let req = format!("GET /logs/rtu/live.log?follow HTTP/1.1\r\nHost: t\r\nRange: bytes={offset}-\r\n\r\n");
-    stream.write_all(req.as_bytes()).expect("send");
+    let mut conn = RawConn::connect(server.addr);
+    conn.stream.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+    let range = format!("bytes={offset}-");
+    conn.send(&request_bytes("GET", "/logs/rtu/live.log?follow", &[("Host", "t"), ("Range", &range)])).expect("send");
+    let stream = &mut conn.stream;
     let mut got = Vec::new();
     let read_until = |stream: &mut TcpStream, got: &mut Vec<u8>, needle: &[u8], within: Duration| -> bool {
         let deadline = Instant::now() + within;
@@ -265,7 +266,7 @@ fn follow_streams_appends_and_ends_on_rotation() {
         }
         find(got, needle).is_some()
     };
-    assert!(read_until(&mut stream, &mut got, &lines(99, 100), Duration::from_secs(3)), "the start never came");
+    assert!(read_until(stream, &mut got, &lines(99, 100), Duration::from_secs(3)), "the start never came");
     let head = String::from_utf8_lossy(&got).to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(head.contains("transfer-encoding: chunked"));
@@ -275,10 +276,7 @@ fn follow_streams_appends_and_ends_on_rotation() {
         let line = lines(100 + i, 101 + i);
         let sent = Instant::now();
         append_file(&path, &line);
-        assert!(
-            read_until(&mut stream, &mut got, &line, Duration::from_secs(1)),
-            "append {i} not streamed within a second"
-        );
+        assert!(read_until(stream, &mut got, &line, Duration::from_secs(1)), "append {i} not streamed within a second");
         assert!(sent.elapsed() < Duration::from_secs(1));
     }
 
@@ -286,7 +284,7 @@ fn follow_streams_appends_and_ends_on_rotation() {
     std::fs::rename(&path, fx.logs().join("rtu").join("live.log.1")).expect("rotate");
     write_file(&path, b"new file\n");
     assert!(
-        read_until(&mut stream, &mut got, b"\r\n0\r\n\r\n", Duration::from_secs(8)),
+        read_until(stream, &mut got, b"\r\n0\r\n\r\n", Duration::from_secs(8)),
         "the stream did not end on rotation"
     );
     assert!(find(&got, b"new file").is_none(), "the old stream must not switch files");
@@ -308,9 +306,10 @@ fn follow_ends_on_copytruncate_without_the_new_lines() {
     let start = lines(0, 2_000);
     write_file(&path, &start);
     let server = fx.start_ready();
-    let mut stream = TcpStream::connect(server.addr).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
-    stream.write_all(b"GET /logs/rtu/live.log?follow HTTP/1.1\r\nHost: t\r\n\r\n").expect("send");
+    let mut conn = RawConn::connect(server.addr);
+    conn.stream.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+    conn.send(&request_bytes("GET", "/logs/rtu/live.log?follow", &[("Host", "t")])).expect("send");
+    let stream = &mut conn.stream;
     let mut got = Vec::new();
     let mut buf = [0u8; 65536];
     let mut read_until = |got: &mut Vec<u8>, needle: &[u8], within: Duration| -> bool {
@@ -349,12 +348,12 @@ fn a_departed_follower_frees_its_slot() {
     std::fs::write(&config, "[http]\nmax_followers = 1\n").expect("config");
     let server = fx.start_ready_with(&fx.state(), &["--config", config.to_str().expect("utf-8")]);
     let open = || {
-        let mut s = TcpStream::connect(server.addr).expect("connect");
-        s.write_all(b"GET /logs/rtu/quiet.log?follow HTTP/1.1\r\nHost: t\r\n\r\n").expect("send");
-        s.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+        let mut conn = RawConn::connect(server.addr);
+        conn.send(&request_bytes("GET", "/logs/rtu/quiet.log?follow", &[("Host", "t")])).expect("send");
+        conn.stream.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
         let mut buf = [0u8; 4096];
-        let n = s.read(&mut buf).expect("a response");
-        (s, String::from_utf8_lossy(&buf[..n]).to_string())
+        let n = conn.stream.read(&mut buf).expect("a response");
+        (conn, String::from_utf8_lossy(&buf[..n]).to_string())
     };
     let (first, head) = open();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");

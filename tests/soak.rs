@@ -8,8 +8,9 @@
 //! length that changes with the version; logs are fixed-width lines naming the
 //! log, its generation (a rotation starts a new one) and the line number.
 //!
-//! For [`SOAK`] (or `TESSERA_SOAK_SECS` seconds, to run longer by hand),
-//! client threads send keep-alive GETs of random tiles (plain, gzip,
+//! Second tier (`#[ignore]`: `cargo test -- --ignored`). For [`SOAK`] (or
+//! `TESSERA_SOAK_SECS` seconds, to run longer by hand), client threads send
+//! keep-alive GETs ([`KeepAlive`]) of random tiles (plain, gzip,
 //! If-None-Match, Range), HEADs, `/tiles`, TileJSON, `/logs`, and log
 //! downloads (whole, ranges, `bytes=N-` resumes), and one more hammers the few
 //! tiles rewritten in place most often, while one churn thread replaces tiles
@@ -28,8 +29,8 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -60,8 +61,6 @@ const ROTATE_EVERY: Duration = Duration::from_millis(1500);
 const EPHEMERAL_EVERY: Duration = Duration::from_millis(2500);
 /// At most this many tiles are deleted at once.
 const MAX_DELETED: usize = 24;
-/// Socket timeout of the soak's clients.
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn soak_duration() -> Duration {
     match std::env::var("TESSERA_SOAK_SECS") {
@@ -463,187 +462,6 @@ fn churn(fx_tiles: &Path, fx_logs: &Path, shared: &Shared, deadline: Instant) {
 }
 
 // ---------------------------------------------------------------------------
-// A keep-alive client
-// ---------------------------------------------------------------------------
-
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-
-    fn closes(&self) -> bool {
-        self.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"))
-    }
-}
-
-enum Failure {
-    /// No complete head came back.
-    NoHead(io::Error),
-    /// The head came, then the connection ended inside the body.
-    EarlyClose { status: u16, got: usize, expected: usize, error: io::Error },
-    /// The answer could not be framed.
-    Garbled(String),
-}
-
-struct Client {
-    addr: SocketAddr,
-    conn: Option<(TcpStream, Vec<u8>)>,
-    connects: u64,
-}
-
-impl Client {
-    fn new(addr: SocketAddr) -> Client {
-        Client { addr, conn: None, connects: 0 }
-    }
-
-    fn exchange(&mut self, method: &str, target: &str, headers: &[(&str, String)]) -> Result<Answer, Failure> {
-        let result = self.try_exchange(method, target, headers);
-        match &result {
-            Ok(answer) if !answer.closes() => {}
-            _ => self.conn = None,
-        }
-        result
-    }
-
-    fn try_exchange(&mut self, method: &str, target: &str, headers: &[(&str, String)]) -> Result<Answer, Failure> {
-        if self.conn.is_none() {
-            let stream = TcpStream::connect_timeout(&self.addr, IO_TIMEOUT).map_err(Failure::NoHead)?;
-            stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(Failure::NoHead)?;
-            stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(Failure::NoHead)?;
-            stream.set_nodelay(true).map_err(Failure::NoHead)?;
-            self.conn = Some((stream, Vec::new()));
-            self.connects += 1;
-        }
-        let (stream, buf) = self.conn.as_mut().expect("connected");
-        let mut req = format!("{method} {target} HTTP/1.1\r\nHost: soak.test\r\n");
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str("\r\n");
-        stream.write_all(req.as_bytes()).map_err(Failure::NoHead)?;
-
-        // The head.
-        let (status, head_headers, head_len) = loop {
-            let mut hdrs = [httparse::EMPTY_HEADER; 64];
-            let mut parsed = httparse::Response::new(&mut hdrs);
-            match parsed.parse(buf) {
-                Ok(httparse::Status::Complete(n)) => {
-                    let status = parsed.code.ok_or_else(|| Failure::Garbled("no status".into()))?;
-                    let headers: Vec<(String, String)> = parsed
-                        .headers
-                        .iter()
-                        .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).trim().to_string()))
-                        .collect();
-                    break (status, headers, n);
-                }
-                Ok(httparse::Status::Partial) => match fill(stream, buf) {
-                    Ok(0) => {
-                        // Nothing at all (UnexpectedEof), or half a head (a garbled answer).
-                        let kind =
-                            if buf.is_empty() { io::ErrorKind::UnexpectedEof } else { io::ErrorKind::InvalidData };
-                        return Err(Failure::NoHead(io::Error::new(
-                            kind,
-                            format!("closed after {} bytes of head", buf.len()),
-                        )));
-                    }
-                    Ok(_) => {}
-                    Err(e) => return Err(Failure::NoHead(e)),
-                },
-                Err(e) => {
-                    return Err(Failure::Garbled(format!(
-                        "unparsable head ({e}): {:?}",
-                        String::from_utf8_lossy(&buf[..buf.len().min(200)])
-                    )))
-                }
-            }
-        };
-        buf.drain(..head_len);
-        let answer = Answer { status, headers: head_headers, body: Vec::new() };
-        let bodyless = method == "HEAD" || status == 204 || status == 304 || (100..200).contains(&status);
-        if bodyless {
-            return Ok(answer);
-        }
-        let chunked = answer.header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
-        let body = if chunked {
-            read_chunked(stream, buf).map_err(|e| Failure::EarlyClose { status, got: 0, expected: 0, error: e })?
-        } else if let Some(len) = answer.header("content-length") {
-            let len: usize = len.parse().map_err(|_| Failure::Garbled(format!("Content-Length {len:?}")))?;
-            while buf.len() < len {
-                let got = buf.len();
-                match fill(stream, buf) {
-                    Ok(0) => {
-                        return Err(Failure::EarlyClose {
-                            status,
-                            got,
-                            expected: len,
-                            error: io::Error::new(io::ErrorKind::UnexpectedEof, "closed"),
-                        })
-                    }
-                    Ok(_) => {}
-                    Err(e) => return Err(Failure::EarlyClose { status, got, expected: len, error: e }),
-                }
-            }
-            buf.drain(..len).collect()
-        } else {
-            return Err(Failure::Garbled(format!("{status} with neither length nor chunking")));
-        };
-        Ok(Answer { body, ..answer })
-    }
-}
-
-fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
-    let mut chunk = [0u8; 64 * 1024];
-    loop {
-        match stream.read(&mut chunk) {
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                return Ok(n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    let line = |stream: &mut TcpStream, buf: &mut Vec<u8>| -> io::Result<String> {
-        loop {
-            if let Some(i) = find(buf, b"\r\n") {
-                let text = String::from_utf8_lossy(&buf[..i]).into_owned();
-                buf.drain(..i + 2);
-                return Ok(text);
-            }
-            if fill(stream, buf)? == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed in a chunk"));
-            }
-        }
-    };
-    loop {
-        let size_line = line(stream, buf)?;
-        let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("chunk size {size_line:?}")))?;
-        if size == 0 {
-            while !line(stream, buf)?.is_empty() {}
-            return Ok(out);
-        }
-        while buf.len() < size + 2 {
-            if fill(stream, buf)? == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed in a chunk"));
-            }
-        }
-        out.extend_from_slice(&buf[..size]);
-        buf.drain(..size + 2);
-    }
-}
-
-// ---------------------------------------------------------------------------
 // Checking answers
 // ---------------------------------------------------------------------------
 
@@ -704,14 +522,6 @@ impl Stats {
     }
 }
 
-/// `bytes FIRST-LAST/TOTAL` → (first, last, total).
-fn content_range(v: &str) -> Option<(u64, u64, u64)> {
-    let rest = v.strip_prefix("bytes ")?;
-    let (range, total) = rest.split_once('/')?;
-    let (first, last) = range.split_once('-')?;
-    Some((first.parse().ok()?, last.parse().ok()?, total.parse().ok()?))
-}
-
 /// The length part of a file ETag (`"{mtime:x}-{len:x}"`), if it has that shape.
 fn etag_len(etag: &str) -> Option<u64> {
     let inner = etag.strip_prefix('"')?.strip_suffix('"')?;
@@ -721,7 +531,7 @@ fn etag_len(etag: &str) -> Option<u64> {
 }
 
 /// Where a body sits in its file: (offset, total length), from a 200 or 206.
-fn placement(a: &Answer) -> Result<(u64, u64), String> {
+fn placement(a: &Response) -> Result<(u64, u64), String> {
     let len = a.body.len() as u64;
     match a.status {
         200 => {
@@ -759,7 +569,7 @@ const PAGE: u64 = 4096;
 
 /// The representation a tile answer is: stored bytes (gzip as stored, or a
 /// raster tile) or the decompressed content of a gzipped vector tile.
-fn check_tile_body(tile: &Tile, a: &Answer, want_gzip: bool) -> Result<Verdict, String> {
+fn check_tile_body(tile: &Tile, a: &Response, want_gzip: bool) -> Result<Verdict, String> {
     let (offset, total) = placement(a)?;
     // Truncated and not yet written: what the file of a tile rewritten in
     // place holds for a moment (not even gzip, then).
@@ -827,7 +637,7 @@ fn check_tile_body(tile: &Tile, a: &Answer, want_gzip: bool) -> Result<Verdict, 
 
 /// A log answer: a slice of some generation's stream (growing logs: any
 /// length), or of the exact bytes of a static log.
-fn check_log_body(log: &LogSpec, statics: &HashMap<&str, Vec<u8>>, a: &Answer, max_gen: u64) -> Result<u64, String> {
+fn check_log_body(log: &LogSpec, statics: &HashMap<&str, Vec<u8>>, a: &Response, max_gen: u64) -> Result<u64, String> {
     let (offset, total) = placement(a)?;
     if let Some(len) = a.header("etag").and_then(etag_len) {
         if len != total {
@@ -880,7 +690,7 @@ fn client(
 ) -> Stats {
     let mut rng = Rng::new(seed);
     let mut stats = Stats::default();
-    let mut client = Client::new(addr);
+    let mut client = KeepAlive::new(addr, "soak.test");
     let tiles: Vec<Vec<Tile>> = (0..TILESETS.len()).map(pyramid).collect();
     let hot_in_place: Vec<Tile> = tiles.iter().flatten().copied().filter(|t| t.in_place() && t.z <= 2).collect();
     // Those sent by sendfile (larger than the memory cache's files): a body
@@ -939,7 +749,7 @@ fn client(
             if tile.in_place() && !outside {
                 stats.in_place_requests += 1;
             }
-            let answer = match client.exchange(method, &url, &headers) {
+            let answer = match client.exchange(method, &url, &pairs(&headers)) {
                 Ok(a) => a,
                 Err(f) => {
                     transport_failure(&mut stats, f, method, &url, &headers, tile.in_place() && !outside);
@@ -1064,7 +874,7 @@ fn client(
             let method = if kind == "log HEAD" { "HEAD" } else { "GET" };
             stats.requests += 1;
             *stats.by_kind.entry(kind).or_default() += 1;
-            let answer = match client.exchange(method, &url, &headers) {
+            let answer = match client.exchange(method, &url, &pairs(&headers)) {
                 Ok(a) => a,
                 Err(f) => {
                     transport_failure(&mut stats, f, method, &url, &headers, false);
@@ -1121,6 +931,11 @@ fn client(
     stats
 }
 
+/// A request's headers as [`KeepAlive::exchange`] takes them.
+fn pairs<'a>(headers: &'a [(&'a str, String)]) -> Vec<(&'a str, &'a str)> {
+    headers.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
 fn transport_failure(
     stats: &mut Stats,
     failure: Failure,
@@ -1151,7 +966,7 @@ fn transport_failure(
     }
 }
 
-fn check_listing(kind: &str, url: &str, a: &Answer) -> Result<(), String> {
+fn check_listing(kind: &str, url: &str, a: &Response) -> Result<(), String> {
     let ephemeral_json = format!("/tiles/{}.json", TILESETS[EPHEMERAL].name);
     if a.status == 404 && url == ephemeral_json {
         return Ok(());
@@ -1278,6 +1093,7 @@ fn catalog_logs(server: &Server) -> BTreeMap<String, u64> {
 // ---------------------------------------------------------------------------
 
 #[test]
+#[ignore = "second tier: run by .ci/run (cargo test -- --ignored)"]
 fn soak_mixed_traffic_under_churn() {
     let soak = soak_duration();
     let fx = Fixture::new();

@@ -15,7 +15,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -50,6 +50,17 @@ pub fn skip(reason: &str) {
         panic!("this test cannot run here and TESSERA_REQUIRE_ALL_TESTS is set: {reason}");
     }
     eprintln!("SKIPPED: {reason}");
+}
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Held for the whole of a test that must not overlap another such test of
+/// its binary: it measures latency or timeouts, streams hundreds of megabytes,
+/// opens thousands of sockets or starves the server of descriptors, and on a
+/// small machine such tests would disturb each other. A test that panicked
+/// while holding it does not fail the next.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 // ---------------------------------------------------------------------------
@@ -380,8 +391,17 @@ pub fn run_tessera(args: &[OsString]) -> (ExitStatus, String, String) {
 }
 
 // ---------------------------------------------------------------------------
-// Raw HTTP/1.1 client
+// The HTTP/1.1 client
 // ---------------------------------------------------------------------------
+//
+// The tests' requests all go through `RawConn`: `http_request` (one request
+// with `Connection: close`, read to the close), `KeepAlive` (one connection
+// reused across requests), and tests that pipeline, stall or read bodies
+// themselves (`RawConn::stream`, `RawConn::take_buffered`). `parse_response`
+// and `RawConn::over` frame bytes already received with the same code, so
+// there is one head parser and one chunked decoder. (The floods of
+// tests/hostile.rs hold bare sockets: they send a few bytes, or none, and
+// only watch for the close.)
 
 #[derive(Debug, Clone)]
 pub struct Response {
@@ -416,39 +436,53 @@ impl Response {
             Err(e) => panic!("body is not JSON ({e}): {}", self.text()),
         }
     }
+
+    /// Whether the body is framed by chunked transfer coding.
+    pub fn is_chunked(&self) -> bool {
+        self.header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
+    }
+
+    /// Whether the server said it closes the connection after this answer.
+    pub fn closes(&self) -> bool {
+        self.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    }
+}
+
+/// Whether a response has no body whatever its headers say: the answer to a
+/// HEAD, a 1xx, 204 or 304.
+fn bodyless(head_request: bool, status: u16) -> bool {
+    head_request || status == 204 || status == 304 || (100..200).contains(&status)
+}
+
+/// `bytes FIRST-LAST/TOTAL` (the Content-Range of a 206 or of one part of a
+/// `multipart/byteranges` body) as (first, last, total).
+pub fn content_range(v: &str) -> Option<(u64, u64, u64)> {
+    let rest = v.strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (first, last) = range.split_once('-')?;
+    Some((first.parse().ok()?, last.parse().ok()?, total.parse().ok()?))
+}
+
+/// The bytes of `METHOD TARGET HTTP/1.1` with exactly `headers` (no Host or
+/// Connection added: pass them if wanted) and the empty line.
+pub fn request_bytes(method: &str, target: &str, headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut req = format!("{method} {target} HTTP/1.1\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.into_bytes()
 }
 
 /// Sends `METHOD TARGET HTTP/1.1` with `Host` and `Connection: close` plus `headers`,
 /// reads to EOF and parses the answer. The target is sent exactly as given.
 pub fn http_request(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)]) -> io::Result<Response> {
-    let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let mut req = Vec::new();
-    req.extend_from_slice(method.as_bytes());
-    req.push(b' ');
-    req.extend_from_slice(target.as_bytes());
-    req.extend_from_slice(b" HTTP/1.1\r\n");
-    req.extend_from_slice(format!("Host: {addr}\r\nConnection: close\r\n").as_bytes());
-    for (k, v) in headers {
-        req.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
-    }
-    req.extend_from_slice(b"\r\n");
-    stream.write_all(&req)?;
-    stream.flush()?;
-
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 64 * 1024];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            // A reset after a complete answer (server closed with unread input) is fine.
-            Err(e) if !raw.is_empty() && e.kind() == io::ErrorKind::ConnectionReset => break,
-            Err(e) => return Err(e),
-        }
-    }
+    let host = addr.to_string();
+    let mut all = vec![("Host", host.as_str()), ("Connection", "close")];
+    all.extend_from_slice(headers);
+    let mut conn = RawConn::try_connect(addr, IO_TIMEOUT)?;
+    conn.send(&request_bytes(method, target, &all))?;
+    let raw = conn.read_until_closed()?;
     parse_response(&raw, method.eq_ignore_ascii_case("HEAD"))
 }
 
@@ -456,57 +490,26 @@ fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
 }
 
+/// Parses everything a server sent for one request, up to its close: the
+/// head, then the de-chunked body if chunked, else every byte after the head
+/// (for a HEAD, 204 or 304 these must be none, and for a body whatever its
+/// Content-Length says: the caller compares).
 pub fn parse_response(raw: &[u8], head_request: bool) -> io::Result<Response> {
-    let mut hdrs = [httparse::EMPTY_HEADER; 128];
-    let mut parsed = httparse::Response::new(&mut hdrs);
-    let head_len = match parsed.parse(raw) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return Err(invalid(format!(
-                "incomplete response head ({} bytes): {:?}",
-                raw.len(),
-                String::from_utf8_lossy(&raw[..raw.len().min(512)])
-            )))
-        }
-        Err(e) => {
-            return Err(invalid(format!(
-                "unparsable response ({e}): {:?}",
-                String::from_utf8_lossy(&raw[..raw.len().min(512)])
-            )))
-        }
+    let mut conn = RawConn::over(raw);
+    let head = conn.read_head().map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => invalid(format!(
+            "incomplete response head ({} bytes): {:?}",
+            raw.len(),
+            String::from_utf8_lossy(&raw[..raw.len().min(512)])
+        )),
+        _ => e,
+    })?;
+    let body = if head.is_chunked() && !bodyless(head_request, head.status) {
+        conn.read_chunked()?
+    } else {
+        conn.read_rest()?
     };
-    let status = parsed.code.ok_or_else(|| invalid("no status code".into()))?;
-    let headers = owned_headers(parsed.headers);
-    let rest = &raw[head_len..];
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked"));
-    let bodyless = head_request || status == 204 || status == 304 || (100..200).contains(&status);
-    let body = if chunked && !bodyless { decode_chunked(rest)? } else { rest.to_vec() };
-    Ok(Response { status, headers, body })
-}
-
-fn decode_chunked(mut data: &[u8]) -> io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = find(data, b"\r\n").ok_or_else(|| invalid("chunk size line".into()))?;
-        let line = std::str::from_utf8(&data[..line_end]).map_err(|_| invalid("chunk size not UTF-8".into()))?;
-        let size_str = line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_str, 16).map_err(|_| invalid(format!("bad chunk size {size_str:?}")))?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            // Trailers (ignored) follow until an empty line.
-            return Ok(out);
-        }
-        if data.len() < size + 2 {
-            return Err(invalid("truncated chunk".into()));
-        }
-        out.extend_from_slice(&data[..size]);
-        if &data[size..size + 2] != b"\r\n" {
-            return Err(invalid("chunk not followed by CRLF".into()));
-        }
-        data = &data[size + 2..];
-    }
+    Ok(Response { body, ..head })
 }
 
 /// Where `needle` first occurs in `hay` (None for an empty needle).
@@ -524,6 +527,371 @@ fn owned_headers(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
 
 pub fn contains_bytes(hay: &[u8], needle: &[u8]) -> bool {
     find(hay, needle).is_some()
+}
+
+/// Headers as a comparable set: names lowercased, values trimmed, sorted (so
+/// order-insensitive but multi-valued), without the names in `exclude`.
+pub fn header_set(r: &Response, exclude: &[&str]) -> Vec<(String, String)> {
+    let mut set: Vec<(String, String)> = r
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_string()))
+        .filter(|(k, _)| !exclude.contains(&k.as_str()))
+        .collect();
+    set.sort();
+    set
+}
+
+/// How a read of a connection to its end finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The peer closed (read returned 0).
+    Eof,
+    /// The peer reset the connection.
+    Reset,
+}
+
+/// One client connection that reads responses one at a time, framed by
+/// `Content-Length` or chunked encoding, keeping whatever follows for the next.
+/// Over a byte slice ([`RawConn::over`]) it frames responses already received.
+pub struct RawConn<S = TcpStream> {
+    pub stream: S,
+    buf: Vec<u8>,
+}
+
+impl RawConn {
+    pub fn connect(addr: SocketAddr) -> RawConn {
+        RawConn::try_connect(addr, IO_TIMEOUT).unwrap_or_else(|e| panic!("connect {addr}: {e}"))
+    }
+
+    /// A connection, or why not: refused, or no handshake within `timeout`.
+    pub fn try_connect(addr: SocketAddr, timeout: Duration) -> io::Result<RawConn> {
+        let stream = TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(RawConn { stream, buf: Vec::new() })
+    }
+
+    /// A connection whose receive buffer is `rcvbuf` bytes (set before the
+    /// handshake, so the window it advertises stays that small): a field
+    /// device's modest socket, or a reader the server can fill quickly.
+    pub fn connect_small(addr: SocketAddr, rcvbuf: usize) -> RawConn {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+        socket.set_recv_buffer_size(rcvbuf).expect("SO_RCVBUF");
+        socket.connect_timeout(&addr.into(), IO_TIMEOUT).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        let stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(IO_TIMEOUT)).expect("read timeout");
+        stream.set_write_timeout(Some(IO_TIMEOUT)).expect("write timeout");
+        RawConn { stream, buf: Vec::new() }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)?;
+        self.stream.flush()
+    }
+
+    /// Reads until the peer closes, waiting at most the socket's read timeout
+    /// for each read; a reset after some bytes counts as the close (a server
+    /// may close with input unread). Returns every byte not yet consumed.
+    pub fn read_until_closed(&mut self) -> io::Result<Vec<u8>> {
+        loop {
+            match self.fill() {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if !self.buf.is_empty() && e.kind() == io::ErrorKind::ConnectionReset => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(std::mem::take(&mut self.buf))
+    }
+
+    /// Reads everything up to the end of the stream (EOF or reset), giving up with
+    /// `TimedOut` at `deadline`. Returns the unconsumed bytes and how it ended;
+    /// after another error they stay buffered ([`RawConn::take_buffered`]).
+    pub fn read_to_end(&mut self, deadline: Instant) -> io::Result<(Vec<u8>, Ending)> {
+        let ending = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let _ = self.stream.set_read_timeout(Some(IO_TIMEOUT));
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "no end of stream by the deadline ({} bytes pending: {:?})",
+                        self.buf.len(),
+                        self.preview()
+                    ),
+                ));
+            }
+            self.stream.set_read_timeout(Some(left.min(Duration::from_millis(100))))?;
+            match self.fill() {
+                Ok(0) => break Ending::Eof,
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break Ending::Reset,
+                Err(e) => return Err(e),
+            }
+        };
+        self.stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        Ok((std::mem::take(&mut self.buf), ending))
+    }
+
+    /// What a reader with a small buffer gets: the bytes already buffered if
+    /// any, else what one read of at most `max` bytes returns. End of stream
+    /// and `deadline` are errors.
+    pub fn read_some(&mut self, max: usize, deadline: Instant) -> io::Result<Vec<u8>> {
+        if !self.buf.is_empty() {
+            return Ok(std::mem::take(&mut self.buf));
+        }
+        let mut chunk = vec![0u8; max];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed while reading"));
+            }
+            self.stream.set_read_timeout(Some(left))?;
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the server closed the connection")),
+                Ok(n) => {
+                    chunk.truncate(n);
+                    return Ok(chunk);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl<'a> RawConn<&'a [u8]> {
+    /// Frames responses already received: `bytes` is all there is, and their
+    /// end is the connection's.
+    pub fn over(bytes: &'a [u8]) -> RawConn<&'a [u8]> {
+        RawConn { stream: bytes, buf: Vec::new() }
+    }
+
+    /// Whether every byte has been consumed.
+    pub fn at_end(&self) -> bool {
+        self.buf.is_empty() && self.stream.is_empty()
+    }
+}
+
+impl<S: Read> RawConn<S> {
+    /// Bytes read but not yet consumed by a response.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Takes the bytes read but not yet consumed (after [`RawConn::read_head`]: the
+    /// start of the body), so that the caller can go on reading `stream` itself.
+    pub fn take_buffered(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+
+    /// Reads more into the buffer; `Ok(0)` at end of stream.
+    fn fill(&mut self) -> io::Result<usize> {
+        let mut chunk = [0u8; 64 * 1024];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn fill_or_eof_error(&mut self, what: &str) -> io::Result<()> {
+        if self.fill()? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("connection closed in {what} ({} bytes pending: {:?})", self.buf.len(), self.preview()),
+            ));
+        }
+        Ok(())
+    }
+
+    fn preview(&self) -> String {
+        String::from_utf8_lossy(&self.buf[..self.buf.len().min(300)]).into_owned()
+    }
+
+    /// Reads exactly one response (an interim 1xx counts as one). `head_request`:
+    /// the request was HEAD, so the response has no body whatever its headers say.
+    /// A response with neither length nor chunking is read to end of stream.
+    pub fn read_response(&mut self, head_request: bool) -> io::Result<Response> {
+        let head = self.read_head()?;
+        let body = if bodyless(head_request, head.status) {
+            Vec::new()
+        } else if head.is_chunked() {
+            self.read_chunked()?
+        } else if let Some(len) = head.header("content-length") {
+            let len: usize = len.parse().map_err(|_| invalid(format!("bad Content-Length {len:?}")))?;
+            self.read_body(len)?
+        } else {
+            self.read_rest()?
+        };
+        Ok(Response { body, ..head })
+    }
+
+    /// Reads one response head only (the returned body is empty); whatever was read
+    /// past it stays buffered, see [`RawConn::take_buffered`]. An unparsable head is
+    /// `InvalidData`; an end of stream before a whole head is `UnexpectedEof`, with
+    /// what came of it still buffered.
+    pub fn read_head(&mut self) -> io::Result<Response> {
+        let (status, headers, head_len) = loop {
+            let mut hdrs = [httparse::EMPTY_HEADER; 128];
+            let mut parsed = httparse::Response::new(&mut hdrs);
+            match parsed.parse(&self.buf) {
+                Ok(httparse::Status::Complete(n)) => {
+                    let status = parsed.code.ok_or_else(|| invalid("no status code".into()))?;
+                    break (status, owned_headers(parsed.headers), n);
+                }
+                Ok(httparse::Status::Partial) => self.fill_or_eof_error("a response head")?,
+                Err(e) => return Err(invalid(format!("unparsable response ({e}): {:?}", self.preview()))),
+            }
+        };
+        self.buf.drain(..head_len);
+        Ok(Response { status, headers, body: Vec::new() })
+    }
+
+    /// Reads a body of exactly `len` bytes. An end of stream before it is an
+    /// error, and what did arrive stays buffered.
+    pub fn read_body(&mut self, len: usize) -> io::Result<Vec<u8>> {
+        while self.buf.len() < len {
+            self.fill_or_eof_error("a body")?;
+        }
+        Ok(self.buf.drain(..len).collect())
+    }
+
+    /// Reads to the end of the stream: a body delimited by the close.
+    pub fn read_rest(&mut self) -> io::Result<Vec<u8>> {
+        while self.fill()? > 0 {}
+        Ok(std::mem::take(&mut self.buf))
+    }
+
+    /// Reads a chunked body through its last chunk and trailers; returns it de-chunked.
+    pub fn read_chunked(&mut self) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        loop {
+            let line_end = loop {
+                match find(&self.buf, b"\r\n") {
+                    Some(i) => break i,
+                    None => self.fill_or_eof_error("a chunk size line")?,
+                }
+            };
+            let line = String::from_utf8_lossy(&self.buf[..line_end]).into_owned();
+            let size_str = line.split(';').next().unwrap_or("").trim();
+            let size =
+                usize::from_str_radix(size_str, 16).map_err(|_| invalid(format!("bad chunk size {size_str:?}")))?;
+            self.buf.drain(..line_end + 2);
+            if size == 0 {
+                // Trailers until an empty line.
+                loop {
+                    let end = loop {
+                        match find(&self.buf, b"\r\n") {
+                            Some(i) => break i,
+                            None => self.fill_or_eof_error("chunked trailers")?,
+                        }
+                    };
+                    self.buf.drain(..end + 2);
+                    if end == 0 {
+                        return Ok(out);
+                    }
+                }
+            }
+            while self.buf.len() < size + 2 {
+                self.fill_or_eof_error("a chunk")?;
+            }
+            out.extend_from_slice(&self.buf[..size]);
+            if &self.buf[size..size + 2] != b"\r\n" {
+                return Err(invalid("chunk not followed by CRLF".into()));
+            }
+            self.buf.drain(..size + 2);
+        }
+    }
+}
+
+/// Why a [`KeepAlive`] exchange failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// No whole head came back: the connect, the send or a read failed, or the
+    /// connection ended first (`UnexpectedEof` if nothing came, `InvalidData`
+    /// after part of a head).
+    NoHead(io::Error),
+    /// The head came, then the connection ended inside the body, after `got`
+    /// of its `expected` bytes (0 of 0 for a chunked body).
+    EarlyClose { status: u16, got: usize, expected: usize, error: io::Error },
+    /// The answer could not be framed: an unparsable head, a bad
+    /// Content-Length, or neither a length nor chunking on a kept-alive connection.
+    Garbled(String),
+}
+
+/// A client that keeps one connection alive across requests, as map clients
+/// and dashboards do: it connects when it has none, sends each request with
+/// `Host` (and no `Connection` header), and drops the connection after a
+/// failure or an answer that closes it.
+pub struct KeepAlive {
+    addr: SocketAddr,
+    host: String,
+    conn: Option<RawConn>,
+    /// Connections opened so far.
+    pub connects: u64,
+}
+
+impl KeepAlive {
+    pub fn new(addr: SocketAddr, host: &str) -> KeepAlive {
+        KeepAlive { addr, host: host.to_string(), conn: None, connects: 0 }
+    }
+
+    /// One request and its whole answer.
+    pub fn exchange(&mut self, method: &str, target: &str, headers: &[(&str, &str)]) -> Result<Response, Failure> {
+        let result = self.try_exchange(method, target, headers);
+        if !matches!(&result, Ok(answer) if !answer.closes()) {
+            self.conn = None;
+        }
+        result
+    }
+
+    fn try_exchange(&mut self, method: &str, target: &str, headers: &[(&str, &str)]) -> Result<Response, Failure> {
+        if self.conn.is_none() {
+            let conn = RawConn::try_connect(self.addr, IO_TIMEOUT).map_err(Failure::NoHead)?;
+            conn.stream.set_nodelay(true).map_err(Failure::NoHead)?;
+            self.conn = Some(conn);
+            self.connects += 1;
+        }
+        let conn = self.conn.as_mut().expect("connected");
+        let mut all = vec![("Host", self.host.as_str())];
+        all.extend_from_slice(headers);
+        conn.send(&request_bytes(method, target, &all)).map_err(Failure::NoHead)?;
+        let head = match conn.read_head() {
+            Ok(head) => head,
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => return Err(Failure::Garbled(e.to_string())),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !conn.buffered().is_empty() => {
+                let part = conn.buffered().len();
+                return Err(Failure::NoHead(invalid(format!("closed after {part} bytes of head"))));
+            }
+            Err(e) => return Err(Failure::NoHead(e)),
+        };
+        let status = head.status;
+        if bodyless(method.eq_ignore_ascii_case("HEAD"), status) {
+            return Ok(head);
+        }
+        let body = if head.is_chunked() {
+            conn.read_chunked().map_err(|error| Failure::EarlyClose { status, got: 0, expected: 0, error })?
+        } else if let Some(len) = head.header("content-length") {
+            let len: usize = len.parse().map_err(|_| Failure::Garbled(format!("Content-Length {len:?}")))?;
+            conn.read_body(len).map_err(|error| Failure::EarlyClose {
+                status,
+                got: conn.buffered().len(),
+                expected: len,
+                error,
+            })?
+        } else {
+            return Err(Failure::Garbled(format!("{status} with neither length nor chunking")));
+        };
+        Ok(Response { body, ..head })
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -960,231 +1328,6 @@ impl Fixture {
 /// The canonical path of a root directory, as the `root` label of the delivery metrics.
 pub fn root_label(dir: &Path) -> String {
     fs::canonicalize(dir).unwrap_or_else(|e| panic!("canonicalize {}: {e}", dir.display())).display().to_string()
-}
-
-// ---------------------------------------------------------------------------
-// Raw connections: keep-alive, pipelining, exact framing
-// ---------------------------------------------------------------------------
-
-/// The bytes of `METHOD TARGET HTTP/1.1` with exactly `headers` (no Host or
-/// Connection added: pass them if wanted) and the empty line.
-pub fn request_bytes(method: &str, target: &str, headers: &[(&str, &str)]) -> Vec<u8> {
-    let mut req = format!("{method} {target} HTTP/1.1\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.into_bytes()
-}
-
-/// Headers as a comparable set: names lowercased, values trimmed, sorted (so
-/// order-insensitive but multi-valued), without the names in `exclude`.
-pub fn header_set(r: &Response, exclude: &[&str]) -> Vec<(String, String)> {
-    let mut set: Vec<(String, String)> = r
-        .headers
-        .iter()
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_string()))
-        .filter(|(k, _)| !exclude.contains(&k.as_str()))
-        .collect();
-    set.sort();
-    set
-}
-
-/// How a read of a connection to its end finished.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ending {
-    /// The peer closed (read returned 0).
-    Eof,
-    /// The peer reset the connection.
-    Reset,
-}
-
-/// One client connection that reads responses one at a time, framed by
-/// `Content-Length` or chunked encoding, keeping whatever follows for the next.
-pub struct RawConn {
-    pub stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl RawConn {
-    pub fn connect(addr: SocketAddr) -> RawConn {
-        let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-        stream.set_read_timeout(Some(IO_TIMEOUT)).expect("read timeout");
-        stream.set_write_timeout(Some(IO_TIMEOUT)).expect("write timeout");
-        RawConn { stream, buf: Vec::new() }
-    }
-
-    /// A connection whose receive buffer is `rcvbuf` bytes (set before the
-    /// handshake, so the window it advertises stays that small): a field
-    /// device's modest socket, or a reader the server can fill quickly.
-    pub fn connect_small(addr: SocketAddr, rcvbuf: usize) -> RawConn {
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-        socket.set_recv_buffer_size(rcvbuf).expect("SO_RCVBUF");
-        socket.connect_timeout(&addr.into(), IO_TIMEOUT).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-        let stream: TcpStream = socket.into();
-        stream.set_read_timeout(Some(IO_TIMEOUT)).expect("read timeout");
-        stream.set_write_timeout(Some(IO_TIMEOUT)).expect("write timeout");
-        RawConn { stream, buf: Vec::new() }
-    }
-
-    pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes)?;
-        self.stream.flush()
-    }
-
-    /// Bytes read but not yet consumed by a response.
-    pub fn buffered(&self) -> &[u8] {
-        &self.buf
-    }
-
-    /// Reads more into the buffer; `Ok(0)` at end of stream.
-    fn fill(&mut self) -> io::Result<usize> {
-        let mut chunk = [0u8; 64 * 1024];
-        loop {
-            match self.stream.read(&mut chunk) {
-                Ok(n) => {
-                    self.buf.extend_from_slice(&chunk[..n]);
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    fn fill_or_eof_error(&mut self, what: &str) -> io::Result<()> {
-        if self.fill()? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("connection closed in {what} ({} bytes pending: {:?})", self.buf.len(), self.preview()),
-            ));
-        }
-        Ok(())
-    }
-
-    fn preview(&self) -> String {
-        String::from_utf8_lossy(&self.buf[..self.buf.len().min(300)]).into_owned()
-    }
-
-    /// Reads exactly one response (an interim 1xx counts as one). `head_request`:
-    /// the request was HEAD, so the response has no body whatever its headers say.
-    /// A response with neither length nor chunking is read to end of stream.
-    pub fn read_response(&mut self, head_request: bool) -> io::Result<Response> {
-        let Response { status, headers, .. } = self.read_head()?;
-        let find_header =
-            |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
-        let bodyless = head_request || status == 204 || status == 304 || (100..200).contains(&status);
-        let chunked = find_header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
-        let body = if bodyless {
-            Vec::new()
-        } else if chunked {
-            self.read_chunked()?
-        } else if let Some(len) = find_header("content-length") {
-            let len: usize = len.parse().map_err(|_| invalid(format!("bad Content-Length {len:?}")))?;
-            while self.buf.len() < len {
-                self.fill_or_eof_error("a body")?;
-            }
-            self.buf.drain(..len).collect()
-        } else {
-            while self.fill()? > 0 {}
-            std::mem::take(&mut self.buf)
-        };
-        Ok(Response { status, headers, body })
-    }
-
-    /// Reads one response head only (the returned body is empty); whatever was read
-    /// past it stays buffered, see [`RawConn::take_buffered`].
-    pub fn read_head(&mut self) -> io::Result<Response> {
-        let (status, headers, head_len) = loop {
-            let mut hdrs = [httparse::EMPTY_HEADER; 128];
-            let mut parsed = httparse::Response::new(&mut hdrs);
-            match parsed.parse(&self.buf) {
-                Ok(httparse::Status::Complete(n)) => {
-                    let status = parsed.code.ok_or_else(|| invalid("no status code".into()))?;
-                    break (status, owned_headers(parsed.headers), n);
-                }
-                Ok(httparse::Status::Partial) => self.fill_or_eof_error("a response head")?,
-                Err(e) => return Err(invalid(format!("unparsable response ({e}): {:?}", self.preview()))),
-            }
-        };
-        self.buf.drain(..head_len);
-        Ok(Response { status, headers, body: Vec::new() })
-    }
-
-    /// Takes the bytes read but not yet consumed (after [`RawConn::read_head`]: the
-    /// start of the body), so that the caller can go on reading `stream` itself.
-    pub fn take_buffered(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.buf)
-    }
-
-    fn read_chunked(&mut self) -> io::Result<Vec<u8>> {
-        let mut out = Vec::new();
-        loop {
-            let line_end = loop {
-                match find(&self.buf, b"\r\n") {
-                    Some(i) => break i,
-                    None => self.fill_or_eof_error("a chunk size line")?,
-                }
-            };
-            let line = String::from_utf8_lossy(&self.buf[..line_end]).into_owned();
-            let size_str = line.split(';').next().unwrap_or("").trim();
-            let size =
-                usize::from_str_radix(size_str, 16).map_err(|_| invalid(format!("bad chunk size {size_str:?}")))?;
-            self.buf.drain(..line_end + 2);
-            if size == 0 {
-                // Trailers until an empty line.
-                loop {
-                    let end = loop {
-                        match find(&self.buf, b"\r\n") {
-                            Some(i) => break i,
-                            None => self.fill_or_eof_error("chunked trailers")?,
-                        }
-                    };
-                    self.buf.drain(..end + 2);
-                    if end == 0 {
-                        return Ok(out);
-                    }
-                }
-            }
-            while self.buf.len() < size + 2 {
-                self.fill_or_eof_error("a chunk")?;
-            }
-            out.extend_from_slice(&self.buf[..size]);
-            if &self.buf[size..size + 2] != b"\r\n" {
-                return Err(invalid("chunk not followed by CRLF".into()));
-            }
-            self.buf.drain(..size + 2);
-        }
-    }
-
-    /// Reads everything up to the end of the stream (EOF or reset), giving up with
-    /// `TimedOut` at `deadline`. Returns the unconsumed bytes and how it ended.
-    pub fn read_to_end(&mut self, deadline: Instant) -> io::Result<(Vec<u8>, Ending)> {
-        let ending = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                let _ = self.stream.set_read_timeout(Some(IO_TIMEOUT));
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
-                        "no end of stream by the deadline ({} bytes pending: {:?})",
-                        self.buf.len(),
-                        self.preview()
-                    ),
-                ));
-            }
-            self.stream.set_read_timeout(Some(left.min(Duration::from_millis(100))))?;
-            match self.fill() {
-                Ok(0) => break Ending::Eof,
-                Ok(_) => {}
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
-                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break Ending::Reset,
-                Err(e) => return Err(e),
-            }
-        };
-        self.stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        Ok((std::mem::take(&mut self.buf), ending))
-    }
 }
 
 /// VmRSS of a process, in KiB.
