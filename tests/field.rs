@@ -385,21 +385,6 @@ fn read_head_expecting_200(conn: &mut RawConn) -> usize {
     r.expect_header("content-length").parse().expect("Content-Length is a number")
 }
 
-/// Whether the server's end of the connection from `client_port` is
-/// ESTABLISHED, from the TCP table of the calling thread's namespace
-/// (`/proc/thread-self`: `/proc/net` is the main thread's).
-fn server_side_established(server_port: u16, client_port: u16) -> bool {
-    let table = fs::read_to_string("/proc/thread-self/net/tcp").expect("/proc/thread-self/net/tcp");
-    let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next().unwrap_or(""), 16).ok();
-    table.lines().skip(1).any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        fields.len() > 3
-            && port(fields[1]) == Some(server_port)
-            && port(fields[2]) == Some(client_port)
-            && fields[3] == "01"
-    })
-}
-
 fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }

@@ -1016,21 +1016,6 @@ fn slowloris_and_idle_floods_are_cut_and_do_not_starve_normal_clients() {
     );
 }
 
-/// Whether the server's end of the connection from `client_port` to
-/// `server_port` on 127.0.0.1 is still established (`/proc/net/tcp`): it
-/// leaves that state the moment the server closes, whatever the client does.
-fn server_side_established(server_port: u16, client_port: u16) -> bool {
-    let table = fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
-    let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next().unwrap_or(""), 16).ok();
-    table.lines().skip(1).any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        fields.len() > 3
-            && port(fields[1]) == Some(server_port)
-            && port(fields[2]) == Some(client_port)
-            && fields[3] == "01"
-    })
-}
-
 /// Clients that send requests and then stop reading: one with a large log
 /// on the sendfile path, one with thousands of pipelined small tiles (heads
 /// and bodies written together). Once their socket buffers are full, the

@@ -1340,3 +1340,20 @@ pub fn vm_rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.parse().ok())
         .expect("VmRSS in /proc/PID/status")
 }
+
+/// Whether the server's end of the connection from `client_port` to
+/// `server_port` is still ESTABLISHED: it leaves that state the moment the
+/// server closes, whatever the client does. Read from the TCP table of the
+/// calling thread's network namespace (`/proc/thread-self`; `/proc/net` is
+/// the main thread's), so a thread inside a test namespace sees its own.
+pub fn server_side_established(server_port: u16, client_port: u16) -> bool {
+    let table = fs::read_to_string("/proc/thread-self/net/tcp").expect("/proc/thread-self/net/tcp");
+    let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next().unwrap_or(""), 16).ok();
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.len() > 3
+            && port(fields[1]) == Some(server_port)
+            && port(fields[2]) == Some(client_port)
+            && fields[3] == "01"
+    })
+}
