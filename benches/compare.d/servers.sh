@@ -1,7 +1,10 @@
-# Sourced by benches/compare, benches/ceiling/run and benches/profile-tiles:
-# the settings they share, so that a server measured by one is configured as
-# in the others.
+# Sourced by benches/compare, benches/ceiling/run, benches/profile-tiles and
+# benches/slow-readers: the settings they share, so that a server measured by
+# one is configured as in the others.
 #
+#   install_packages PKG...  installs Debian packages (as root) without letting
+#                    them start their distro services (nginx, lighttpd and
+#                    apache2 would take port 80), and leaves those disabled
 #   bench_limits     sets nofile (and raises RLIMIT_NOFILE to it), nginx_cache
 #                    and tessera_cache (descriptor caches below the limit)
 #   bench_workers    prints the worker count: WORKERS, else the cores wrk's
@@ -14,6 +17,27 @@
 # conf_* read WORK (the data), BIN (tessera), nofile, nginx_cache,
 # tessera_cache, nginx_workers, lighttpd_max_worker (0: lighttpd's single
 # process), tessera_workers and budget_mib.
+
+install_packages() {
+  [ "$(id -u)" = 0 ] || { echo "missing $*; run as root to install them" >&2; return 1; }
+  # A policy-rc.d that says no, only for the duration of the install.
+  local made_policy=0 svc
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && made_policy=1
+  fi
+  apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
+  [ $made_policy = 1 ] && rm -f /usr/sbin/policy-rc.d
+  for svc in nginx lighttpd apache2; do
+    [[ " $* " == *" $svc "* ]] || continue
+    if [ -d /run/systemd/system ]; then
+      systemctl disable --now "$svc" >/dev/null 2>&1 || true
+    else
+      service "$svc" stop >/dev/null 2>&1 || true
+      update-rc.d "$svc" disable >/dev/null 2>&1 || true
+    fi
+  done
+}
 
 bench_limits() {
   local hard fd_cache
