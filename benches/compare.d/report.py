@@ -15,23 +15,45 @@ import statistics
 import sys
 from collections import defaultdict
 
-ORDER = ["nginx", "lighttpd", "apache", "tessera-sendfile", "tessera-buffered"]
+PLAIN = ["nginx", "lighttpd", "apache", "tessera-sendfile", "tessera-buffered"]
+TLS = ["nginx-tls", "lighttpd-tls", "tessera-tls"]
+ORDER = PLAIN + TLS
 LABEL = {
     "nginx": "nginx",
     "lighttpd": "lighttpd",
     "apache": "Apache httpd",
     "tessera-sendfile": "tessera `--delivery sendfile`",
     "tessera-buffered": "tessera `--delivery buffered`",
+    "nginx-tls": "nginx TLS",
+    "lighttpd-tls": "lighttpd TLS",
+    "tessera-tls": "tessera TLS",
 }
 BEGIN, END = "<!-- compare:begin -->", "<!-- compare:end -->"
 
 
 def load(path):
-    data = defaultdict(lambda: defaultdict(list))  # server -> metric -> [values by round]
+    """server -> metric -> [values by round]: numbers in the first mapping, words
+    (such as the negotiated TLS suite) in the second."""
+    data = defaultdict(lambda: defaultdict(list))
+    words = defaultdict(lambda: defaultdict(list))
     with open(path) as f:
         for row in csv.DictReader(f):
-            data[row["server"]][row["metric"]].append(float(row["value"]))
-    return data
+            try:
+                data[row["server"]][row["metric"]].append(float(row["value"]))
+            except ValueError:
+                words[row["server"]][row["metric"]].append(row["value"])
+    return data, words
+
+
+def suite(words, server):
+    """What the server negotiated, the same in every round, or each round's."""
+    w = words.get(server, {})
+    parts = []
+    for k in ("tls_protocol", "tls_cipher"):
+        vals = sorted(set(w.get(k, [])))
+        parts.append(" / ".join(vals) if vals else "?")
+    groups = sorted(set(w.get("tls_group", [])))
+    return f"{parts[0]} {parts[1]}" + (f" ({', '.join(groups)})" if groups else "")
 
 
 def mean(data, server, metric):
@@ -51,8 +73,10 @@ def ratio(v, ref):
     return f" ({v / ref:.2f}×)"
 
 
-def render(data, meta):
+def render(data, words, meta):
     servers = [s for s in ORDER if s in data]
+    plain = [s for s in PLAIN if s in data]
+    tls = [s for s in TLS if s in data]
     ng = lambda m: mean(data, "nginx", m)  # noqa: E731
     out = []
     w = out.append
@@ -71,7 +95,7 @@ def render(data, meta):
     w("")
     w("| server | tiles req/s | tiles p99 ms | log MB/s | server CPU s/GB | stale >50 ms / responses | worst stale ms | RSS MiB |")
     w("|---|---|---|---|---|---|---|---|")
-    for s in servers:
+    for s in plain:
         rps, p99 = mean(data, s, "tiles_rps"), mean(data, s, "tiles_p99_ms")
         mbps, cpu = mean(data, s, "log_mbps"), mean(data, s, "log_cpu_s_per_gb")
         stale, total = mean(data, s, "fresh_stale50"), mean(data, s, "fresh_total")
@@ -96,6 +120,29 @@ def render(data, meta):
         " sent; worst stale = the largest such age (any age, max over rounds). RSS: VmRSS of all the server's"
         " processes after the tiles run."
     )
+    if tls:
+        nt = lambda m: mean(data, "nginx-tls", m)  # noqa: E731
+        w("")
+        w("TLS, the same servers over HTTPS (ratios to nginx TLS in the same run):")
+        w("")
+        w("| server | negotiated (openssl s_client) | tiles req/s | tiles p99 ms | log MB/s | server CPU s/GB | RSS MiB |")
+        w("|---|---|---|---|---|---|---|")
+        for s in tls:
+            rps, p99 = mean(data, s, "tiles_rps"), mean(data, s, "tiles_p99_ms")
+            mbps, cpu = mean(data, s, "log_mbps"), mean(data, s, "log_cpu_s_per_gb")
+            rss = mean(data, s, "rss_mib")
+            w(
+                f"| {LABEL[s]} | {suite(words, s)} | {num(rps)}{ratio(rps, nt('tiles_rps'))} | {num(p99, 2)}{ratio(p99, nt('tiles_p99_ms'))}"
+                f" | {num(mbps)}{ratio(mbps, nt('log_mbps'))} | {num(cpu, 3)}{ratio(cpu, nt('log_cpu_s_per_gb'))}"
+                f" | {num(rss)}{ratio(rss, nt('rss_mib'))} |"
+            )
+        w("")
+        w(
+            "TLS 1.3 with the one suite above for every server, one self-signed ECDSA P-256 certificate; wrk and curl"
+            " (`--http1.1`) over OpenSSL, as for the plaintext rows, with the same tiles and log measurements; no"
+            " freshness probe. The suite is what `openssl s_client` negotiated right after the server started (curl's"
+            " handshake is checked against it, and the run stops if two TLS servers differ)."
+        )
     errs = []
     for s in servers:
         for m, what in [("tiles_non2xx", "tiles answered with a status other than 2xx/3xx (not counted in req/s)"),
@@ -116,6 +163,11 @@ def render(data, meta):
     w("")
     w(goals(data))
     w("")
+    if tls:
+        w("### Goals (TLS)")
+        w("")
+        w(tls_goals(data))
+        w("")
     w("Per-round values:")
     w("")
     metrics = ["tiles_rps", "tiles_p99_ms", "log_mbps", "log_cpu_s_per_gb", "fresh_stale50", "fresh_total", "fresh_worst_ms", "rss_mib"]
@@ -174,11 +226,27 @@ def goals(data):
     return "\n".join(lines)
 
 
+def tls_goals(data):
+    t, n = "tessera-tls", "nginx-tls"
+    lines = []
+    if mean(data, t, "log_mbps") is not None and mean(data, n, "log_mbps") is not None:
+        v, vn = mean(data, t, "log_mbps"), mean(data, n, "log_mbps")
+        ok = v >= vn
+        lines.append(f"- [{'x' if ok else ' '}] TLS log MB/s >= nginx TLS's: {'met' if ok else '**NOT met**'} ({v / vn:.2f}×, {num(v)} vs {num(vn)} MB/s)")
+        c, cn = mean(data, t, "log_cpu_s_per_gb"), mean(data, n, "log_cpu_s_per_gb")
+        ok = c <= cn
+        lines.append(f"- [{'x' if ok else ' '}] TLS log CPU/GB <= nginx TLS's: {'met' if ok else '**NOT met**'} ({c / cn:.2f}×, {c:.3f} vs {cn:.3f} s/GB)")
+    else:
+        lines.append("- [ ] TLS log: not measured in this run (needs nginx-tls and tessera-tls)")
+    return "\n".join(lines)
+
+
 def main():
     csv_path, meta_path, md_path = sys.argv[1:4]
     with open(meta_path) as f:
         meta = json.load(f)
-    report = render(load(csv_path), meta)
+    data, words = load(csv_path)
+    report = render(data, words, meta)
     block = f"{BEGIN}\n{report}{END}\n"
     old = open(md_path).read() if os.path.exists(md_path) else ""
     if BEGIN in old and END in old:
