@@ -10,6 +10,7 @@
 //! `tests/layers.rs`); [`server`] wires everything together and [`systemd`]
 //! speaks to the service manager. See ARCHITECTURE.md.
 
+pub mod access;
 pub mod cache;
 pub mod catalog;
 pub mod config;
@@ -25,5 +26,6 @@ pub mod roots;
 pub mod server;
 pub mod systemd;
 pub mod tile;
+pub mod tls;
 pub mod validators;
 pub mod watch;

@@ -51,39 +51,50 @@ fn stderr_is_journal() -> bool {
 
 /// One access-log event (target `tessera::access`, off by default). In the
 /// journal its fields are ROUTE, METHOD, PATH, STATUS, BYTES, DELIVERY
-/// (memory, sendfile, buffered, hyper, none), ROOT, and DEVICE or TILESET
-/// taken from the URL, so `journalctl -u tessera DEVICE=...` works.
-#[allow(clippy::too_many_arguments)]
-pub fn access(
-    route: &str,
-    method: &str,
-    path: &str,
-    status: u16,
-    bytes: u64,
-    delivery: &str,
-    root: Option<&std::path::Path>,
-    elapsed_us: u64,
-) {
-    if !tracing::enabled!(target: "tessera::access", tracing::Level::INFO) {
-        return;
+/// (memory, sendfile, buffered, hyper, none), ROOT, CLIENT (the peer's
+/// address), USER (`token:NAME` or `device:NAME` once authenticated; never a
+/// secret), and DEVICE or TILESET taken from the URL, so
+/// `journalctl -u tessera DEVICE=...` works.
+pub struct Access<'a> {
+    pub route: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub bytes: u64,
+    pub delivery: &'a str,
+    pub root: Option<&'a std::path::Path>,
+    pub elapsed_us: u64,
+    pub client: Option<std::net::IpAddr>,
+    pub user: Option<&'a str>,
+}
+
+impl Access<'_> {
+    pub fn log(&self) {
+        if !tracing::enabled!(target: "tessera::access", tracing::Level::INFO) {
+            return;
+        }
+        let Access { route, method, path, status, bytes, delivery, root, elapsed_us, client, user } = *self;
+        let mut segments = path.trim_start_matches('/').split('/');
+        let (kind, name) = (segments.next().unwrap_or_default(), segments.next().unwrap_or_default());
+        let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+        let device = (kind == "logs" && !name.is_empty()).then_some(name.as_ref());
+        let tileset = (kind == "tiles" && !name.is_empty()).then(|| name.trim_end_matches(".json"));
+        tracing::info!(
+            target: "tessera::access",
+            route,
+            method,
+            path,
+            status,
+            bytes,
+            delivery,
+            root = root.map(|r| r.display().to_string()),
+            client = client.map(|c| c.to_string()),
+            user,
+            device,
+            tileset,
+            elapsed_us,
+            "{} {method} {path} {status} {bytes}",
+            client.map(|c| c.to_string()).unwrap_or_else(|| "-".into())
+        );
     }
-    let mut segments = path.trim_start_matches('/').split('/');
-    let (kind, name) = (segments.next().unwrap_or_default(), segments.next().unwrap_or_default());
-    let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
-    let device = (kind == "logs" && !name.is_empty()).then_some(name.as_ref());
-    let tileset = (kind == "tiles" && !name.is_empty()).then(|| name.trim_end_matches(".json"));
-    tracing::info!(
-        target: "tessera::access",
-        route,
-        method,
-        path,
-        status,
-        bytes,
-        delivery,
-        root = root.map(|r| r.display().to_string()),
-        device,
-        tileset,
-        elapsed_us,
-        "{method} {path} {status} {bytes}"
-    );
 }

@@ -21,6 +21,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Token(args) => match tessera::server::token(&args) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tessera: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Serve(args) => run(&args, |config| {
             // Before any thread exists: this unsets LISTEN_PID and LISTEN_FDS.
             let inherited = tessera::systemd::inherited_listener()?;

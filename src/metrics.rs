@@ -43,6 +43,13 @@ pub struct Metrics {
     /// Catalog rows inserted, updated or deleted since start.
     pub catalog_changes: IntCounter,
     pub catalog_errors: IntCounter,
+    /// Requests refused by the access rules, by reason (missing, bad_token,
+    /// forbidden, throttled).
+    pub auth_refusals: IntCounterVec,
+    /// TLS handshakes that failed, by reason (client certificate, protocol, timeout).
+    pub tls_handshake_failures: IntCounterVec,
+    /// Successful reloads of the TLS certificate and key, and refused ones.
+    pub tls_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -90,7 +97,22 @@ impl Metrics {
         )
         .expect("metric");
         registry.register(Box::new(unwatched_dirs.clone())).expect("register");
+        let auth_refusals = vec(
+            "tessera_auth_refusals_total",
+            "Requests refused by the access rules, by reason (missing, bad_token, forbidden, throttled)",
+            &["reason"],
+        );
+        let tls_handshake_failures =
+            vec("tessera_tls_handshake_failures_total", "TLS handshakes that failed, by reason", &["reason"]);
+        let tls_reloads = vec(
+            "tessera_tls_reloads_total",
+            "TLS certificate reloads after their files changed, by result (ok, refused)",
+            &["result"],
+        );
         Metrics {
+            auth_refusals,
+            tls_handshake_failures,
+            tls_reloads,
             requests,
             bytes_sent,
             sendfile_fallbacks,

@@ -22,6 +22,7 @@ use crate::cache::DescriptorCache;
 use crate::catalog::{self, worker::Worker};
 use crate::config::{Config, ConfigArgs, HttpSettings, Transport};
 use crate::delivery::driver::{self, Shared};
+use crate::delivery::handoff;
 use crate::http::{self, App};
 use crate::metrics::Metrics;
 use crate::roots::Root;
@@ -110,51 +111,104 @@ pub async fn serve(config: Config, inherited: Option<std::net::TcpListener>) -> 
     std::thread::Builder::new().name("digest".into()).spawn(move || digester.run())?;
 
     let activated = inherited.is_some();
-    let listener = match inherited {
-        Some(listener) => TcpListener::from_std(listener).context("cannot use the socket systemd passed")?,
-        None => bind(config.listen)
-            .and_then(TcpListener::from_std)
-            .with_context(|| format!("cannot listen on {}", config.listen))?,
+    let main = match inherited {
+        Some(listener) => listener,
+        None => bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?,
     };
-    let addr = listener.local_addr()?;
-    if activated {
-        tracing::info!(%addr, "socket activation: serving on the socket systemd passed");
+    let mut listeners = vec![Listening { socket: main, tls: config.tls.is_some(), activated }];
+    if let Some(addr) = config.tls.as_ref().and_then(|t| t.plaintext_listen) {
+        let socket = bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+        listeners.push(Listening { socket, tls: false, activated: false });
     }
-    // Tests and scripts read this line to learn the port of 127.0.0.1:0.
-    println!("tessera listening on http://{addr}");
+    let certs = match &config.tls {
+        Some(settings) => {
+            let certs = crate::tls::Certs::load(settings).context("TLS refused")?;
+            certs.watch(metrics.clone())?;
+            Some(certs)
+        }
+        None => None,
+    };
+    if activated {
+        tracing::info!(addr = %listeners[0].socket.local_addr()?, "socket activation: serving on the socket systemd passed");
+    }
+    for l in &listeners {
+        // Tests and scripts read these lines to learn the port of 127.0.0.1:0.
+        let (addr, scheme) = (l.socket.local_addr()?, if l.tls { "https" } else { "http" });
+        println!("tessera listening on {scheme}://{addr}");
+        tracing::info!(%addr, scheme, state = %config.state.display(), "listening");
+    }
     std::io::stdout().flush()?;
-    tracing::info!(%addr, state = %config.state.display(), "listening");
+    let addr = listeners[0].socket.local_addr()?;
 
     let catalog = http::CatalogState { root_ids, ready: ready.clone(), generation, digests, location };
     let app = Arc::new(App::new(&config, roots, cache, metrics.clone(), catalog, followers));
-    tokio::spawn(crate::systemd::supervise(ready, addr, http::Status(app.clone())));
+    warn_if_open(&config, &app);
+    // The watchdog's self-check speaks plain HTTP: it needs a plaintext listener.
+    let plain = listeners.iter().find(|l| !l.tls).map(|l| l.socket.local_addr()).transpose()?;
+    let (check, tls_only) = (plain.unwrap_or(addr), plain.is_none());
+    tokio::spawn(crate::systemd::supervise(ready, check, tls_only, http::Status(app.clone())));
     // The driver re-opens files of evicted replays through the same cache.
     let files = (app.cache.clone(), app.roots.clone());
+    let limiter = app.limiter.clone();
     let router = http::router(app);
-    match config.http.transport {
-        Transport::Hyper => axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await?,
-        Transport::Driver => {
-            serve_with_driver(listener, activated, router, config.http.clone(), metrics, files).await?
-        }
-    }
+    let security = Security { certs, limiter };
+    serve_listeners(listeners, router, config.http.clone(), metrics, files, security).await?;
     drop(watchers);
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Serves with the driver: one thread per worker, each with a
-/// single-threaded runtime and its own `SO_REUSEPORT` listener, so that a
+/// A bound listening socket and what it speaks.
+struct Listening {
+    socket: std::net::TcpListener,
+    tls: bool,
+    /// The socket systemd passed: workers share it instead of binding siblings.
+    activated: bool,
+}
+
+/// What TLS connections need from the wiring.
+struct Security {
+    certs: Option<Arc<crate::tls::Certs>>,
+    limiter: Arc<crate::access::Limiter>,
+}
+
+/// Says at start-up what `tessera check` warns about: logs readable by
+/// anyone who reaches a listener that is not on loopback.
+fn warn_if_open(config: &Config, app: &App) {
+    if let Some(warning) = open_logs_warning(config, &app.policy) {
+        tracing::warn!("{warning}");
+    }
+}
+
+fn open_logs_warning(config: &Config, policy: &crate::access::Policy) -> Option<String> {
+    let mut addrs = vec![config.listen];
+    addrs.extend(config.tls.as_ref().and_then(|t| t.plaintext_listen));
+    let exposed: Vec<String> = addrs.iter().filter(|a| !a.ip().is_loopback()).map(|a| a.to_string()).collect();
+    let has_logs = config.roots.iter().any(|r| r.kind == crate::config::RootKind::Logs);
+    (!exposed.is_empty() && has_logs && policy.is_public("/logs/any/any")).then(|| {
+        format!(
+            "logs are readable without authentication on {} (not loopback): configure [tls] with client_ca, or [[tokens]], \
+             or an [[access]] rule for /logs",
+            exposed.join(", ")
+        )
+    })
+}
+
+/// Serves with one thread per worker, each with a single-threaded runtime
+/// and its own `SO_REUSEPORT` sibling of every listener, so that a
 /// connection lives on one thread from accept to close (no work stealing,
 /// no cross-thread wake-ups; this halved the scheduler's share of the tile
-/// path in perf). On a signal, listeners close, idle connections close, and
-/// requests in flight finish.
-async fn serve_with_driver(
-    first: TcpListener,
-    activated: bool,
+/// path in perf). Plaintext connections go to the driver (or to hyper
+/// under `transport = "hyper"`), TLS ones to hyper over rustls. On a
+/// signal, listeners close, idle connections close, and requests in flight
+/// finish.
+async fn serve_listeners(
+    listeners: Vec<Listening>,
     router: Router,
     settings: HttpSettings,
     metrics: Arc<Metrics>,
     (cache, roots): (Arc<DescriptorCache>, Arc<Vec<Root>>),
+    security: Security,
 ) -> anyhow::Result<()> {
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let max_connections = settings.max_connections.min(tokio::sync::Semaphore::MAX_PERMITS);
@@ -162,16 +216,25 @@ async fn serve_with_driver(
         0 => std::thread::available_parallelism().map(usize::from).unwrap_or(1),
         n => n,
     };
-    let addr = first.local_addr()?;
-    let first = first.into_std()?;
-    let mut listeners = Vec::with_capacity(workers);
-    for _ in 1..workers {
-        // A socket systemd passed is shared by every worker (the kernel
-        // wakes one waiting accept per connection); our own get a
-        // `SO_REUSEPORT` sibling each.
-        listeners.push(if activated { first.try_clone()? } else { bind(addr)? });
+    let mut per_worker: Vec<Vec<(std::net::TcpListener, bool)>> = (0..workers).map(|_| Vec::new()).collect();
+    for l in listeners {
+        let addr = l.socket.local_addr()?;
+        for sockets in per_worker.iter_mut().skip(1) {
+            // A socket systemd passed is shared by every worker (the kernel
+            // wakes one waiting accept per connection); our own get a
+            // `SO_REUSEPORT` sibling each.
+            sockets.push((if l.activated { l.socket.try_clone()? } else { bind(addr)? }, l.tls));
+        }
+        per_worker[0].push((l.socket, l.tls));
     }
-    listeners.insert(0, first);
+    let tls = security.certs.map(|certs| crate::tls::Context {
+        certs,
+        router: router.clone(),
+        metrics: metrics.clone(),
+        limiter: security.limiter,
+        handshake_timeout: settings.head_timeout,
+        shutdown: shutdown.clone(),
+    });
     let shared = Arc::new(Shared {
         router,
         cache,
@@ -184,27 +247,43 @@ async fn serve_with_driver(
         connection_slots: Arc::new(tokio::sync::Semaphore::new(max_connections)),
     });
     let mut threads = Vec::new();
-    for (i, listener) in listeners.into_iter().enumerate() {
-        let shared = shared.clone();
+    for (i, sockets) in per_worker.into_iter().enumerate() {
+        let (shared, tls) = (shared.clone(), tls.clone());
         threads.push(std::thread::Builder::new().name(format!("http-{i}")).spawn(move || {
             // Few blocking threads: only reads from shared storage use them.
             let runtime =
                 tokio::runtime::Builder::new_current_thread().enable_all().max_blocking_threads(16).build()?;
-            runtime.block_on(accept_loop(listener, shared))
+            runtime.block_on(async move {
+                let loops = sockets.into_iter().map(|(socket, is_tls)| {
+                    let kind = if is_tls { tls.clone().map(Kind::Tls) } else { Some(Kind::Plain) };
+                    tokio::spawn(accept_loop(socket, kind.expect("TLS settings for a TLS listener"), shared.clone()))
+                });
+                for result in futures_util::future::join_all(loops).await {
+                    result.map_err(std::io::Error::other)??;
+                }
+                Ok::<(), std::io::Error>(())
+            })
         })?);
     }
-    tracing::info!(workers, "driver workers started");
+    tracing::info!(workers, "workers started");
     shutdown_signal().await;
     let _ = stop.send(true);
     shared.ring_idle_close();
     for thread in threads {
         match thread.join() {
-            Ok(Err(e)) => tracing::warn!(error = %e, "driver worker failed"),
-            Err(_) => tracing::warn!("driver worker panicked"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "worker failed"),
+            Err(_) => tracing::warn!("worker panicked"),
             Ok(Ok(())) => {}
         }
     }
     Ok(())
+}
+
+/// What a listener's connections speak.
+#[derive(Clone)]
+enum Kind {
+    Plain,
+    Tls(crate::tls::Context),
 }
 
 /// A listening socket with `SO_REUSEPORT`, so that each worker has its own
@@ -237,7 +316,7 @@ fn refuse(stream: tokio::net::TcpStream, shared: &Shared) {
 /// when its task ends: over the limit an accepted connection gets 503, and
 /// the shutdown drain is `finished` closing, with no polling (as tokio's
 /// mini-redis does both).
-async fn accept_loop(listener: std::net::TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
+async fn accept_loop(listener: std::net::TcpListener, kind: Kind, shared: Arc<Shared>) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
     let mut shutdown = shared.shutdown.clone();
@@ -249,11 +328,21 @@ async fn accept_loop(listener: std::net::TcpListener, shared: Arc<Shared>) -> st
         tokio::select! {
             _ = crate::delivery::stopped(&mut shutdown) => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => match shared.connection_slots.clone().try_acquire_owned() {
+                Ok((stream, addr)) => match shared.connection_slots.clone().try_acquire_owned() {
                     Ok(slot) => {
-                        let (shared, finished) = (shared.clone(), finished.clone());
+                        let (shared, finished, kind) = (shared.clone(), finished.clone(), kind.clone());
                         tokio::spawn(async move {
-                            driver::serve_connection(stream, shared).await;
+                            match kind {
+                                Kind::Tls(cx) => crate::tls::serve(stream, addr, cx).await,
+                                Kind::Plain if shared.settings.transport == Transport::Hyper => {
+                                    let peer = crate::delivery::Peer { addr, tls: false, device: None };
+                                    shared.metrics.connections.inc();
+                                    let (router, shutdown) = (shared.router.clone(), shared.shutdown.clone());
+                                    handoff::serve(stream, bytes::Bytes::new(), peer, router, shutdown).await;
+                                    shared.metrics.connections.dec();
+                                }
+                                Kind::Plain => driver::serve_connection(stream, addr, shared).await,
+                            }
                             drop((slot, finished));
                         });
                     }
@@ -318,6 +407,35 @@ pub fn index(config: &Config) -> anyhow::Result<String> {
         stats.rereads,
         stats.unchanged,
         stats.deleted
+    ))
+}
+
+/// `tessera token NAME --role ROLE`: a new secret from the kernel's random
+/// source, printed once, and the `[[tokens]]` entry with its SHA-256 (the
+/// configuration never holds the secret).
+pub fn token(args: &crate::config::TokenArgs) -> Result<String, String> {
+    use std::io::Read;
+    let valid = crate::config::valid_name;
+    if !valid(&args.name) {
+        return Err(format!("token name `{}`: letters, digits, `-`, `_` and `.` only", args.name));
+    }
+    if let Some(bad) = args.roles.iter().find(|r| !valid(r)) {
+        return Err(format!("role `{bad}`: letters, digits, `-`, `_` and `.` only"));
+    }
+    let mut random = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut random))
+        .map_err(|e| format!("/dev/urandom: {e}"))?;
+    use base64::Engine;
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random);
+    use sha2::Digest;
+    let hash: String = sha2::Sha256::digest(secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    let roles: Vec<String> = args.roles.iter().map(|r| format!("{r:?}")).collect();
+    Ok(format!(
+        "# The token, shown this once: clients send `Authorization: Bearer <token>`.\n{secret}\n\n\
+         # Add to the configuration:\n[[tokens]]\nname = {:?}\nsha256 = \"{hash}\"\nroles = [{}]\n",
+        args.name,
+        roles.join(", ")
     ))
 }
 

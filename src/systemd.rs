@@ -61,8 +61,11 @@ pub trait StatusSource: Send + Sync + 'static {
 /// every [`STATUS_EVERY`], and `WATCHDOG=1` at half the watchdog period for
 /// as long as the server answers its own `/healthz` over the listening
 /// socket: a wedged accept loop or runtime stops the pings, and systemd
-/// restarts the service.
-pub async fn supervise(ready: Arc<AtomicBool>, listen: SocketAddr, status: impl StatusSource) {
+/// restarts the service. `tls`: the socket speaks only TLS, and the check
+/// is that it answers a request that is not TLS with a TLS alert, which
+/// shows the accept loop and the handshake running without needing a client
+/// certificate the service might require.
+pub async fn supervise(ready: Arc<AtomicBool>, listen: SocketAddr, tls: bool, status: impl StatusSource) {
     if !managed() {
         return;
     }
@@ -81,7 +84,7 @@ pub async fn supervise(ready: Arc<AtomicBool>, listen: SocketAddr, status: impl 
         tokio::time::sleep(tick).await;
         since_status += tick;
         if watchdog.is_some() {
-            match self_check(listen).await {
+            match self_check(listen, tls).await {
                 Ok(()) => notify(&[NotifyState::Watchdog]),
                 Err(e) => tracing::warn!(error = %e, "health self-check failed; not feeding the watchdog"),
             }
@@ -101,7 +104,7 @@ const STATUS_EVERY: Duration = Duration::from_secs(10);
 pub const SELF_CHECK_HEADER: &str = "x-tessera-self-check";
 
 /// `GET /healthz` through the listening socket, as a client would.
-async fn self_check(listen: SocketAddr) -> io::Result<()> {
+async fn self_check(listen: SocketAddr, tls: bool) -> io::Result<()> {
     let mut addr = listen;
     if addr.ip().is_unspecified() {
         addr.set_ip(if addr.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
@@ -113,6 +116,12 @@ async fn self_check(listen: SocketAddr) -> io::Result<()> {
                 b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Tessera-Self-Check: 1\r\nConnection: close\r\n\r\n",
             )
             .await?;
+        if tls {
+            // A TLS record of type 21 (alert) is the answer of a live TLS stack.
+            let mut record = [0u8; 1];
+            stream.read_exact(&mut record).await?;
+            return if record[0] == 21 { Ok(()) } else { Err(io::Error::other("no TLS alert")) };
+        }
         let mut head = [0u8; 12];
         stream.read_exact(&mut head).await?;
         if &head == b"HTTP/1.1 200" {

@@ -19,6 +19,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("tile", &[]),
     ("mime", &["tile"]),
     ("config", &["names"]),
+    ("access", &["config"]),
     ("roots", &["config", "names"]),
     ("cache", &["config", "metrics", "mime", "roots", "validators"]),
     ("mbtiles", &["roots", "tile", "validators"]),
@@ -26,9 +27,11 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("watch", &["cache", "catalog", "metrics", "names", "roots"]),
     ("delivery", &["cache", "config", "logging", "metrics", "roots", "validators"]),
     ("systemd", &[]),
+    ("tls", &["access", "config", "delivery", "metrics", "names"]),
     (
         "http",
         &[
+            "access",
             "cache",
             "catalog",
             "config",
@@ -49,8 +52,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "server",
         &[
-            "cache", "catalog", "config", "delivery", "doctor", "http", "logging", "metrics", "roots", "systemd",
-            "watch",
+            "access", "cache", "catalog", "config", "delivery", "doctor", "http", "logging", "metrics", "roots",
+            "systemd", "tls", "watch",
         ],
     ),
 ];

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use super::{Delivery, Transport};
+use super::{ClientAuth, Delivery, Transport};
 
 /// The command line.
 #[derive(Debug, Parser)]
@@ -17,6 +17,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Make a new bearer token: prints the secret once, and the `[[tokens]]`
+    /// entry (its SHA-256) for the configuration.
+    Token(TokenArgs),
     /// Index the roots, watch them and serve them over HTTP (the default).
     Serve(ConfigArgs),
     /// Bring the SQLite index up to date with the disk, print what changed, and exit.
@@ -52,4 +55,29 @@ pub struct ConfigArgs {
     /// HTTP transport: tessera's own driver (sendfile capable) or plain hyper.
     #[arg(long, value_name = "NAME")]
     pub transport: Option<Transport>,
+    /// PEM certificate (with its chain): `--listen` then speaks TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CAs that issue device (client) certificates.
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Whether devices must present a certificate: optional or required.
+    #[arg(long, value_name = "MODE")]
+    pub tls_client_auth: Option<ClientAuth>,
+    /// A plaintext listener beside the TLS one, for example 127.0.0.1:8080.
+    #[arg(long, value_name = "ADDR")]
+    pub plaintext_listen: Option<SocketAddr>,
+}
+
+/// `tessera token`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The token's name, as logs and the access log show it.
+    pub name: String,
+    /// A role the token holds (repeatable), for example metrics or logs.
+    #[arg(long = "role", value_name = "ROLE")]
+    pub roles: Vec<String>,
 }

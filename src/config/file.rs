@@ -12,6 +12,7 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::security::{parse_sha256, valid_name, valid_prefix, AccessRule, ClientAuth, Grant, TlsSettings, TokenSpec};
 use super::{
     canonical_dir, Config, ConfigError, Delivery, DirSpec, RootKind, RootSpec, Scheme, TilesetSpec, Transport,
     WatchMode, MAX_HEADERS,
@@ -30,6 +31,39 @@ pub(super) struct FileConfig {
     http: Option<FileHttp>,
     #[serde(default)]
     tilesets: BTreeMap<Spanned<String>, FileTileset>,
+    tls: Option<Spanned<FileTls>>,
+    #[serde(default)]
+    tokens: Vec<Spanned<FileToken>>,
+    #[serde(default)]
+    access: Vec<Spanned<FileAccess>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    cert: Spanned<PathBuf>,
+    key: Spanned<PathBuf>,
+    client_ca: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    crl: Vec<Spanned<PathBuf>>,
+    client_auth: Option<ClientAuth>,
+    plaintext_listen: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileToken {
+    name: Spanned<String>,
+    sha256: Spanned<String>,
+    #[serde(default)]
+    roles: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAccess {
+    prefix: Spanned<String>,
+    allow: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -151,6 +185,23 @@ impl Config {
             tilesets.insert(name.get_ref().clone(), tileset_spec(name.get_ref(), t, lines)?);
         }
         self.tilesets = Arc::new(tilesets);
+        if let Some(tls) = &file.tls {
+            self.tls = Some(file_tls(tls, base, lines)?);
+        }
+        for token in &file.tokens {
+            let token = file_token(token, lines)?;
+            if self.tokens.iter().any(|t| t.name == token.name) {
+                return Err(lines.error(None, format!("tokens: the name `{}` is used twice", token.name)));
+            }
+            self.tokens.push(token);
+        }
+        for rule in &file.access {
+            let rule = file_access(rule, lines)?;
+            if self.access.iter().any(|r| r.prefix == rule.prefix) {
+                return Err(lines.error(None, format!("access: the prefix `{}` has two rules", rule.prefix)));
+            }
+            self.access.push(rule);
+        }
         Ok(())
     }
 
@@ -282,4 +333,78 @@ fn file_root(kind: RootKind, root: &FileRoot, base: &Path, lines: &Lines<'_>) ->
         spec.dirs.push(DirSpec { rel: rel.clone(), delivery: dir.delivery });
     }
     Ok(spec)
+}
+
+fn file_tls(tls: &Spanned<FileTls>, base: &Path, lines: &Lines<'_>) -> Result<TlsSettings, ConfigError> {
+    let t = tls.get_ref();
+    let plaintext_listen = match &t.plaintext_listen {
+        None => None,
+        Some(addr) => Some(addr.get_ref().parse().map_err(|e| {
+            lines.error(
+                Some(addr.span()),
+                format!("tls.plaintext_listen: `{}` is not an address like 127.0.0.1:8080 ({e})", addr.get_ref()),
+            )
+        })?),
+    };
+    // The files are read when the server starts (and again when they
+    // change); here only that they are there, so that `check` names the line.
+    let readable = |p: &Spanned<PathBuf>, what: &str| {
+        let path = base.join(p.get_ref());
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => Ok(path),
+            Ok(_) => Err(lines.error(Some(p.span()), format!("tls.{what} {}: not a file", path.display()))),
+            Err(e) => Err(lines.error(Some(p.span()), format!("tls.{what} {}: {e}", path.display()))),
+        }
+    };
+    if t.client_ca.is_none() && (t.client_auth.is_some() || !t.crl.is_empty()) {
+        return Err(lines.error(Some(tls.span()), "tls.client_auth and tls.crl need tls.client_ca"));
+    }
+    Ok(TlsSettings {
+        cert: readable(&t.cert, "cert")?,
+        key: readable(&t.key, "key")?,
+        client_ca: t.client_ca.as_ref().map(|p| readable(p, "client_ca")).transpose()?,
+        crls: t.crl.iter().map(|p| readable(p, "crl")).collect::<Result<_, _>>()?,
+        client_auth: t.client_auth.unwrap_or_default(),
+        plaintext_listen,
+    })
+}
+
+fn file_token(token: &Spanned<FileToken>, lines: &Lines<'_>) -> Result<TokenSpec, ConfigError> {
+    let t = token.get_ref();
+    if !valid_name(t.name.get_ref()) {
+        return Err(lines.error(Some(t.name.span()), "tokens.name: letters, digits, `-`, `_` and `.` only"));
+    }
+    let Some(sha256) = parse_sha256(t.sha256.get_ref()) else {
+        return Err(lines.error(
+            Some(t.sha256.span()),
+            "tokens.sha256: 64 hexadecimal digits, the SHA-256 of the token (`tessera token NAME` makes one)",
+        ));
+    };
+    let mut roles = Vec::new();
+    for role in &t.roles {
+        if !valid_name(role.get_ref()) {
+            return Err(lines.error(Some(role.span()), "tokens.roles: letters, digits, `-`, `_` and `.` only"));
+        }
+        roles.push(role.get_ref().clone());
+    }
+    Ok(TokenSpec { name: t.name.get_ref().clone(), sha256, roles })
+}
+
+fn file_access(rule: &Spanned<FileAccess>, lines: &Lines<'_>) -> Result<AccessRule, ConfigError> {
+    let r = rule.get_ref();
+    if !valid_prefix(r.prefix.get_ref()) {
+        return Err(lines.error(
+            Some(r.prefix.span()),
+            "access.prefix: an absolute URL path without a trailing slash, like /logs/pump-7",
+        ));
+    }
+    if r.allow.is_empty() {
+        return Err(lines.error(Some(rule.span()), "access.allow: name at least one grant"));
+    }
+    let allow = r
+        .allow
+        .iter()
+        .map(|g| Grant::parse(g.get_ref()).map_err(|m| lines.error(Some(g.span()), format!("access.allow: {m}"))))
+        .collect::<Result<_, _>>()?;
+    Ok(AccessRule { prefix: r.prefix.get_ref().clone(), allow })
 }

@@ -11,6 +11,7 @@
 
 mod cli;
 mod file;
+mod security;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -23,8 +24,9 @@ use axum::http::StatusCode;
 use clap::ValueEnum;
 use serde::Deserialize;
 
-pub use cli::{Cli, Command, ConfigArgs};
+pub use cli::{Cli, Command, ConfigArgs, TokenArgs};
 use file::{parse_file, Lines};
+pub use security::{valid_name, AccessRule, ClientAuth, Grant, TlsSettings, TokenSpec};
 
 /// Which code carries HTTP/1.1 connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, ValueEnum)]
@@ -240,6 +242,12 @@ pub struct Config {
     pub cache: CacheSettings,
     pub http: HttpSettings,
     pub tilesets: Arc<BTreeMap<String, TilesetSpec>>,
+    /// TLS on the main listener, if configured.
+    pub tls: Option<TlsSettings>,
+    /// Bearer tokens (their hashes), in configuration order.
+    pub tokens: Vec<TokenSpec>,
+    /// The configured access rules; `access` adds the defaults.
+    pub access: Vec<AccessRule>,
     /// Where the configuration came from, for messages.
     pub source: Option<PathBuf>,
 }
@@ -279,6 +287,9 @@ impl Config {
             cache: CacheSettings::default(),
             http: HttpSettings::default(),
             tilesets: Arc::default(),
+            tls: None,
+            tokens: Vec::new(),
+            access: Vec::new(),
             source: args.config.clone(),
         };
         if let Some(path) = &args.config {
@@ -333,7 +344,60 @@ impl Config {
         if let Some(transport) = args.transport {
             self.http.transport = transport;
         }
+        self.apply_tls_args(args)
+    }
+
+    /// `--tls-cert` and `--tls-key` replace the file's pair (and keep its
+    /// other `[tls]` settings); `--tls-client-ca` and `--plaintext-listen`
+    /// need TLS from one or the other.
+    fn apply_tls_args(&mut self, args: &ConfigArgs) -> Result<(), ConfigError> {
+        let refuse = |message: &str| Err(ConfigError { file: None, line: None, message: message.to_string() });
+        match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => {
+                for (flag, path) in [("--tls-cert", cert), ("--tls-key", key)] {
+                    if !path.is_file() {
+                        return refuse(&format!("{flag} {}: not a readable file", path.display()));
+                    }
+                }
+                let tls = self.tls.get_or_insert_with(|| TlsSettings {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: None,
+                    crls: Vec::new(),
+                    client_auth: ClientAuth::default(),
+                    plaintext_listen: None,
+                });
+                tls.cert = cert.clone();
+                tls.key = key.clone();
+            }
+            (None, None) => {}
+            _ => return refuse("--tls-cert and --tls-key go together"),
+        }
+        let Some(tls) = &mut self.tls else {
+            if args.tls_client_ca.is_some() || args.plaintext_listen.is_some() {
+                return refuse("--tls-client-ca and --plaintext-listen need TLS (--tls-cert and --tls-key, or [tls])");
+            }
+            return Ok(());
+        };
+        if let Some(ca) = &args.tls_client_ca {
+            if !ca.is_file() {
+                return refuse(&format!("--tls-client-ca {}: not a readable file", ca.display()));
+            }
+            tls.client_ca = Some(ca.clone());
+        }
+        if let Some(auth) = args.tls_client_auth {
+            tls.client_auth = auth;
+        }
+        if let Some(addr) = args.plaintext_listen {
+            tls.plaintext_listen = Some(addr);
+        }
         Ok(())
+    }
+
+    /// Whether any credential is configured: then logs and `/metrics` are
+    /// closed unless a rule opens them (see `access`).
+    pub fn secured(&self) -> bool {
+        self.tls.is_some() || !self.tokens.is_empty()
     }
 
     /// Roots may not overlap: one file must belong to exactly one root, or

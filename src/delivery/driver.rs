@@ -46,7 +46,7 @@ use super::sendfile::{self, SendError};
 use super::{handoff, read_chunk, FileSlice};
 use crate::cache::{DescriptorCache, FileEntry};
 use crate::config::HttpSettings;
-use crate::logging::access;
+use crate::logging::Access;
 use crate::metrics::Metrics;
 use crate::roots::{DeliveryPath, Root};
 
@@ -99,7 +99,7 @@ const COALESCE: usize = 64 * 1024;
 /// client still sends, so that the kernel does not answer it with a reset.
 const LINGER: Duration = Duration::from_secs(2);
 
-pub async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
+pub async fn serve_connection(stream: TcpStream, addr: std::net::SocketAddr, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
     shared.metrics.connections.inc();
     let idle_end = idle_close_registration(&shared);
@@ -111,14 +111,15 @@ pub async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
         timer: Box::pin(sleep_until(Instant::now() + shared.settings.head_timeout)),
         idle_end,
         shared,
+        peer: super::Peer { addr, tls: false, device: None },
     };
     match conn.run().await {
         Ok(End::Quiet) => {}
         Ok(End::Close) => conn.linger().await,
         Ok(End::Handoff) => {
             conn.shared.metrics.handoffs.inc();
-            let Conn { stream, buf, shared, shutdown, .. } = conn;
-            handoff::serve(stream, buf.freeze(), shared.router.clone(), shutdown).await;
+            let Conn { stream, buf, shared, shutdown, peer, .. } = conn;
+            handoff::serve(stream, buf.freeze(), peer, shared.router.clone(), shutdown).await;
             shared.metrics.connections.dec();
             return;
         }
@@ -158,6 +159,8 @@ struct Conn {
     /// and removal under a lock per request), and registered anew after a
     /// ring that came while the connection was busy.
     idle_end: Pin<Box<OwnedNotified>>,
+    /// Who is on the other end, for the Router's access rules and the access log.
+    peer: super::Peer,
 }
 
 impl Conn {
@@ -315,7 +318,21 @@ impl Conn {
         if let (Some(path), Some(started), Ok((bytes, delivery))) = (path, started, &result) {
             let root = self.shared.roots.get(entry.root).map(|r| r.path());
             let elapsed = started.elapsed().as_micros() as u64;
-            access(route.0, head.method.as_str(), &path, 200, *bytes, delivery, root, elapsed);
+            let (client, user) = (Some(self.peer.addr.ip()), None);
+            let (route, method, status) = (route.0, head.method.as_str(), 200);
+            Access {
+                route,
+                method,
+                path: &path,
+                status,
+                bytes: *bytes,
+                delivery,
+                root,
+                elapsed_us: elapsed,
+                client,
+                user,
+            }
+            .log();
         }
         result.map(|_| head.keep_alive)
     }
@@ -330,6 +347,7 @@ impl Conn {
         if log.is_some() {
             request.extensions_mut().insert(super::Driven);
         }
+        request.extensions_mut().insert(self.peer.clone());
         let response: Response<Body> =
             self.shared.router.clone().oneshot(request).await.unwrap_or_else(|e: Infallible| match e {});
         let (parts, body) = response.into_parts();
@@ -369,7 +387,22 @@ impl Conn {
             let root = file.and_then(|f| self.shared.roots.get(f.entry.root)).map(|r| r.path());
             let route = route_of(&parts);
             let elapsed = started.elapsed().as_micros() as u64;
-            access(route.0, method.as_str(), &path, status.as_u16(), *bytes, delivery, root, elapsed);
+            let user = parts.extensions.get::<super::Identity>().map(|i| &*i.0);
+            let (route, method, status, client) =
+                (route.0, method.as_str(), status.as_u16(), Some(self.peer.addr.ip()));
+            Access {
+                route,
+                method,
+                path: &path,
+                status,
+                bytes: *bytes,
+                delivery,
+                root,
+                elapsed_us: elapsed,
+                client,
+                user,
+            }
+            .log();
         }
         result.map(|_| keep_alive)
     }

@@ -6,21 +6,39 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use axum::http::Request;
 use axum::Router;
 use bytes::{Buf, Bytes};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tower::ServiceExt;
+
+use super::Peer;
 
 /// Serves the connection with hyper until it ends, or until shutdown asks
 /// hyper to finish gracefully.
-pub async fn serve(stream: TcpStream, prefix: Bytes, router: Router, mut shutdown: watch::Receiver<bool>) {
-    let io = TokioIo::new(Prefixed { prefix, stream });
+pub async fn serve(stream: TcpStream, prefix: Bytes, peer: Peer, router: Router, shutdown: watch::Receiver<bool>) {
+    serve_io(TokioIo::new(Prefixed { prefix, stream }), peer, router, shutdown).await
+}
+
+/// Serves any connection with hyper (HTTP/1.1, or HTTP/2 by its preface),
+/// each request carrying `peer`: the hand-off, plaintext connections under
+/// `transport = "hyper"`, and TLS connections.
+pub async fn serve_io<I>(io: I, peer: Peer, router: Router, mut shutdown: watch::Receiver<bool>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = router.map_request(move |mut request: Request<Incoming>| {
+        request.extensions_mut().insert(peer.clone());
+        request
+    });
     let builder = auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(router));
+    let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(service));
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
@@ -30,7 +48,7 @@ pub async fn serve(stream: TcpStream, prefix: Bytes, router: Router, mut shutdow
         }
     };
     if let Err(e) = result {
-        tracing::debug!(error = %e, "handed-off connection ended with an error");
+        tracing::debug!(error = %e, "hyper connection ended with an error");
     }
 }
 

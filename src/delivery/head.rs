@@ -42,8 +42,8 @@ pub struct Head {
     target: (usize, usize),
     /// The target is origin-form (starts with `/`).
     origin_form: bool,
-    /// No `Range` and no conditional field: for a GET or HEAD of an
-    /// origin-form target, the answer depends on the target alone.
+    /// No `Range`, no conditional field and no `Authorization`: for a GET or
+    /// HEAD of an origin-form target, the answer depends on the target alone.
     pub unconditional: bool,
 }
 
@@ -189,7 +189,11 @@ fn check(buf: &[u8], req: &httparse::Request<'_, '_>, len: usize) -> Parsed {
                 close |= token.eq_ignore_ascii_case(b"close");
                 keep |= token.eq_ignore_ascii_case(b"keep-alive");
             }
-        } else if name.eq_ignore_ascii_case("range") || name.len() > 3 && name[..3].eq_ignore_ascii_case("if-") {
+        } else if name.eq_ignore_ascii_case("range")
+            || name.len() > 3 && name[..3].eq_ignore_ascii_case("if-")
+            || name.eq_ignore_ascii_case("authorization")
+        {
+            // A credential is the access rules' to judge, in the Router.
             unconditional = false;
         }
     }

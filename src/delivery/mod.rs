@@ -173,6 +173,24 @@ impl Body for FileBody {
 #[derive(Debug, Clone, Copy)]
 pub struct Driven;
 
+/// A request extension every transport sets: who is on the other end of
+/// the connection. The access rules read the device names, the failure
+/// limits and the access log the address.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: std::net::SocketAddr,
+    /// The connection is TLS.
+    pub tls: bool,
+    /// The names a verified client certificate gives (subject CN, DNS and
+    /// URI SANs), if one was presented.
+    pub device: Option<Arc<[String]>>,
+}
+
+/// A response extension: the authenticated caller's name for the access
+/// log (`token:NAME`, `device:NAME`), never a secret.
+#[derive(Debug, Clone)]
+pub struct Identity(pub Arc<str>);
+
 /// A response extension: this answer is left out of the access log (the
 /// service manager's own health check, every few seconds).
 #[derive(Debug, Clone, Copy)]

@@ -6,12 +6,14 @@ use std::collections::HashMap;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, Method, StatusCode};
 use axum::response::Response;
+use axum::Extension;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::Serialize;
 use serde_json::json;
 
 use super::{error, files, follow, json_response, wire, AppState};
+use crate::access::Caller;
 use crate::catalog::LogFilter;
 use crate::catalog::LogRecord;
 use crate::config::RootKind;
@@ -114,6 +116,7 @@ fn decode_cursor(cursor: &str) -> Option<(String, String)> {
 
 async fn listing(
     app: AppState,
+    caller: Option<Extension<Caller>>,
     headers: &HeaderMap,
     filter: LogFilter,
     query: HashMap<String, String>,
@@ -137,23 +140,29 @@ async fn listing(
         let query: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={}", wire::segment(v))).collect();
         format!("{base}?{}", query.join("&"))
     });
-    let logs: Vec<Listed<'_>> = logs.iter().map(Listed::of).collect();
+    // Only what the caller may read; the cursor still moves past the whole
+    // page, so a short (or empty) page with a `next` is followed as any other.
+    let caller = caller.map(|Extension(c)| c);
+    let logs: Vec<Listed<'_>> =
+        logs.iter().filter(|l| app.may_read(caller.as_ref(), &url(&l.device, &l.file))).map(Listed::of).collect();
     json_response(headers, &json!({ "logs": logs, "next_cursor": next_cursor, "next": next }))
 }
 
 pub async fn list(
     State(app): State<AppState>,
+    caller: Option<Extension<Caller>>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     match filter(&query) {
-        Ok(filter) => listing(app, &headers, filter, query, "/logs").await,
+        Ok(filter) => listing(app, caller, &headers, filter, query, "/logs").await,
         Err(message) => error(StatusCode::BAD_REQUEST, &message),
     }
 }
 
 pub async fn list_device(
     State(app): State<AppState>,
+    caller: Option<Extension<Caller>>,
     Path(device): Path<String>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
@@ -165,7 +174,7 @@ pub async fn list_device(
         Ok(mut filter) => {
             let base = format!("/logs/{}", wire::segment(&device));
             filter.device = Some(device);
-            listing(app, &headers, filter, query, &base).await
+            listing(app, caller, &headers, filter, query, &base).await
         }
         Err(message) => error(StatusCode::BAD_REQUEST, &message),
     }

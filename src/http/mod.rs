@@ -3,6 +3,7 @@
 
 pub mod files;
 mod follow;
+mod guard;
 mod logs;
 pub mod observe;
 mod status;
@@ -22,6 +23,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use parking_lot::Mutex;
 
+use crate::access::{Caller, Limiter, Policy};
 use crate::cache::{DescriptorCache, FileEntry};
 use crate::catalog::digest::Digests;
 use crate::catalog::{self, Tileset};
@@ -55,6 +57,10 @@ pub struct App {
     snapshot: Mutex<Option<(u64, Arc<Vec<Tileset>>)>>,
     /// The catalog's read side.
     reader: Arc<catalog::Reader>,
+    /// The access rules, and the failed-authentication limits they share
+    /// with the TLS handshakes.
+    pub policy: Arc<Policy>,
+    pub limiter: Arc<Limiter>,
 }
 
 pub type AppState = Arc<App>;
@@ -130,6 +136,8 @@ impl App {
             generation,
             snapshot: Mutex::new(None),
             reader: Arc::new(catalog::Reader::new(location)),
+            policy: Arc::new(Policy::new(config)),
+            limiter: Arc::default(),
         }
     }
 
@@ -160,6 +168,12 @@ impl App {
                 Err(response)
             }
         }
+    }
+
+    /// Whether the caller of a request may read `path`: listings show only
+    /// what their caller may read. Without a guard every path is open.
+    fn may_read(&self, caller: Option<&Caller>, path: &str) -> bool {
+        !self.policy.enforced || self.policy.allows(caller.unwrap_or(&Caller::default()), path)
     }
 
     /// The index of the root with this database id.
@@ -229,7 +243,7 @@ impl App {
 
 /// The router with every URL of the contract in DESIGN.md.
 pub fn router(app: AppState) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/", get(status::index))
         .route("/healthz", get(status::healthz))
         .route("/readyz", get(status::readyz))
@@ -241,10 +255,26 @@ pub fn router(app: AppState) -> Router {
         .route("/logs", get(logs::list))
         .route("/logs/{device}", get(logs::list_device))
         .route("/logs/{device}/{file}", get(logs::download))
-        .fallback(not_found)
+        .fallback(not_found);
+    // Without a rule that closes anything, no guard: every path answers as
+    // on a loopback appliance, at no cost per request.
+    let router = if app.policy.enforced {
+        let guard = Arc::new(guard::Guard {
+            policy: app.policy.clone(),
+            limiter: app.limiter.clone(),
+            metrics: app.metrics.clone(),
+        });
+        router.layer(axum::middleware::from_fn_with_state(guard, guard::guard))
+    } else {
+        router
+    };
+    router
         .layer(observe::ObserveLayer::new(app.metrics.clone()))
         .layer(observe::cors())
         .layer(tower_http::trace::TraceLayer::new_for_http())
+        // Whatever prints a request's headers (a debug span, a future
+        // layer) shows `Authorization` as "Sensitive", never the token.
+        .layer(tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION]))
         .with_state(app)
 }
 

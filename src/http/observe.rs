@@ -20,8 +20,8 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 use tower_http::cors::{Any, CorsLayer};
 
-use crate::delivery::{Driven, Unlogged};
-use crate::logging::access;
+use crate::delivery::{Driven, Identity, Peer, Unlogged};
+use crate::logging::Access;
 use crate::metrics::{Metrics, Route};
 
 /// CORS on every answer, errors included: map clients and dashboards run in
@@ -78,11 +78,10 @@ where
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let matched = request.extensions().get::<MatchedPath>().map(|m| Route(intern(m.as_str())));
-        let log = request
-            .extensions()
-            .get::<Driven>()
-            .is_none()
-            .then(|| (request.method().clone(), request.uri().path().to_owned(), Instant::now()));
+        let log = request.extensions().get::<Driven>().is_none().then(|| {
+            let client = request.extensions().get::<Peer>().map(|p| p.addr.ip());
+            (request.method().clone(), request.uri().path().to_owned(), client, Instant::now())
+        });
         ObserveFuture { inner: self.inner.call(request), matched, log, metrics: self.metrics.clone() }
     }
 }
@@ -92,7 +91,7 @@ pin_project! {
         #[pin]
         inner: F,
         matched: Option<Route>,
-        log: Option<(Method, String, Instant)>,
+        log: Option<(Method, String, Option<std::net::IpAddr>, Instant)>,
         metrics: Arc<Metrics>,
     }
 }
@@ -112,13 +111,27 @@ where
         let status = response.status().as_u16();
         this.metrics.count_request(route, status);
         let log = this.log.take().filter(|_| response.extensions().get::<Unlogged>().is_none());
-        if let Some((method, path, started)) = log {
+        if let Some((method, path, client, started)) = log {
             // Served by hyper (a hand-off or `transport = "hyper"`): the
             // length it will send is what the head says.
             let bytes =
                 response.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
             let elapsed = started.elapsed().as_micros() as u64;
-            access(route.0, method.as_str(), &path, status, bytes, "hyper", None, elapsed);
+            let user = response.extensions().get::<Identity>().map(|i| &*i.0);
+            let (route, method, delivery) = (route.0, method.as_str(), "hyper");
+            Access {
+                route,
+                method,
+                path: &path,
+                status,
+                bytes,
+                delivery,
+                root: None,
+                elapsed_us: elapsed,
+                client,
+                user,
+            }
+            .log();
         }
         Poll::Ready(Ok(response))
     }

@@ -6,8 +6,10 @@ use std::sync::atomic::Ordering;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 
 use super::{text_response, wire, AppState};
+use crate::access::Caller;
 use crate::config::RootKind;
 use crate::delivery::Unlogged;
 
@@ -35,7 +37,9 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
 }
 
 /// A plain status page: roots, tilesets, devices.
-pub async fn index(State(app): State<AppState>) -> Response {
+pub async fn index(State(app): State<AppState>, caller: Option<Extension<Caller>>) -> Response {
+    let caller = caller.map(|Extension(c)| c);
+    let may_read = |path: &str| app.may_read(caller.as_ref(), path);
     let tile_order = app.root_order(RootKind::Tiles);
     let log_order = app.root_order(RootKind::Logs);
     let listed = app.query(move |q| Ok((q.tilesets(&tile_order)?, q.logs(&log_order, &Default::default())?))).await;
@@ -46,13 +50,16 @@ pub async fn index(State(app): State<AppState>) -> Response {
          <h1>tessera</h1>",
     );
     let ready = if app.ready.load(Ordering::Acquire) { "ready" } else { "reconciling the catalog" };
-    let _ = write!(
-        page,
-        "<p>{ready}; up {} s. <a href=/metrics>metrics</a></p><h2>Roots</h2><table>",
-        app.started.elapsed().as_secs()
-    );
-    page.push_str("<tr><th>kind<th>path<th>storage<th>delivery<th>watcher</tr>");
-    for root in app.roots.iter() {
+    let _ = write!(page, "<p>{ready}; up {} s.", app.started.elapsed().as_secs());
+    // Roots and metrics are the operator's view: shown to whoever may read `/metrics`.
+    let operator = may_read("/metrics");
+    if operator {
+        page.push_str(" <a href=/metrics>metrics</a></p><h2>Roots</h2><table>");
+        page.push_str("<tr><th>kind<th>path<th>storage<th>delivery<th>watcher</tr>");
+    } else {
+        page.push_str("</p><table>");
+    }
+    for root in app.roots.iter().filter(|_| operator) {
         let _ = write!(
             page,
             "<tr><td>{}<td>{}<td>{}{}<td>{}<td>{:?}</tr>",
@@ -67,7 +74,7 @@ pub async fn index(State(app): State<AppState>) -> Response {
     page.push_str(
         "</table><h2>Tilesets</h2><table><tr><th>name (preview)<th>source<th>format<th>zoom<th>tiles<th>TileJSON</tr>",
     );
-    for t in &tilesets {
+    for t in tilesets.iter().filter(|t| may_read(&format!("/tiles/{}", wire::segment(&t.name)))) {
         let name = escape(&t.name);
         let url = wire::segment(&t.name);
         let _ = write!(
@@ -77,7 +84,7 @@ pub async fn index(State(app): State<AppState>) -> Response {
         );
     }
     page.push_str("</table><h2>Logs</h2><table><tr><th>device<th>file<th>size<th>first<th>last</tr>");
-    for l in &logs {
+    for l in logs.iter().filter(|l| may_read(&super::logs::url(&l.device, &l.file))) {
         let _ = write!(
             page,
             "<tr><td>{}<td><a href=\"{}\">{}</a><td>{}<td>{}<td>{}</tr>",

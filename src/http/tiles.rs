@@ -4,6 +4,7 @@
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::Response;
+use axum::Extension;
 use percent_encoding::percent_decode_str;
 use serde_json::json;
 
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{error, files, json_response, wire, AppState};
+use crate::access::Caller;
 use crate::cache::FileEntry;
 use crate::catalog::{Source, Tileset};
 use crate::config::{RootKind, Scheme, TilesetSpec, DEFAULT_TILES_CACHE_CONTROL};
@@ -346,7 +348,8 @@ fn redirect_to_preview(name: &str) -> Response {
 }
 
 /// `/tiles`: every tileset with its catalog facts, its TileJSON and its preview page.
-pub async fn catalog(State(app): State<AppState>, headers: HeaderMap) -> Response {
+pub async fn catalog(State(app): State<AppState>, caller: Option<Extension<Caller>>, headers: HeaderMap) -> Response {
+    let caller = caller.map(|Extension(c)| c);
     let tilesets = match app.tileset_list().await {
         Ok(t) => t,
         Err(response) => return response,
@@ -354,6 +357,7 @@ pub async fn catalog(State(app): State<AppState>, headers: HeaderMap) -> Respons
     let base = app.base_url(&headers);
     let list: Vec<serde_json::Value> = tilesets
         .iter()
+        .filter(|t| app.may_read(caller.as_ref(), &format!("/tiles/{}", wire::segment(&t.name))))
         .map(|t| {
             let scheme = stored_scheme(Some(t), app.tilesets.get(&t.name));
             let id = wire::segment(&t.name);

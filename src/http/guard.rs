@@ -1,0 +1,108 @@
+//! The access rules applied to every request (see `access`): who the
+//! caller is (a verified device certificate from the transport's [`Peer`],
+//! a bearer token), then 401, 403 or the handler. CORS preflights never get
+//! here (the CORS layer outside answers them), so a browser dashboard can
+//! always ask.
+//!
+//! A wrong token is a failed authentication of the client's address:
+//! slowed past a burst, refused unheard (429) when too many are owed, and
+//! logged once per burst with the address and the reason, never the token.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use super::error;
+use crate::access::{bearer, Caller, Limiter, NotBearer, Policy};
+use crate::delivery::{Identity, NoReplay, Peer};
+use crate::metrics::Metrics;
+
+pub struct Guard {
+    pub policy: Arc<Policy>,
+    pub limiter: Arc<Limiter>,
+    pub metrics: Arc<Metrics>,
+}
+
+pub async fn guard(State(guard): State<Arc<Guard>>, mut request: Request, next: Next) -> Response {
+    let peer = request.extensions().get::<Peer>().cloned();
+    let client = peer.as_ref().map(|p| p.addr.ip());
+    let mut caller = Caller { device: peer.and_then(|p| p.device), token: None };
+    let presented = bearer(request.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes));
+    match presented {
+        Ok(None) => {}
+        Ok(Some(secret)) => {
+            if let Some(wait) = client.and_then(|ip| guard.limiter.throttled(ip)) {
+                return guard.throttled(wait);
+            }
+            match guard.policy.token(secret) {
+                Some(token) => caller.token = Some(token),
+                None => return guard.failed(client, &caller, "unknown token").await,
+            }
+        }
+        Err(NotBearer) => return guard.failed(client, &caller, "malformed Authorization (Bearer only)").await,
+    }
+    let path = request.uri().path();
+    if !guard.policy.allows(&caller, path) {
+        return if caller.anonymous() {
+            guard.metrics.auth_refusals.with_label_values(&["missing"]).inc();
+            unauthorized(None)
+        } else {
+            guard.metrics.auth_refusals.with_label_values(&["forbidden"]).inc();
+            error(StatusCode::FORBIDDEN, "this identity may not read this path")
+        };
+    }
+    // An answer only some callers may have is never replayed to the next.
+    let public = guard.policy.is_public(path);
+    let name = caller.name();
+    request.extensions_mut().insert(caller);
+    let mut response = next.run(request).await;
+    if !public {
+        response.extensions_mut().insert(NoReplay);
+    }
+    if let Some(name) = name {
+        response.extensions_mut().insert(Identity(name.into()));
+    }
+    response
+}
+
+impl Guard {
+    /// A wrong credential: counted, logged once per burst, answered 401
+    /// after the delay the address has earned.
+    async fn failed(&self, client: Option<std::net::IpAddr>, caller: &Caller, reason: &'static str) -> Response {
+        self.metrics.auth_refusals.with_label_values(&["bad_token"]).inc();
+        if let Some(ip) = client {
+            let failure = self.limiter.failed(ip);
+            if let Some(earlier) = failure.log {
+                tracing::warn!(client = %ip, identity = caller.name(), reason, earlier_failures = earlier,
+                    "authentication failed");
+            }
+            tokio::time::sleep(failure.delay).await;
+        }
+        unauthorized(Some("invalid_token"))
+    }
+
+    fn throttled(&self, wait: std::time::Duration) -> Response {
+        self.metrics.auth_refusals.with_label_values(&["throttled"]).inc();
+        let mut response = error(StatusCode::TOO_MANY_REQUESTS, "too many failed authentications, retry later");
+        let seconds = wait.as_secs().max(1).to_string();
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_str(&seconds).expect("digits"));
+        response
+    }
+}
+
+/// 401 with the challenge RFC 6750 describes: a bearer token (or, over
+/// TLS, a client certificate, which no header can ask for).
+fn unauthorized(error_code: Option<&str>) -> Response {
+    let mut response =
+        error(StatusCode::UNAUTHORIZED, "authentication required: a bearer token or a device certificate");
+    let challenge = match error_code {
+        Some(code) => format!("Bearer realm=\"tessera\", error=\"{code}\""),
+        None => "Bearer realm=\"tessera\"".to_string(),
+    };
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_str(&challenge).expect("ascii"));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
