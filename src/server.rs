@@ -456,11 +456,23 @@ pub fn check(args: &ConfigArgs) -> Result<String, String> {
         Ok(()) => String::new(),
         Err(e) => format!("; warning: {e}: the catalog will be kept in memory"),
     };
+    // The certificate, key, CAs and CRLs must load together, as at start.
+    let tls_note = match &config.tls {
+        Some(settings) => {
+            crate::tls::server_config(settings).map_err(|e| format!("TLS refused: {e:#}"))?;
+            let devices = if settings.client_ca.is_some() { " with device certificates" } else { "" };
+            format!(", TLS{devices}")
+        }
+        None => String::new(),
+    };
+    let policy = crate::access::Policy::new(&config);
+    let open_note = open_logs_warning(&config, &policy).map(|w| format!("; warning: {w}")).unwrap_or_default();
     let source = config.source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "command line".into());
     Ok(format!(
-        "configuration OK ({source}): {} roots, listen {}, state {}{state_note}",
+        "configuration OK ({source}): {} roots, listen {}{tls_note}, {} tokens, state {}{state_note}{open_note}",
         roots.len(),
         config.listen,
+        config.tokens.len(),
         config.state.display()
     ))
 }
