@@ -308,6 +308,8 @@ fn tokens_read_by_role_wrong_ones_are_slowed_and_no_secret_is_logged() {
     let ok = server.get_with_token("/metrics", TOKEN);
     assert_eq!(ok.status, 200);
     assert!(ok.text().contains("tessera_requests_total"));
+    let cc = ok.header("cache-control").unwrap_or_default();
+    assert!(cc.starts_with("private"), "an answer for one caller is private to it: {cc}");
     // Over TLS too, with curl.
     let bearer = format!("Authorization: Bearer {TOKEN}");
     assert_eq!(curl(&setup, "/metrics", &["-H", &bearer]).0, 200);

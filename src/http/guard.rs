@@ -61,6 +61,7 @@ pub async fn guard(State(guard): State<Arc<Guard>>, mut request: Request, next: 
     let mut response = next.run(request).await;
     if !public {
         response.extensions_mut().insert(NoReplay);
+        private(&mut response);
     }
     if let Some(name) = name {
         response.extensions_mut().insert(Identity(name.into()));
@@ -105,4 +106,18 @@ fn unauthorized(error_code: Option<&str>) -> Response {
     response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_str(&challenge).expect("ascii"));
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// An answer for one caller is no shared cache's to keep: `private` goes
+/// in front of whatever `Cache-Control` the root set.
+fn private(response: &mut Response) {
+    let current = response.headers().get(header::CACHE_CONTROL).and_then(|v| v.to_str().ok());
+    let value = match current {
+        Some(cc) if cc.split(',').any(|d| d.trim().eq_ignore_ascii_case("private")) => return,
+        Some(cc) => format!("private, {cc}"),
+        None => "private".to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        response.headers_mut().insert(header::CACHE_CONTROL, value);
+    }
 }
