@@ -470,3 +470,76 @@ fn check_refuses_bad_security_settings_with_the_line_and_warns_of_open_logs() {
     assert!(status.success(), "{stderr}");
     assert!(stdout.contains("logs are readable without authentication"), "{stdout}");
 }
+
+#[test]
+fn a_root_with_its_own_access_is_closed_on_top_of_the_path_rules() {
+    let fx = Fixture::new();
+    let (vault_logs, vault_tiles) = (fx.root().join("vault-logs"), fx.root().join("vault-tiles"));
+    for (dir, file, text) in [
+        (fx.logs().join("pump-7"), "a.log", "open\n"),
+        (vault_logs.join("substation-1"), "a.log", "restricted\n"),
+        (fx.tiles().join("osm/0/0"), "0.png", "\u{89}PNG open"),
+        (vault_tiles.join("cables/0/0"), "0.png", "\u{89}PNG cables"),
+    ] {
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join(file), text).expect("file");
+    }
+    let toml = format!(
+        "[[tiles]]\npath = {:?}\n[[tiles]]\npath = {:?}\naccess = [\"authenticated\"]\n\
+         [[logs]]\npath = {:?}\n[[logs]]\npath = {:?}\naccess = [\"role:ops\"]\n\
+         [[tokens]]\nname = \"reader\"\nsha256 = \"{}\"\nroles = [\"logs\"]\n\
+         [[tokens]]\nname = \"ops\"\nsha256 = \"{}\"\nroles = [\"logs\", \"ops\"]\n",
+        fx.tiles(),
+        vault_tiles,
+        fx.logs(),
+        vault_logs,
+        sha256_hex("reader-secret"),
+        sha256_hex("ops-secret"),
+    );
+    let config = fx.root().join("tessera.toml");
+    std::fs::write(&config, toml).expect("config");
+    let mut command = Command::new(bin());
+    command.args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(&config).arg("--state").arg(fx.state());
+    let server = Server::spawn_command(command, &fx.root().join("server.stderr"));
+    server.wait_ready();
+
+    assert_eq!(server.get_with_token("/logs/pump-7/a.log", "reader-secret").status, 200);
+    assert_eq!(
+        server.get_with_token("/logs/substation-1/a.log", "reader-secret").status,
+        403,
+        "root closed to role logs"
+    );
+    assert_eq!(server.get("/logs/substation-1/a.log").status, 401);
+    let ops = server.get_with_token("/logs/substation-1/a.log", "ops-secret");
+    assert_eq!((ops.status, ops.text().as_str()), (200, "restricted\n"));
+    let devices = |token: &str| -> Vec<String> {
+        let listing = server.get_with_token("/logs", token).json();
+        listing["logs"]
+            .as_array()
+            .expect("logs")
+            .iter()
+            .map(|l| l["device"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    assert_eq!(devices("reader-secret"), ["pump-7"]);
+    assert_eq!(devices("ops-secret"), ["pump-7", "substation-1"]);
+
+    // Tiles: the open root stays public (and replayable), the other needs any identity.
+    for _ in 0..3 {
+        assert_eq!(server.get("/tiles/osm/0/0/0.png").status, 200);
+        assert_eq!(server.get("/tiles/cables/0/0/0.png").status, 401, "never replayed to an anonymous caller");
+    }
+    assert_eq!(server.get_with_token("/tiles/cables/0/0/0.png", "reader-secret").status, 200);
+    assert_eq!(server.get("/tiles/cables.json").status, 401);
+    let names = |response: Response| -> Vec<String> {
+        let listing = response.json();
+        listing["tilesets"]
+            .as_array()
+            .expect("tilesets")
+            .iter()
+            .map(|t| t["name"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    assert_eq!(names(server.get("/tiles")), ["osm"]);
+    assert_eq!(names(server.get_with_token("/tiles", "reader-secret")), ["cables", "osm"]);
+}

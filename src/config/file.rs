@@ -82,6 +82,7 @@ struct FileRoot {
     watch: Option<WatchMode>,
     poll_interval_ms: Option<Spanned<u64>>,
     cache_control: Option<Spanned<String>>,
+    access: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     directories: Vec<FileDir>,
 }
@@ -315,6 +316,17 @@ fn file_root(kind: RootKind, root: &FileRoot, base: &Path, lines: &Lines<'_>) ->
             return Err(lines.error(Some(cc.span()), "cache_control is not a valid header value"));
         }
         spec.cache_control = cc.get_ref().clone();
+    }
+    if let Some(access) = &root.access {
+        if access.get_ref().is_empty() {
+            return Err(lines.error(Some(access.span()), "access: name at least one grant"));
+        }
+        let grants = access
+            .get_ref()
+            .iter()
+            .map(|g| Grant::parse(g.get_ref()).map_err(|m| lines.error(Some(g.span()), format!("access: {m}"))))
+            .collect::<Result<_, _>>()?;
+        spec.access = Some(grants);
     }
     for dir in &root.directories {
         let rel = dir.path.get_ref();
