@@ -49,7 +49,7 @@ pub async fn guard(State(guard): State<Arc<Guard>>, mut request: Request, next: 
     }
     let path = request.uri().path();
     let root_rule = root_grants(&guard.roots, path);
-    let allowed = guard.policy.allows(&caller, path) && root_rule.is_none_or(|g| grants_allow(g, &caller, path));
+    let allowed = guard.policy.allows(&caller, path) && root_rule.map_or(true, |g| grants_allow(g, &caller, path));
     if !allowed {
         return if caller.anonymous() {
             guard.metrics.auth_refusals.with_label_values(&["missing"]).inc();
@@ -60,7 +60,7 @@ pub async fn guard(State(guard): State<Arc<Guard>>, mut request: Request, next: 
         };
     }
     // An answer only some callers may have is never replayed to the next.
-    let public = guard.policy.is_public(path) && root_rule.is_none_or(|g| g.contains(&Grant::Public));
+    let public = guard.policy.is_public(path) && root_rule.map_or(true, |g| g.contains(&Grant::Public));
     let name = caller.name();
     request.extensions_mut().insert(caller);
     let mut response = next.run(request).await;

@@ -179,7 +179,7 @@ impl App {
         let anonymous = Caller::default();
         let caller = caller.unwrap_or(&anonymous);
         self.policy.allows(caller, path)
-            && guard::root_grants(&self.roots, path).is_none_or(|g| crate::access::grants_allow(g, caller, path))
+            && guard::root_grants(&self.roots, path).map_or(true, |g| crate::access::grants_allow(g, caller, path))
     }
 
     /// The index of the root with this database id.
