@@ -227,13 +227,15 @@ async fn serve_listeners(
         }
         per_worker[0].push((l.socket, l.tls));
     }
+    let limits =
+        handoff::Limits { idle: settings.idle_timeout, write: settings.write_timeout, shutdown: shutdown.clone() };
     let tls = security.certs.map(|certs| crate::tls::Context {
         certs,
         router: router.clone(),
         metrics: metrics.clone(),
         limiter: security.limiter,
         handshake_timeout: settings.head_timeout,
-        shutdown: shutdown.clone(),
+        limits,
     });
     let shared = Arc::new(Shared {
         router,
@@ -337,8 +339,8 @@ async fn accept_loop(listener: std::net::TcpListener, kind: Kind, shared: Arc<Sh
                                 Kind::Plain if shared.settings.transport == Transport::Hyper => {
                                     let peer = crate::delivery::Peer { addr, tls: false, device: None };
                                     shared.metrics.connections.inc();
-                                    let (router, shutdown) = (shared.router.clone(), shared.shutdown.clone());
-                                    handoff::serve(stream, bytes::Bytes::new(), peer, router, shutdown).await;
+                                    let (router, limits) = (shared.router.clone(), shared.hyper_limits());
+                                    handoff::serve(stream, bytes::Bytes::new(), peer, router, limits).await;
                                     shared.metrics.connections.dec();
                                 }
                                 Kind::Plain => driver::serve_connection(stream, addr, shared).await,

@@ -19,7 +19,6 @@ use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKey
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::access::Limiter;
@@ -180,7 +179,7 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub limiter: Arc<Limiter>,
     pub handshake_timeout: Duration,
-    pub shutdown: watch::Receiver<bool>,
+    pub limits: handoff::Limits,
 }
 
 /// Serves one TLS connection: the handshake within `handshake_timeout`,
@@ -209,7 +208,7 @@ pub async fn serve(stream: TcpStream, addr: SocketAddr, cx: Context) {
         .map(|cert| Arc::from(device_names(cert)));
     let peer = Peer { addr, tls: true, device };
     cx.metrics.connections.inc();
-    handoff::serve_io(hyper_util::rt::TokioIo::new(stream), peer, cx.router, cx.shutdown).await;
+    handoff::serve_io(stream, peer, cx.router, cx.limits).await;
     cx.metrics.connections.dec();
 }
 

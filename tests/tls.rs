@@ -374,6 +374,50 @@ fn a_replaced_certificate_serves_new_connections_and_old_ones_keep_working() {
     assert_eq!(old.get("/healthz").0, 200);
 }
 
+#[test]
+fn tls_clients_that_stop_reading_or_stay_idle_are_dropped() {
+    let _serial = serial(); // measures timeouts
+    let setup = start("[http]\nwrite_timeout_ms = 1000\nidle_timeout_ms = 1500\n", &[]);
+    let big: Vec<u8> = (0..16_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::create_dir_all(setup.fx.tiles().join("osm/1/0")).expect("dir");
+    std::fs::write(setup.fx.tiles().join("osm/1/0/0.png"), &big).expect("big tile");
+    let ca = setup.ca.pem_path("ca");
+
+    // A reader that stops: the server gives up after the write timeout.
+    let mut stalled = TlsClient::connect_small(setup.tls, &ca);
+    write!(stalled.stream, "GET /tiles/osm/1/0/0.png HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").expect("request");
+    stalled.stream.flush().expect("flush");
+    std::thread::sleep(Duration::from_secs(4));
+    let (mut got, started) = (0usize, Instant::now());
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = loop {
+        match stalled.stream.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => got += n,
+            Err(_) => break true,
+        }
+        if started.elapsed() > Duration::from_secs(8) {
+            break false;
+        }
+    };
+    assert!(ended && got < big.len(), "a stalled TLS reader is dropped ({got} of {} bytes, ended {ended})", big.len());
+
+    // An idle kept-alive connection is closed after the idle timeout.
+    let mut idle = TlsClient::connect(setup.tls, &ca);
+    assert_eq!(idle.get("/healthz").0, 200);
+    std::thread::sleep(Duration::from_millis(2500));
+    write!(idle.stream, "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").ok();
+    let _ = idle.stream.flush();
+    let answer = idle.stream.read(&mut buf);
+    assert!(matches!(answer, Ok(0) | Err(_)), "an idle TLS connection is closed, got {answer:?}");
+
+    // A reader that keeps reading gets it all, however long it takes.
+    let mut reader = TlsClient::connect_small(setup.tls, &ca);
+    let (status, body) = reader.get("/tiles/osm/1/0/0.png");
+    assert_eq!(status, 200);
+    assert!(body == big, "the whole 16 MB over TLS");
+}
+
 fn replace(from: &Path, to: &Path) {
     std::fs::rename(from, to).expect("rename into place");
 }
@@ -385,6 +429,19 @@ struct TlsClient {
 
 impl TlsClient {
     fn connect(addr: SocketAddr, ca: &Path) -> TlsClient {
+        TlsClient::connect_with(addr, ca, TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// A client whose receive buffer is small, so that a server writing to
+    /// it soon has to wait.
+    fn connect_small(addr: SocketAddr, ca: &Path) -> TlsClient {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+        socket.set_recv_buffer_size(64 * 1024).expect("SO_RCVBUF");
+        socket.connect(&addr.into()).expect("connect");
+        TlsClient::connect_with(addr, ca, socket.into())
+    }
+
+    fn connect_with(_addr: SocketAddr, ca: &Path, tcp: TcpStream) -> TlsClient {
         use rustls::pki_types::pem::PemObject;
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).expect("CA file") {
@@ -399,7 +456,6 @@ impl TlsClient {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name").to_owned();
         let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
-        let tcp = TcpStream::connect(addr).expect("connect");
         tcp.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
         let mut stream = rustls::StreamOwned::new(conn, tcp);
         while stream.conn.is_handshaking() {
@@ -418,16 +474,10 @@ impl TlsClient {
     fn get(&mut self, path: &str) -> (u16, Vec<u8>) {
         write!(self.stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").expect("write");
         self.stream.flush().expect("flush");
-        let mut raw = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = self.stream.read(&mut buf).expect("read");
-            assert!(n > 0, "connection closed before a whole response");
-            raw.extend_from_slice(&buf[..n]);
-            if let Ok(response) = parse_response(&raw, false) {
-                return (response.status, response.body);
-            }
-        }
+        let mut conn = RawConn::wrap(&mut self.stream);
+        let response = conn.read_response(false).expect("a whole response");
+        assert!(conn.buffered().is_empty(), "nothing follows the response");
+        (response.status, response.body)
     }
 }
 

@@ -694,6 +694,11 @@ impl<'a> RawConn<&'a [u8]> {
 }
 
 impl<S: Read> RawConn<S> {
+    /// Responses read from any stream (a TLS one, say).
+    pub fn wrap(stream: S) -> RawConn<S> {
+        RawConn { stream, buf: Vec::new() }
+    }
+
     /// Bytes read but not yet consumed by a response.
     pub fn buffered(&self) -> &[u8] {
         &self.buf
