@@ -573,6 +573,12 @@ fn a_root_with_its_own_access_is_closed_on_top_of_the_path_rules() {
     };
     assert_eq!(devices("reader-secret"), ["pump-7"]);
     assert_eq!(devices("ops-secret"), ["pump-7", "substation-1"]);
+    // The status page too: no log and no root for an anonymous caller.
+    let page = server.get("/").text();
+    assert!(!page.contains("pump-7") && !page.contains("substation-1") && !page.contains("vault-logs"), "{page}");
+    assert!(page.contains("osm") && !page.contains("cables"), "public tilesets only: {page}");
+    let page = server.get_with_token("/", "ops-secret").text();
+    assert!(page.contains("pump-7") && page.contains("substation-1"), "{page}");
 
     // Tiles: the open root stays public (and replayable), the other needs any identity.
     for _ in 0..3 {
