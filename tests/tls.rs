@@ -120,7 +120,7 @@ fn sha256_hex(s: &str) -> String {
 
 /// A server with TLS, devices verified against a CA and a CRL, one token
 /// with role `metrics`, a plaintext listener beside, and logs for two devices.
-fn start(extra_toml: &str, env: &[(&str, &str)]) -> Setup {
+fn start(tls_extra: &str, extra_toml: &str, env: &[(&str, &str)]) -> Setup {
     let fx = Fixture::new();
     let pki = fx.root().join("pki");
     std::fs::create_dir(&pki).expect("pki dir");
@@ -138,7 +138,7 @@ fn start(extra_toml: &str, env: &[(&str, &str)]) -> Setup {
     std::fs::write(fx.tiles().join("osm/0/0/0.png"), tile_bytes()).expect("tile");
     let config = fx.root().join("tessera.toml");
     let toml = format!(
-        "[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\ncrl = [{:?}]\nplaintext_listen = \"127.0.0.1:0\"\n\n\
+        "[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\ncrl = [{:?}]\nplaintext_listen = \"127.0.0.1:0\"\n{tls_extra}\n\
          [[tokens]]\nname = \"grafana\"\nsha256 = \"{}\"\nroles = [\"metrics\"]\n{extra_toml}",
         pki.join("server.pem"),
         pki.join("server.key"),
@@ -204,7 +204,7 @@ fn as_strs(v: &[String]) -> Vec<&str> {
 
 #[test]
 fn curl_gets_tiles_over_http1_and_http2_and_tls_bodies_are_exact() {
-    let setup = start("", &[]);
+    let setup = start("", "", &[]);
     let (status, body, version, _) = curl(&setup, "/tiles/osm/0/0/0.png", &["--http1.1"]);
     assert_eq!((status, version.as_str()), (200, "1.1"));
     assert_eq!(body, tile_bytes());
@@ -222,11 +222,27 @@ fn curl_gets_tiles_over_http1_and_http2_and_tls_bodies_are_exact() {
     let plain = setup.server.get("/tiles/osm/0/0/0.png");
     assert_eq!(plain.status, 200);
     assert_eq!(plain.body, tile_bytes());
+
+    // Plaintext keeps sendfile; TLS takes the buffered path.
+    let tile: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::create_dir_all(setup.fx.tiles().join("osm/2/0")).expect("dir");
+    std::fs::write(setup.fx.tiles().join("osm/2/0/0.png"), &tile).expect("tile");
+    let sent = |path: &str| -> f64 {
+        let text = setup.server.get_with_token("/metrics", TOKEN).text();
+        let series = format!("tessera_bytes_sent_total{{path=\"{path}\"");
+        text.lines().filter(|l| l.starts_with(&series)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+    };
+    let (sendfile, buffered) = (sent("sendfile"), sent("buffered"));
+    assert_eq!(setup.server.get("/tiles/osm/2/0/0.png").body, tile);
+    assert!(sent("sendfile") - sendfile >= 300_000.0, "plaintext: by sendfile");
+    let (status, body, _, _) = curl(&setup, "/tiles/osm/2/0/0.png", &[]);
+    assert_eq!((status, body == tile), (200, true));
+    assert!(sent("buffered") - buffered >= 300_000.0, "TLS: buffered");
 }
 
 #[test]
 fn a_device_reads_its_own_logs_and_no_other() {
-    let setup = start("", &[]);
+    let setup = start("", "", &[]);
     let own = fs_log(&setup, "pump-7");
     let args = device_args(&setup, "pump-7");
     let (status, body, _, _) = curl(&setup, "/logs/pump-7/a.log", &as_strs(&args));
@@ -265,7 +281,7 @@ fn fs_log(setup: &Setup, device: &str) -> Vec<u8> {
 
 #[test]
 fn expired_unknown_and_revoked_certificates_are_refused() {
-    let setup = start("", &[]);
+    let setup = start("", "", &[]);
     let pki = setup.fx.root().join("pki");
     // Expired: valid from 2020 to 2021, signed by the right CA.
     let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
@@ -291,6 +307,19 @@ fn expired_unknown_and_revoked_certificates_are_refused() {
     assert_eq!(curl(&setup, "/logs/pump-7/a.log", &as_strs(&args)).0, 200);
 }
 
+#[test]
+fn client_auth_required_refuses_connections_without_a_device_certificate() {
+    let setup = start("client_auth = \"required\"", "", &[]);
+    let (status, _, _, exit) = curl(&setup, "/tiles/osm/0/0/0.png", &[]);
+    assert!(status == 0 && exit != 0, "no certificate, no connection (got {status})");
+    let args = device_args(&setup, "pump-7");
+    let (status, body, _, _) = curl(&setup, "/tiles/osm/0/0/0.png", &as_strs(&args));
+    assert_eq!((status, body), (200, tile_bytes()));
+    assert_eq!(curl(&setup, "/logs/pump-7/a.log", &as_strs(&args)).0, 200);
+    let text = setup.server.get_with_token("/metrics", TOKEN).text();
+    assert!(metric_value(&text, "tessera_tls_handshake_failures_total{reason=\"no_client_certificate\"}") >= 1.0);
+}
+
 fn metric_value(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
@@ -300,7 +329,7 @@ fn metric_value(text: &str, series: &str) -> f64 {
 #[test]
 fn tokens_read_by_role_wrong_ones_are_slowed_and_no_secret_is_logged() {
     let _serial = serial(); // measures delays
-    let setup = start("", &[("TESSERA_LOG", "debug,tessera::access=info,tower_http=trace")]);
+    let setup = start("", "", &[("TESSERA_LOG", "debug,tessera::access=info,tower_http=trace")]);
     let server = &setup.server;
     let anonymous = server.get("/metrics");
     assert_eq!(anonymous.status, 401);
@@ -345,7 +374,7 @@ fn tokens_read_by_role_wrong_ones_are_slowed_and_no_secret_is_logged() {
 
 #[test]
 fn a_replaced_certificate_serves_new_connections_and_old_ones_keep_working() {
-    let setup = start("", &[]);
+    let setup = start("", "", &[]);
     let pki = setup.fx.root().join("pki");
     let mut old = TlsClient::connect(setup.tls, &setup.ca.pem_path("ca"));
     let first = old.peer_serial();
@@ -377,7 +406,7 @@ fn a_replaced_certificate_serves_new_connections_and_old_ones_keep_working() {
 #[test]
 fn tls_clients_that_stop_reading_or_stay_idle_are_dropped() {
     let _serial = serial(); // measures timeouts
-    let setup = start("[http]\nwrite_timeout_ms = 1000\nidle_timeout_ms = 1500\n", &[]);
+    let setup = start("", "[http]\nwrite_timeout_ms = 1000\nidle_timeout_ms = 1500\n", &[]);
     let big: Vec<u8> = (0..16_000_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::create_dir_all(setup.fx.tiles().join("osm/1/0")).expect("dir");
     std::fs::write(setup.fx.tiles().join("osm/1/0/0.png"), &big).expect("big tile");
