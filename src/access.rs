@@ -86,7 +86,9 @@ impl Policy {
                 }
             }
         }
-        let enforced = rules.iter().any(|r| r.allow.iter().all(|g| *g != Grant::Public));
+        let closed = |allow: &[Grant]| allow.iter().all(|g| *g != Grant::Public);
+        let enforced = rules.iter().any(|r| closed(&r.allow))
+            || config.roots.iter().any(|r| r.access.as_deref().is_some_and(closed));
         let mut rules: Vec<Rule> =
             rules.into_iter().map(|r| Rule { segments: segments(&r.prefix), allow: r.allow }).collect();
         rules.sort_by_key(|r| std::cmp::Reverse(r.segments.len()));
@@ -109,14 +111,7 @@ impl Policy {
 
     /// Whether `caller` may read `path`.
     pub fn allows(&self, caller: &Caller, path: &str) -> bool {
-        let rule = self.rule(path);
-        rule.iter().any(|grant| match grant {
-            Grant::Public => true,
-            Grant::Authenticated => !caller.anonymous(),
-            Grant::Device => caller.device.is_some(),
-            Grant::Role(role) => caller.has_role(role),
-            Grant::OwnDevice => own_device(caller, path),
-        })
+        grants_allow(self.rule(path), caller, path)
     }
 
     /// The configured token whose hash is the presented secret's. Every
@@ -134,6 +129,17 @@ impl Policy {
     }
 }
 
+/// Whether one of `grants` lets `caller` read `path` (a path rule's, or a root's).
+pub fn grants_allow(grants: &[Grant], caller: &Caller, path: &str) -> bool {
+    grants.iter().any(|grant| match grant {
+        Grant::Public => true,
+        Grant::Authenticated => !caller.anonymous(),
+        Grant::Device => caller.device.is_some(),
+        Grant::Role(role) => caller.has_role(role),
+        Grant::OwnDevice => own_device(caller, path),
+    })
+}
+
 /// `own-device`: a device reads `/logs/{one of its names}` and below, and
 /// may list `/logs` (the listing then shows only its own).
 fn own_device(caller: &Caller, path: &str) -> bool {
@@ -147,7 +153,7 @@ fn own_device(caller: &Caller, path: &str) -> bool {
 }
 
 /// A path's segments, each percent-decoded; empty segments dropped.
-fn segments(path: &str) -> Vec<String> {
+pub fn segments(path: &str) -> Vec<String> {
     path.split('/').filter(|s| !s.is_empty()).map(|s| percent_decode_str(s).decode_utf8_lossy().into_owned()).collect()
 }
 

@@ -61,7 +61,58 @@ pub fn report(config: &Config, roots: &[Root]) -> String {
         config.cache.memory_max_file / 1024,
         config.cache.memory_budget / (1024 * 1024)
     );
+    describe_security(&mut out, config);
     out
+}
+
+/// TLS (whether the files load, device verification), kernel TLS, tokens,
+/// and the access rule of each kind of path.
+fn describe_security(out: &mut String, config: &Config) {
+    let _ = writeln!(out, "security");
+    match &config.tls {
+        None => {
+            let _ = writeln!(out, "  tls          off: plaintext HTTP on {}", config.listen);
+        }
+        Some(tls) => {
+            let loaded = match crate::tls::server_config(tls) {
+                Ok(_) => "loads".to_string(),
+                Err(e) => format!("warning: does not load: {e:#}"),
+            };
+            let _ = writeln!(
+                out,
+                "  tls          {} on {}: {} ({loaded})",
+                tls.cert.display(),
+                config.listen,
+                tls.key.display()
+            );
+            let devices = match &tls.client_ca {
+                Some(ca) => {
+                    format!("verified against {} ({:?}), {} CRL files", ca.display(), tls.client_auth, tls.crls.len())
+                }
+                None => "not asked for (no client_ca)".to_string(),
+            };
+            let _ = writeln!(out, "  devices      {devices}");
+            if let Some(plain) = tls.plaintext_listen {
+                let _ = writeln!(out, "  plaintext    also on {plain}");
+            }
+        }
+    }
+    // TLS bodies are encrypted in user space; kernel TLS would let sendfile
+    // carry them, and is reported here for when it is there.
+    let ktls = match crate::tls::kernel_tls() {
+        Some(true) => "offered (tls in tcp_available_ulp); tessera does not use it yet",
+        Some(false) => {
+            "not offered (no tls in /proc/sys/net/ipv4/tcp_available_ulp): TLS bodies take the buffered path"
+        }
+        None => "unknown (/proc/sys/net/ipv4/tcp_available_ulp unreadable)",
+    };
+    let _ = writeln!(out, "  kernel tls   {ktls}");
+    let _ = writeln!(out, "  tokens       {}", config.tokens.len());
+    let policy = crate::access::Policy::new(config);
+    for path in ["/tiles", "/logs", "/metrics", "/"] {
+        let rule: Vec<String> = policy.rule(path).iter().map(|g| g.to_string()).collect();
+        let _ = writeln!(out, "  access       {path:<9} {}", rule.join(", "));
+    }
 }
 
 fn describe_area(out: &mut String, root: &Root, area: &Area) {

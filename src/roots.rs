@@ -158,6 +158,12 @@ impl Root {
         &self.spec.path
     }
 
+    /// Whether `rel` (safe segments) names something in this root; follows
+    /// links, as an open would.
+    pub fn has(&self, rel: &str) -> bool {
+        nix::sys::stat::fstatat(self.dir.as_ref(), rel, nix::fcntl::AtFlags::empty()).is_ok()
+    }
+
     /// The root directory's `O_PATH` descriptor.
     pub fn dir(&self) -> &Arc<OwnedFd> {
         &self.dir

@@ -227,13 +227,15 @@ async fn serve_listeners(
         }
         per_worker[0].push((l.socket, l.tls));
     }
+    let limits =
+        handoff::Limits { idle: settings.idle_timeout, write: settings.write_timeout, shutdown: shutdown.clone() };
     let tls = security.certs.map(|certs| crate::tls::Context {
         certs,
         router: router.clone(),
         metrics: metrics.clone(),
         limiter: security.limiter,
         handshake_timeout: settings.head_timeout,
-        shutdown: shutdown.clone(),
+        limits,
     });
     let shared = Arc::new(Shared {
         router,
@@ -337,8 +339,8 @@ async fn accept_loop(listener: std::net::TcpListener, kind: Kind, shared: Arc<Sh
                                 Kind::Plain if shared.settings.transport == Transport::Hyper => {
                                     let peer = crate::delivery::Peer { addr, tls: false, device: None };
                                     shared.metrics.connections.inc();
-                                    let (router, shutdown) = (shared.router.clone(), shared.shutdown.clone());
-                                    handoff::serve(stream, bytes::Bytes::new(), peer, router, shutdown).await;
+                                    let (router, limits) = (shared.router.clone(), shared.hyper_limits());
+                                    handoff::serve(stream, bytes::Bytes::new(), peer, router, limits).await;
                                     shared.metrics.connections.dec();
                                 }
                                 Kind::Plain => driver::serve_connection(stream, addr, shared).await,
@@ -456,11 +458,23 @@ pub fn check(args: &ConfigArgs) -> Result<String, String> {
         Ok(()) => String::new(),
         Err(e) => format!("; warning: {e}: the catalog will be kept in memory"),
     };
+    // The certificate, key, CAs and CRLs must load together, as at start.
+    let tls_note = match &config.tls {
+        Some(settings) => {
+            crate::tls::server_config(settings).map_err(|e| format!("TLS refused: {e:#}"))?;
+            let devices = if settings.client_ca.is_some() { " with device certificates" } else { "" };
+            format!(", TLS{devices}")
+        }
+        None => String::new(),
+    };
+    let policy = crate::access::Policy::new(&config);
+    let open_note = open_logs_warning(&config, &policy).map(|w| format!("; warning: {w}")).unwrap_or_default();
     let source = config.source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "command line".into());
     Ok(format!(
-        "configuration OK ({source}): {} roots, listen {}, state {}{state_note}",
+        "configuration OK ({source}): {} roots, listen {}{tls_note}, {} tokens, state {}{state_note}{open_note}",
         roots.len(),
         config.listen,
+        config.tokens.len(),
         config.state.display()
     ))
 }

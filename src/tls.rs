@@ -19,7 +19,6 @@ use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKey
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::access::Limiter;
@@ -94,10 +93,11 @@ fn files(settings: &TlsSettings) -> impl Iterator<Item = &PathBuf> {
     [&settings.cert, &settings.key].into_iter().chain(settings.client_ca.iter()).chain(settings.crls.iter())
 }
 
-/// The rustls configuration: ring's safe defaults (ECDHE with AES-GCM or
-/// ChaCha20-Poly1305, no renegotiation, no compression), TLS 1.3 and 1.2
-/// only, ALPN `h2` then `http/1.1`, and client certificates verified
-/// against `client_ca` and its CRLs when configured.
+/// The rustls configuration: the aws-lc-rs provider's safe defaults (ECDHE,
+/// with X25519MLKEM768 first, and AES-GCM or ChaCha20-Poly1305; no
+/// renegotiation, no compression), TLS 1.3 and 1.2 only, the server's order
+/// of suites rather than the client's, ALPN `h2` then `http/1.1`, and client
+/// certificates verified against `client_ca` and its CRLs when configured.
 pub fn server_config(settings: &TlsSettings) -> anyhow::Result<Arc<ServerConfig>> {
     use anyhow::Context;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -136,6 +136,10 @@ pub fn server_config(settings: &TlsSettings) -> anyhow::Result<Arc<ServerConfig>
             format!("{} and {} do not make a certificate and its key", settings.cert.display(), settings.key.display())
         })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Every suite offered is strong, but a client preferring the weakest
+    // of them should not get it when the server knows better (testssl rates
+    // following the client's order HIGH).
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 
@@ -180,7 +184,7 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub limiter: Arc<Limiter>,
     pub handshake_timeout: Duration,
-    pub shutdown: watch::Receiver<bool>,
+    pub limits: handoff::Limits,
 }
 
 /// Serves one TLS connection: the handshake within `handshake_timeout`,
@@ -193,9 +197,12 @@ pub async fn serve(stream: TcpStream, addr: SocketAddr, cx: Context) {
     }
     let _ = stream.set_nodelay(true);
     let acceptor = TlsAcceptor::from(cx.certs.current());
-    let stream = match tokio::time::timeout(cx.handshake_timeout, acceptor.accept(stream)).await {
+    let stream = match tokio::time::timeout(cx.handshake_timeout, acceptor.accept(stream).into_fallible()).await {
         Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return handshake_failed(&cx, addr, &e),
+        Ok(Err((e, stream))) => {
+            handshake_failed(&cx, addr, &e);
+            return linger(stream).await;
+        }
         Err(_) => {
             cx.metrics.tls_handshake_failures.with_label_values(&["timeout"]).inc();
             return;
@@ -209,9 +216,33 @@ pub async fn serve(stream: TcpStream, addr: SocketAddr, cx: Context) {
         .map(|cert| Arc::from(device_names(cert)));
     let peer = Peer { addr, tls: true, device };
     cx.metrics.connections.inc();
-    handoff::serve_io(hyper_util::rt::TokioIo::new(stream), peer, cx.router, cx.shutdown).await;
+    handoff::serve_io(stream, peer, cx.router, cx.limits).await;
     cx.metrics.connections.dec();
 }
+
+/// After a refused handshake, the alert saying why is on its way: close our
+/// side and read off what the client sent meanwhile (a client such as curl
+/// sends its request right after its certificate), so that the kernel does
+/// not answer unread bytes with a reset that can overtake the alert.
+async fn linger(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let drain = async {
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// How long, and how much, a refused connection is read off before closing.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 64 * 1024;
 
 /// Counts a failed handshake; a refused client certificate is also a
 /// failed authentication of its address (slowed and logged once per burst).

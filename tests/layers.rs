@@ -48,7 +48,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "watch",
         ],
     ),
-    ("doctor", &["config", "delivery", "names", "roots", "watch"]),
+    ("doctor", &["access", "config", "delivery", "names", "roots", "tls", "watch"]),
     (
         "server",
         &[

@@ -82,6 +82,7 @@ struct FileRoot {
     watch: Option<WatchMode>,
     poll_interval_ms: Option<Spanned<u64>>,
     cache_control: Option<Spanned<String>>,
+    access: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     directories: Vec<FileDir>,
 }
@@ -316,6 +317,17 @@ fn file_root(kind: RootKind, root: &FileRoot, base: &Path, lines: &Lines<'_>) ->
         }
         spec.cache_control = cc.get_ref().clone();
     }
+    if let Some(access) = &root.access {
+        if access.get_ref().is_empty() {
+            return Err(lines.error(Some(access.span()), "access: name at least one grant"));
+        }
+        let grants = access
+            .get_ref()
+            .iter()
+            .map(|g| Grant::parse(g.get_ref()).map_err(|m| lines.error(Some(g.span()), format!("access: {m}"))))
+            .collect::<Result<_, _>>()?;
+        spec.access = Some(grants);
+    }
     for dir in &root.directories {
         let rel = dir.path.get_ref();
         let plain = rel
@@ -349,7 +361,9 @@ fn file_tls(tls: &Spanned<FileTls>, base: &Path, lines: &Lines<'_>) -> Result<Tl
     // The files are read when the server starts (and again when they
     // change); here only that they are there, so that `check` names the line.
     let readable = |p: &Spanned<PathBuf>, what: &str| {
-        let path = base.join(p.get_ref());
+        let path = credential_path(p.get_ref())
+            .map_err(|m| lines.error(Some(p.span()), format!("tls.{what}: {m}")))?
+            .unwrap_or_else(|| base.join(p.get_ref()));
         match std::fs::metadata(&path) {
             Ok(m) if m.is_file() => Ok(path),
             Ok(_) => Err(lines.error(Some(p.span()), format!("tls.{what} {}: not a file", path.display()))),
@@ -407,4 +421,18 @@ fn file_access(rule: &Spanned<FileAccess>, lines: &Lines<'_>) -> Result<AccessRu
         .map(|g| Grant::parse(g.get_ref()).map_err(|m| lines.error(Some(g.span()), format!("access.allow: {m}"))))
         .collect::<Result<_, _>>()?;
     Ok(AccessRule { prefix: r.prefix.get_ref().clone(), allow })
+}
+
+/// A `[tls]` path `%d/NAME` names the systemd credential NAME: the file
+/// `$CREDENTIALS_DIRECTORY/NAME` that `LoadCredential=` made for the
+/// service, so that the service never reads the operator's key file itself.
+fn credential_path(path: &Path) -> Result<Option<PathBuf>, String> {
+    let Ok(name) = path.strip_prefix("%d") else { return Ok(None) };
+    match std::env::var_os("CREDENTIALS_DIRECTORY") {
+        Some(dir) => Ok(Some(Path::new(&dir).join(name))),
+        None => Err(format!(
+            "{} names a systemd credential, but $CREDENTIALS_DIRECTORY is not set (LoadCredential= in the unit)",
+            path.display()
+        )),
+    }
 }

@@ -112,6 +112,9 @@ pub struct RootSpec {
     /// Per-tileset settings (`[tilesets.NAME]`), shared by every tiles root:
     /// the descriptor cache reads a tileset's `cache_control` from here.
     pub tilesets: Arc<BTreeMap<String, TilesetSpec>>,
+    /// Who may read this root's files, on top of the path rules (`access`
+    /// in its table); `None`: the path rules alone decide.
+    pub access: Option<Vec<Grant>>,
 }
 
 /// How a tileset directory numbers its rows.
@@ -444,6 +447,7 @@ impl RootSpec {
             .to_string(),
             dirs: Vec::new(),
             tilesets: Arc::default(),
+            access: None,
         }
     }
 }

@@ -76,6 +76,15 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// What a connection served by hyper runs under.
+    pub fn hyper_limits(&self) -> handoff::Limits {
+        handoff::Limits {
+            idle: self.settings.idle_timeout,
+            write: self.settings.write_timeout,
+            shutdown: self.shutdown.clone(),
+        }
+    }
+
     /// Closes the connections that are idle now.
     pub fn ring_idle_close(&self) {
         self.idle_close_rings.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -118,8 +127,8 @@ pub async fn serve_connection(stream: TcpStream, addr: std::net::SocketAddr, sha
         Ok(End::Close) => conn.linger().await,
         Ok(End::Handoff) => {
             conn.shared.metrics.handoffs.inc();
-            let Conn { stream, buf, shared, shutdown, peer, .. } = conn;
-            handoff::serve(stream, buf.freeze(), peer, shared.router.clone(), shutdown).await;
+            let Conn { stream, buf, shared, peer, .. } = conn;
+            handoff::serve(stream, buf.freeze(), peer, shared.router.clone(), shared.hyper_limits()).await;
             shared.metrics.connections.dec();
             return;
         }

@@ -16,11 +16,14 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use super::error;
-use crate::access::{bearer, Caller, Limiter, NotBearer, Policy};
+use crate::access::{bearer, grants_allow, segments, Caller, Limiter, NotBearer, Policy};
+use crate::config::{Grant, RootKind};
 use crate::delivery::{Identity, NoReplay, Peer};
 use crate::metrics::Metrics;
+use crate::roots::Root;
 
 pub struct Guard {
+    pub roots: Arc<Vec<Root>>,
     pub policy: Arc<Policy>,
     pub limiter: Arc<Limiter>,
     pub metrics: Arc<Metrics>,
@@ -45,7 +48,9 @@ pub async fn guard(State(guard): State<Arc<Guard>>, mut request: Request, next: 
         Err(NotBearer) => return guard.failed(client, &caller, "malformed Authorization (Bearer only)").await,
     }
     let path = request.uri().path();
-    if !guard.policy.allows(&caller, path) {
+    let root_rule = root_grants(&guard.roots, path);
+    let allowed = guard.policy.allows(&caller, path) && root_rule.map_or(true, |g| grants_allow(g, &caller, path));
+    if !allowed {
         return if caller.anonymous() {
             guard.metrics.auth_refusals.with_label_values(&["missing"]).inc();
             unauthorized(None)
@@ -55,12 +60,13 @@ pub async fn guard(State(guard): State<Arc<Guard>>, mut request: Request, next: 
         };
     }
     // An answer only some callers may have is never replayed to the next.
-    let public = guard.policy.is_public(path);
+    let public = guard.policy.is_public(path) && root_rule.map_or(true, |g| g.contains(&Grant::Public));
     let name = caller.name();
     request.extensions_mut().insert(caller);
     let mut response = next.run(request).await;
     if !public {
         response.extensions_mut().insert(NoReplay);
+        private(&mut response);
     }
     if let Some(name) = name {
         response.extensions_mut().insert(Identity(name.into()));
@@ -105,4 +111,48 @@ fn unauthorized(error_code: Option<&str>) -> Response {
     response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_str(&challenge).expect("ascii"));
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// An answer for one caller is no shared cache's to keep: `private` goes
+/// in front of whatever `Cache-Control` the root set.
+fn private(response: &mut Response) {
+    let current = response.headers().get(header::CACHE_CONTROL).and_then(|v| v.to_str().ok());
+    let value = match current {
+        Some(cc) if cc.split(',').any(|d| d.trim().eq_ignore_ascii_case("private")) => return,
+        Some(cc) => format!("private, {cc}"),
+        None => "private".to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        response.headers_mut().insert(header::CACHE_CONTROL, value);
+    }
+}
+
+/// The `access` of the root that serves `path`, when that root has one:
+/// the first root of the path's kind that holds the log (`/logs/{device}`
+/// and below: the device's directory, or the file) or the tileset
+/// (`/tiles/{name}` and below: its directory or `{name}.mbtiles`), as the
+/// handlers look them up. Costs a `stat` or two, and only when some root
+/// of that kind has a rule.
+pub fn root_grants<'a>(roots: &'a [Root], path: &str) -> Option<&'a [Grant]> {
+    let segments = segments(path);
+    let (kind, name) = match segments.as_slice() {
+        [first, name, ..] if first == "logs" => (RootKind::Logs, name),
+        [first, name, ..] if first == "tiles" => (RootKind::Tiles, name),
+        _ => return None,
+    };
+    let mut of_kind = roots.iter().filter(|r| r.kind() == kind);
+    if !of_kind.clone().any(|r| r.spec.access.is_some()) || !crate::names::safe_segment(name) {
+        return None;
+    }
+    let holds = |root: &Root| match kind {
+        RootKind::Logs => match segments.get(2) {
+            Some(file) if crate::names::safe_segment(file) => root.has(&format!("{name}/{file}")),
+            _ => root.has(name),
+        },
+        RootKind::Tiles => {
+            let name = name.strip_suffix(".json").unwrap_or(name);
+            root.has(name) || root.has(&format!("{name}.mbtiles"))
+        }
+    };
+    of_kind.find(|r| holds(r)).and_then(|r| r.spec.access.as_deref())
 }

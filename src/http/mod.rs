@@ -173,7 +173,13 @@ impl App {
     /// Whether the caller of a request may read `path`: listings show only
     /// what their caller may read. Without a guard every path is open.
     fn may_read(&self, caller: Option<&Caller>, path: &str) -> bool {
-        !self.policy.enforced || self.policy.allows(caller.unwrap_or(&Caller::default()), path)
+        if !self.policy.enforced {
+            return true;
+        }
+        let anonymous = Caller::default();
+        let caller = caller.unwrap_or(&anonymous);
+        self.policy.allows(caller, path)
+            && guard::root_grants(&self.roots, path).map_or(true, |g| crate::access::grants_allow(g, caller, path))
     }
 
     /// The index of the root with this database id.
@@ -260,6 +266,7 @@ pub fn router(app: AppState) -> Router {
     // on a loopback appliance, at no cost per request.
     let router = if app.policy.enforced {
         let guard = Arc::new(guard::Guard {
+            roots: app.roots.clone(),
             policy: app.policy.clone(),
             limiter: app.limiter.clone(),
             metrics: app.metrics.clone(),

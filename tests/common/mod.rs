@@ -34,6 +34,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 pub const LISTENING_PREFIX: &str = "tessera listening on http://";
+pub const TLS_LISTENING_PREFIX: &str = "tessera listening on https://";
 
 /// The binary under test: this build's, or `TESSERA_TEST_BIN` (to show that
 /// a test fails on an older build).
@@ -143,7 +144,10 @@ impl Fixture {
 
 pub struct Server {
     child: Option<Child>,
+    /// The plaintext listener, or the TLS one if there is no other.
     pub addr: SocketAddr,
+    /// The TLS listener, if the server has one.
+    pub tls_addr: Option<SocketAddr>,
     stderr_path: PathBuf,
 }
 
@@ -193,23 +197,32 @@ impl Server {
 
         let deadline = Instant::now() + START_DEADLINE;
         let mut seen = Vec::new();
+        // A TLS server prints its https line first, then the plaintext one
+        // if it has one, in the same write: wait a moment for the second.
+        let mut tls_addr = None;
         let addr = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let until = match tls_addr {
+                Some(_) => deadline.min(Instant::now() + Duration::from_millis(500)),
+                None => deadline,
+            };
+            let left = until.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
+                    let parse = |rest: &str| -> SocketAddr {
+                        rest.trim_end_matches('/')
+                            .parse()
+                            .unwrap_or_else(|e| panic!("bad listening line {line:?}: {e}"))
+                    };
                     if let Some(rest) = line.trim().strip_prefix(LISTENING_PREFIX) {
-                        let rest = rest.trim_end_matches('/');
-                        match rest.parse::<SocketAddr>() {
-                            Ok(addr) => break addr,
-                            Err(e) => {
-                                let _ = child.kill();
-                                let _ = child.wait();
-                                panic!("bad listening line {line:?}: {e}");
-                            }
-                        }
+                        break parse(rest);
+                    }
+                    if let Some(rest) = line.trim().strip_prefix(TLS_LISTENING_PREFIX) {
+                        tls_addr = Some(parse(rest));
+                        continue;
                     }
                     seen.push(line);
                 }
+                Err(_) if tls_addr.is_some() => break tls_addr.expect("checked"),
                 Err(e) => {
                     let _ = child.kill();
                     let status = child.wait();
@@ -225,7 +238,7 @@ impl Server {
             addr.ip().is_loopback() && addr.port() != 0,
             "listening address {addr} should be 127.0.0.1 with a real port"
         );
-        Server { child: Some(child), addr, stderr_path: stderr_path.to_path_buf() }
+        Server { child: Some(child), addr, tls_addr, stderr_path: stderr_path.to_path_buf() }
     }
 
     /// `http://127.0.0.1:PORT`
@@ -268,6 +281,11 @@ impl Server {
 
     pub fn get(&self, target: &str) -> Response {
         self.request("GET", target, &[])
+    }
+
+    /// A GET with `Authorization: Bearer {token}`.
+    pub fn get_with_token(&self, target: &str, token: &str) -> Response {
+        self.request("GET", target, &[("Authorization", &format!("Bearer {token}"))])
     }
 
     pub fn head(&self, target: &str) -> Response {
@@ -676,6 +694,11 @@ impl<'a> RawConn<&'a [u8]> {
 }
 
 impl<S: Read> RawConn<S> {
+    /// Responses read from any stream (a TLS one, say).
+    pub fn wrap(stream: S) -> RawConn<S> {
+        RawConn { stream, buf: Vec::new() }
+    }
+
     /// Bytes read but not yet consumed by a response.
     pub fn buffered(&self) -> &[u8] {
         &self.buf
