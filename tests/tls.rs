@@ -683,3 +683,63 @@ fn a_root_with_its_own_access_is_closed_on_top_of_the_path_rules() {
     }
     assert_eq!(seen, ["pump-7/a.log"], "one cursor, naming only what the reader may read");
 }
+
+/// `[tls]` paths `%d/NAME` are systemd credentials: `check` reads them from
+/// `$CREDENTIALS_DIRECTORY` (as ExecStartPre= does) or from the files
+/// `--credential NAME:PATH` names (as the appliance's reload does, as root,
+/// where ExecReload= has no readable credentials directory), the flag first.
+#[test]
+fn check_reads_credentials_from_the_credentials_directory_or_credential_flags() {
+    let fx = Fixture::new();
+    let pki = fx.root().join("pki");
+    std::fs::create_dir(&pki).expect("pki dir");
+    let ca = Ca::new(&pki, "ca");
+    let (cert, key) = ca.server("server", 1);
+    let (_, other_key) = ca.server("other", 2);
+    // What LoadCredential= makes: a directory with the credentials' names.
+    let credentials = fx.root().join("credentials");
+    std::fs::create_dir(&credentials).expect("credentials dir");
+    for (from, name) in [(&cert, "tls-cert"), (&key, "tls-key"), (&ca.pem_path("ca"), "tls-client-ca")] {
+        std::fs::copy(from, credentials.join(name)).expect("copy credential");
+    }
+    let config = fx.root().join("tessera.toml");
+    std::fs::write(&config, "[tls]\ncert = \"%d/tls-cert\"\nkey = \"%d/tls-key\"\nclient_ca = \"%d/tls-client-ca\"\n")
+        .expect("config");
+    let check = |directory: Option<&Path>, flags: &[(&str, &Path)]| {
+        let mut command = Command::new(bin());
+        command.arg("check").arg("--config").arg(&config);
+        command.arg("--tiles").arg(fx.tiles()).arg("--logs").arg(fx.logs()).arg("--state").arg(fx.state());
+        for (name, path) in flags {
+            command.arg("--credential").arg(format!("{name}:{}", path.display()));
+        }
+        command.env_remove("CREDENTIALS_DIRECTORY");
+        if let Some(directory) = directory {
+            command.env("CREDENTIALS_DIRECTORY", directory);
+        }
+        let output = command.output().expect("run tessera check");
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        (output.status.success(), text)
+    };
+
+    let (ok, text) = check(Some(&credentials), &[]);
+    assert!(ok && text.contains("TLS with device certificates"), "{text}");
+
+    let (ok, text) = check(None, &[]);
+    assert!(!ok, "accepted without credentials: {text}");
+    assert!(text.contains("tessera.toml:2:") && text.contains("--credential tls-cert:PATH"), "{text}");
+
+    // A directory this process may not read (ExecReload= under systemd 252):
+    // the flags name every credential, and win.
+    let hidden = fx.root().join("hidden");
+    let ca_pem = ca.pem_path("ca");
+    let all = [("tls-cert", cert.as_path()), ("tls-key", key.as_path()), ("tls-client-ca", ca_pem.as_path())];
+    let (ok, text) = check(Some(&hidden), &all);
+    assert!(ok && text.contains("TLS with device certificates"), "{text}");
+
+    // A flag replaces just its credential: a key of another certificate is refused.
+    let (ok, text) = check(Some(&credentials), &[("tls-key", other_key.as_path())]);
+    assert!(!ok && text.contains("TLS refused"), "a mismatched key accepted: {text}");
+
+    let (ok, text) = check(Some(&credentials), &[("tls-key", Path::new(""))]);
+    assert!(!ok && text.contains("is not NAME:PATH"), "{text}");
+}
