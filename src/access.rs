@@ -8,7 +8,6 @@
 //! as a loopback appliance always was; once one is, `/logs` and
 //! `/metrics` are closed unless a rule opens them (see [`Policy::new`]).
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -97,8 +96,13 @@ impl Policy {
     }
 
     /// What the rule for `path` allows (public when no rule matches).
+    /// `/healthz` and `/readyz` are always public: the service manager's
+    /// and load balancers' probes carry no credential.
     pub fn rule(&self, path: &str) -> &[Grant] {
         let path = segments(path);
+        if matches!(path.as_slice(), [p] if p == "healthz" || p == "readyz") {
+            return &[Grant::Public];
+        }
         self.rules
             .iter()
             .find(|r| path.len() >= r.segments.len() && path.iter().zip(&r.segments).all(|(a, b)| a == b))
@@ -152,22 +156,40 @@ fn own_device(caller: &Caller, path: &str) -> bool {
     }
 }
 
-/// A path's segments, each percent-decoded; empty segments dropped.
+/// A path's segments, each percent-decoded; empty segments dropped. A
+/// tileset's TileJSON, `/tiles/{name}.json`, is `/tiles/{name}` for the
+/// rules: it describes the tileset and is closed with it.
 pub fn segments(path: &str) -> Vec<String> {
-    path.split('/').filter(|s| !s.is_empty()).map(|s| percent_decode_str(s).decode_utf8_lossy().into_owned()).collect()
+    let mut segments: Vec<String> = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .collect();
+    if let [tiles, name] = segments.as_mut_slice() {
+        if tiles == "tiles" {
+            if let Some(stem) = name.strip_suffix(".json") {
+                *name = stem.to_string();
+            }
+        }
+    }
+    segments
 }
 
-/// An `Authorization` header that is not `Bearer TOKEN`.
+/// An `Authorization: Bearer` header without a usable token.
 #[derive(Debug, PartialEq)]
 pub struct NotBearer;
 
-/// The bearer token of an `Authorization` header: `Ok(None)` without one.
+/// The bearer token of an `Authorization` header: `Ok(None)` without one,
+/// or for another scheme (a browser's or a proxy's `Basic` is not meant
+/// for tessera, and is no failed attempt either).
 pub fn bearer(value: Option<&[u8]>) -> Result<Option<&str>, NotBearer> {
     let Some(value) = value else { return Ok(None) };
-    let value = std::str::from_utf8(value).map_err(|_| NotBearer)?;
-    let (scheme, token) = value.split_once(' ').ok_or(NotBearer)?;
-    let token = token.trim();
-    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+    let scheme_end = value.iter().position(|&b| b == b' ').unwrap_or(value.len());
+    if !value[..scheme_end].eq_ignore_ascii_case(b"bearer") {
+        return Ok(None);
+    }
+    let token = std::str::from_utf8(&value[scheme_end..]).map_err(|_| NotBearer)?.trim();
+    if token.is_empty() {
         return Err(NotBearer);
     }
     Ok(Some(token))
@@ -177,17 +199,29 @@ pub fn bearer(value: Option<&[u8]>) -> Result<Option<&str>, NotBearer> {
 /// [`BURST`] failures refilled at [`REFILL_PER_SECOND`]. A failure past the
 /// burst is answered only after the time its token takes to come back, and
 /// once [`MAX_DEBT`] seconds of failures are owed the address gets 429
-/// before its credentials are even looked at, so a guesser gets about one
-/// try a second however many connections it opens.
-#[derive(Default)]
+/// before its token is even looked at, so a guesser gets about one try a
+/// second however many connections it opens.
+///
+/// Addresses are counted exactly (an IPv6 /64 is often a whole LAN, and
+/// one bad device must not lock out its neighbours), the least recently
+/// failed forgotten past [`MAX_ADDRESSES`]. Loopback is never refused: it
+/// is the local reverse proxy or tool, whose clients all arrive as one
+/// address, and it is slowed like any other.
 pub struct Limiter {
-    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+    buckets: Mutex<lru::LruCache<IpAddr, Bucket>>,
+}
+
+impl Default for Limiter {
+    fn default() -> Self {
+        let cap = std::num::NonZeroUsize::new(MAX_ADDRESSES).expect("non-zero");
+        Limiter { buckets: Mutex::new(lru::LruCache::new(cap)) }
+    }
 }
 
 const BURST: f64 = 5.0;
 const REFILL_PER_SECOND: f64 = 1.0;
 const MAX_DEBT: f64 = 10.0;
-/// Past this many addresses, the ones whose buckets are full again are forgotten.
+/// Addresses remembered at once; each costs about a hundred bytes.
 const MAX_ADDRESSES: usize = 4096;
 
 struct Bucket {
@@ -219,8 +253,11 @@ impl Limiter {
     /// Whether the address owes so much that it is refused unheard (429),
     /// and for how long.
     pub fn throttled(&self, ip: IpAddr) -> Option<Duration> {
+        if ip.is_loopback() || ip.to_canonical().is_loopback() {
+            return None;
+        }
         let mut buckets = self.buckets.lock();
-        let bucket = buckets.get_mut(&key(ip))?;
+        let bucket = buckets.peek_mut(&ip.to_canonical())?;
         bucket.refill(Instant::now());
         (bucket.tokens <= -MAX_DEBT).then(|| Duration::from_secs_f64((1.0 - bucket.tokens) / REFILL_PER_SECOND))
     }
@@ -229,13 +266,7 @@ impl Limiter {
     pub fn failed(&self, ip: IpAddr) -> Failure {
         let now = Instant::now();
         let mut buckets = self.buckets.lock();
-        if buckets.len() >= MAX_ADDRESSES {
-            buckets.retain(|_, b| {
-                b.refill(now);
-                b.tokens < BURST
-            });
-        }
-        let bucket = buckets.entry(key(ip)).or_insert(Bucket { tokens: BURST, at: now, unlogged: 0 });
+        let bucket = buckets.get_or_insert_mut(ip.to_canonical(), || Bucket { tokens: BURST, at: now, unlogged: 0 });
         bucket.refill(now);
         // A full bucket means the address was quiet long enough: a new burst.
         let log = if bucket.tokens >= BURST {
@@ -244,28 +275,16 @@ impl Limiter {
             bucket.unlogged += 1;
             None
         };
-        bucket.tokens -= 1.0;
+        // The debt stops growing a second past where refusals start: an
+        // address refused unheard (which costs it nothing more) is let back
+        // in a second or so after it stops.
+        bucket.tokens = (bucket.tokens - 1.0).max(-MAX_DEBT - 1.0);
         let delay = if bucket.tokens < 0.0 {
             Duration::from_secs_f64(-bucket.tokens / REFILL_PER_SECOND)
         } else {
             Duration::ZERO
         };
         Failure { delay, log }
-    }
-}
-
-/// IPv6 clients usually own a whole /64: count them by it.
-fn key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let mut octets = v6.octets();
-                octets[8..].fill(0);
-                IpAddr::V6(octets.into())
-            }
-        },
     }
 }
 
@@ -360,7 +379,7 @@ mod tests {
         assert_eq!(bearer(None), Ok(None));
         assert_eq!(bearer(Some(b"Bearer abc")), Ok(Some("abc")));
         assert_eq!(bearer(Some(b"bearer  abc ")), Ok(Some("abc")));
-        assert!(bearer(Some(b"Basic YTpi")).is_err());
+        assert_eq!(bearer(Some(b"Basic YTpi")), Ok(None));
         assert!(bearer(Some(b"Bearer")).is_err());
         assert!(bearer(Some(b"Bearer \xff")).is_err());
     }
@@ -383,9 +402,20 @@ mod tests {
         }
         assert!(limiter.throttled(ip).is_some());
         let other: IpAddr = "192.0.2.8".parse().unwrap();
-        assert_eq!(limiter.failed(other).delay, Duration::ZERO);
-        let v6a: IpAddr = "2001:db8::1".parse().unwrap();
-        let v6b: IpAddr = "2001:db8::2".parse().unwrap();
-        assert_eq!(key(v6a), key(v6b));
+        assert_eq!(limiter.failed(other).delay, Duration::ZERO, "addresses are counted apart");
+        let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+        for _ in 0..30 {
+            limiter.failed(loopback);
+        }
+        assert!(limiter.throttled(loopback).is_none(), "loopback is slowed, never refused");
+    }
+
+    #[test]
+    fn the_limiter_remembers_a_bounded_number_of_addresses() {
+        let limiter = Limiter::default();
+        for i in 0..(MAX_ADDRESSES as u32 * 3) {
+            limiter.failed(IpAddr::from((0x0a00_0000u32 + i).to_be_bytes()));
+        }
+        assert_eq!(limiter.buckets.lock().len(), MAX_ADDRESSES);
     }
 }

@@ -149,9 +149,8 @@ pub async fn serve(config: Config, inherited: Option<std::net::TcpListener>) -> 
     tokio::spawn(crate::systemd::supervise(ready, check, tls_only, http::Status(app.clone())));
     // The driver re-opens files of evicted replays through the same cache.
     let files = (app.cache.clone(), app.roots.clone());
-    let limiter = app.limiter.clone();
     let router = http::router(app);
-    let security = Security { certs, limiter };
+    let security = Security { certs };
     serve_listeners(listeners, router, config.http.clone(), metrics, files, security).await?;
     drop(watchers);
     tracing::info!("stopped");
@@ -169,7 +168,6 @@ struct Listening {
 /// What TLS connections need from the wiring.
 struct Security {
     certs: Option<Arc<crate::tls::Certs>>,
-    limiter: Arc<crate::access::Limiter>,
 }
 
 /// Says at start-up what `tessera check` warns about: logs readable by
@@ -227,13 +225,12 @@ async fn serve_listeners(
         }
         per_worker[0].push((l.socket, l.tls));
     }
-    let limits =
-        handoff::Limits { idle: settings.idle_timeout, write: settings.write_timeout, shutdown: shutdown.clone() };
+    let limits = handoff::Limits::new(&settings, shutdown.clone());
     let tls = security.certs.map(|certs| crate::tls::Context {
         certs,
         router: router.clone(),
         metrics: metrics.clone(),
-        limiter: security.limiter,
+        refusals: Arc::default(),
         handshake_timeout: settings.head_timeout,
         limits,
     });
@@ -303,8 +300,12 @@ fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 /// Over `max_connections`: a short 503 if the socket takes it at once, then
 /// close. Nothing waits on this client, so a flood of connections costs
 /// an accept and a close each, never a descriptor held open.
-fn refuse(stream: tokio::net::TcpStream, shared: &Shared) {
+fn refuse(stream: tokio::net::TcpStream, kind: &Kind, shared: &Shared) {
     shared.metrics.rejected_heads.with_label_values(&["503"]).inc();
+    // A TLS client would read plaintext as a broken handshake: just close.
+    if matches!(kind, Kind::Tls(_)) {
+        return;
+    }
     let _ = stream.try_write(
         b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
     );
@@ -348,7 +349,7 @@ async fn accept_loop(listener: std::net::TcpListener, kind: Kind, shared: Arc<Sh
                             drop((slot, finished));
                         });
                     }
-                    Err(_) => refuse(stream, &shared),
+                    Err(_) => refuse(stream, &kind, &shared),
                 },
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
                     // Out of descriptors: idle keep-alive connections close,
@@ -362,7 +363,7 @@ async fn accept_loop(listener: std::net::TcpListener, kind: Kind, shared: Arc<Sh
                     shared.ring_idle_close();
                     let had_spare = spare.take().is_some();
                     match tokio::time::timeout(Duration::from_millis(10), listener.accept()).await {
-                        Ok(Ok((stream, _))) => refuse(stream, &shared),
+                        Ok(Ok((stream, _))) => refuse(stream, &kind, &shared),
                         other => tracing::debug!(had_spare, ?other, "no descriptor to refuse with"),
                     }
                     spare = std::fs::File::open("/dev/null").ok();

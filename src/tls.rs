@@ -140,6 +140,14 @@ pub fn server_config(settings: &TlsSettings) -> anyhow::Result<Arc<ServerConfig>
     // of them should not get it when the server knows better (testssl rates
     // following the client's order HIGH).
     config.ignore_client_order = true;
+    // A resumed session keeps the client certificate it began with, without
+    // checking it again: a device certificate that expired (or a CRL that
+    // came after) would go on working through ever-renewed tickets. With
+    // devices, every connection makes a full handshake.
+    if settings.client_ca.is_some() {
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
     Ok(Arc::new(config))
 }
 
@@ -182,7 +190,11 @@ pub struct Context {
     pub certs: Arc<Certs>,
     pub router: axum::Router,
     pub metrics: Arc<Metrics>,
-    pub limiter: Arc<Limiter>,
+    /// Refused client certificates per address, for logging them once per
+    /// burst. A certificate cannot be guessed, so nothing is slowed or
+    /// refused for them: one device retrying with an expired certificate
+    /// must not shut out its neighbours.
+    pub refusals: Arc<Limiter>,
     pub handshake_timeout: Duration,
     pub limits: handoff::Limits,
 }
@@ -190,11 +202,6 @@ pub struct Context {
 /// Serves one TLS connection: the handshake within `handshake_timeout`,
 /// then hyper with the caller's [`Peer`] on every request.
 pub async fn serve(stream: TcpStream, addr: SocketAddr, cx: Context) {
-    if let Some(wait) = cx.limiter.throttled(addr.ip()) {
-        tracing::debug!(%addr, ?wait, "TLS connection refused: too many failed authentications");
-        cx.metrics.tls_handshake_failures.with_label_values(&["throttled"]).inc();
-        return;
-    }
     let _ = stream.set_nodelay(true);
     let acceptor = TlsAcceptor::from(cx.certs.current());
     let stream = match tokio::time::timeout(cx.handshake_timeout, acceptor.accept(stream).into_fallible()).await {
@@ -215,8 +222,13 @@ pub async fn serve(stream: TcpStream, addr: SocketAddr, cx: Context) {
         .and_then(|chain| chain.first())
         .map(|cert| Arc::from(device_names(cert)));
     let peer = Peer { addr, tls: true, device };
+    // ALPN said which HTTP: no bytes need reading to tell.
+    let protocol = match stream.get_ref().1.alpn_protocol() {
+        Some(b"h2") => handoff::Protocol::Http2,
+        _ => handoff::Protocol::Http1,
+    };
     cx.metrics.connections.inc();
-    handoff::serve_io(stream, peer, cx.router, cx.limits).await;
+    handoff::serve_io(stream, protocol, peer, cx.router, cx.limits).await;
     cx.metrics.connections.dec();
 }
 
@@ -244,8 +256,8 @@ async fn linger(mut stream: TcpStream) {
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 64 * 1024;
 
-/// Counts a failed handshake; a refused client certificate is also a
-/// failed authentication of its address (slowed and logged once per burst).
+/// Counts a failed handshake; a refused client certificate is logged once
+/// per burst of its address.
 fn handshake_failed(cx: &Context, addr: SocketAddr, e: &io::Error) {
     let rustls_error = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>());
     let reason = match rustls_error {
@@ -256,7 +268,7 @@ fn handshake_failed(cx: &Context, addr: SocketAddr, e: &io::Error) {
     };
     cx.metrics.tls_handshake_failures.with_label_values(&[reason]).inc();
     if reason.starts_with("client") || reason == "no_client_certificate" {
-        let failure = cx.limiter.failed(addr.ip());
+        let failure = cx.refusals.failed(addr.ip());
         if let Some(earlier) = failure.log {
             tracing::warn!(client = %addr.ip(), reason, error = %e, earlier_failures = earlier,
                 "TLS client certificate refused");

@@ -440,6 +440,21 @@ fn tls_clients_that_stop_reading_or_stay_idle_are_dropped() {
     let answer = idle.stream.read(&mut buf);
     assert!(matches!(answer, Ok(0) | Err(_)), "an idle TLS connection is closed, got {answer:?}");
 
+    // A connection that never sends a request is closed too.
+    let mut silent = TlsClient::connect(setup.tls, &ca);
+    let started = Instant::now();
+    let answer = silent.stream.read(&mut buf);
+    assert!(matches!(answer, Ok(0) | Err(_)), "a silent TLS connection is closed, got {answer:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "within the idle timeout ({:?})", started.elapsed());
+
+    // hyper keeps the driver's head limits: 431 for a head over max_head_bytes.
+    let mut big_head = TlsClient::connect(setup.tls, &ca);
+    let filler = "a".repeat(20_000);
+    write!(big_head.stream, "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Filler: {filler}\r\n\r\n").expect("write");
+    big_head.stream.flush().expect("flush");
+    let status = RawConn::wrap(&mut big_head.stream).read_response(false).map(|r| r.status);
+    assert!(matches!(status, Ok(431) | Err(_)), "a 20 KB head over TLS is refused, got {status:?}");
+
     // A reader that keeps reading gets it all, however long it takes.
     let mut reader = TlsClient::connect_small(setup.tls, &ca);
     let (status, body) = reader.get("/tiles/osm/1/0/0.png");
@@ -556,8 +571,12 @@ fn a_root_with_its_own_access_is_closed_on_top_of_the_path_rules() {
     let (vault_logs, vault_tiles) = (fx.root().join("vault-logs"), fx.root().join("vault-tiles"));
     for (dir, file, text) in [
         (fx.logs().join("pump-7"), "a.log", "open\n"),
+        (fx.logs().join("zeta-9"), "a.log", "open too\n"),
         (vault_logs.join("substation-1"), "a.log", "restricted\n"),
         (fx.tiles().join("osm/0/0"), "0.png", "\u{89}PNG open"),
+        (fx.tiles().join("secret/0/0"), "0.png", "\u{89}PNG secret"),
+        (fx.tiles().join("shadow/0/0"), "0.png", "\u{89}PNG shadow, open"),
+        (vault_tiles.join("shadow/1/0"), "0.png", "\u{89}PNG shadow, vault"),
         (vault_tiles.join("cables/0/0"), "0.png", "\u{89}PNG cables"),
     ] {
         std::fs::create_dir_all(&dir).expect("dir");
@@ -567,7 +586,8 @@ fn a_root_with_its_own_access_is_closed_on_top_of_the_path_rules() {
         "[[tiles]]\npath = {:?}\n[[tiles]]\npath = {:?}\naccess = [\"authenticated\"]\n\
          [[logs]]\npath = {:?}\n[[logs]]\npath = {:?}\naccess = [\"role:ops\"]\n\
          [[tokens]]\nname = \"reader\"\nsha256 = \"{}\"\nroles = [\"logs\"]\n\
-         [[tokens]]\nname = \"ops\"\nsha256 = \"{}\"\nroles = [\"logs\", \"ops\"]\n",
+         [[tokens]]\nname = \"ops\"\nsha256 = \"{}\"\nroles = [\"logs\", \"ops\"]\n\
+         [[access]]\nprefix = \"/tiles/secret\"\nallow = [\"role:ops\"]\n",
         fx.tiles(),
         vault_tiles,
         fx.logs(),
@@ -600,8 +620,8 @@ fn a_root_with_its_own_access_is_closed_on_top_of_the_path_rules() {
             .map(|l| l["device"].as_str().unwrap_or("").to_string())
             .collect()
     };
-    assert_eq!(devices("reader-secret"), ["pump-7"]);
-    assert_eq!(devices("ops-secret"), ["pump-7", "substation-1"]);
+    assert_eq!(devices("reader-secret"), ["pump-7", "zeta-9"]);
+    assert_eq!(devices("ops-secret"), ["pump-7", "substation-1", "zeta-9"]);
     // The status page too: no log and no root for an anonymous caller.
     let page = server.get("/").text();
     assert!(!page.contains("pump-7") && !page.contains("substation-1") && !page.contains("vault-logs"), "{page}");
@@ -625,6 +645,101 @@ fn a_root_with_its_own_access_is_closed_on_top_of_the_path_rules() {
             .map(|t| t["name"].as_str().unwrap_or("").to_string())
             .collect()
     };
-    assert_eq!(names(server.get("/tiles")), ["osm"]);
-    assert_eq!(names(server.get_with_token("/tiles", "reader-secret")), ["cables", "osm"]);
+    assert_eq!(names(server.get("/tiles")), ["osm", "shadow"]);
+    assert_eq!(names(server.get_with_token("/tiles", "reader-secret")), ["cables", "osm", "shadow"]);
+
+    // A path rule closes a tileset's TileJSON with its tiles, however spelled.
+    for target in ["/tiles/secret/0/0/0.png", "/tiles/secret.json", "/tiles/secret%2Ejson", "/tiles/s%65cret.json"] {
+        assert_eq!(server.get(target).status, 401, "{target}");
+    }
+    assert_eq!(server.get_with_token("/tiles/secret.json", "ops-secret").status, 200);
+    // The first root holding a tileset serves all of it: the vault's tiles
+    // of the same name are hidden, to anyone.
+    assert_eq!(server.get("/tiles/shadow/0/0/0.png").status, 200);
+    for token in [None, Some("ops-secret")] {
+        let response = match token {
+            Some(t) => server.get_with_token("/tiles/shadow/1/0/0.png", t),
+            None => server.get("/tiles/shadow/1/0/0.png"),
+        };
+        assert!(!response.text().contains("vault"), "a shadowed root's tile came out: {}", response.status);
+    }
+
+    // Paging through /logs one by one, a caller learns no name it may not read.
+    let mut target = "/logs?limit=1".to_string();
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        let page = server.get_with_token(&target, "reader-secret").json();
+        let text = page.to_string();
+        if let Some(cursor) = page["next_cursor"].as_str() {
+            use base64::Engine;
+            let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).expect("cursor");
+            seen.push(String::from_utf8_lossy(&decoded).into_owned());
+        }
+        assert!(!text.contains("substation"), "{text}");
+        match page["next"].as_str() {
+            Some(next) => target = next.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["pump-7/a.log"], "one cursor, naming only what the reader may read");
+}
+
+/// `[tls]` paths `%d/NAME` are systemd credentials: `check` reads them from
+/// `$CREDENTIALS_DIRECTORY` (as ExecStartPre= does) or from the files
+/// `--credential NAME:PATH` names (as the appliance's reload does, as root,
+/// where ExecReload= has no readable credentials directory), the flag first.
+#[test]
+fn check_reads_credentials_from_the_credentials_directory_or_credential_flags() {
+    let fx = Fixture::new();
+    let pki = fx.root().join("pki");
+    std::fs::create_dir(&pki).expect("pki dir");
+    let ca = Ca::new(&pki, "ca");
+    let (cert, key) = ca.server("server", 1);
+    let (_, other_key) = ca.server("other", 2);
+    // What LoadCredential= makes: a directory with the credentials' names.
+    let credentials = fx.root().join("credentials");
+    std::fs::create_dir(&credentials).expect("credentials dir");
+    for (from, name) in [(&cert, "tls-cert"), (&key, "tls-key"), (&ca.pem_path("ca"), "tls-client-ca")] {
+        std::fs::copy(from, credentials.join(name)).expect("copy credential");
+    }
+    let config = fx.root().join("tessera.toml");
+    std::fs::write(&config, "[tls]\ncert = \"%d/tls-cert\"\nkey = \"%d/tls-key\"\nclient_ca = \"%d/tls-client-ca\"\n")
+        .expect("config");
+    let check = |directory: Option<&Path>, flags: &[(&str, &Path)]| {
+        let mut command = Command::new(bin());
+        command.arg("check").arg("--config").arg(&config);
+        command.arg("--tiles").arg(fx.tiles()).arg("--logs").arg(fx.logs()).arg("--state").arg(fx.state());
+        for (name, path) in flags {
+            command.arg("--credential").arg(format!("{name}:{}", path.display()));
+        }
+        command.env_remove("CREDENTIALS_DIRECTORY");
+        if let Some(directory) = directory {
+            command.env("CREDENTIALS_DIRECTORY", directory);
+        }
+        let output = command.output().expect("run tessera check");
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        (output.status.success(), text)
+    };
+
+    let (ok, text) = check(Some(&credentials), &[]);
+    assert!(ok && text.contains("TLS with device certificates"), "{text}");
+
+    let (ok, text) = check(None, &[]);
+    assert!(!ok, "accepted without credentials: {text}");
+    assert!(text.contains("tessera.toml:2:") && text.contains("--credential tls-cert:PATH"), "{text}");
+
+    // A directory this process may not read (ExecReload= under systemd 252):
+    // the flags name every credential, and win.
+    let hidden = fx.root().join("hidden");
+    let ca_pem = ca.pem_path("ca");
+    let all = [("tls-cert", cert.as_path()), ("tls-key", key.as_path()), ("tls-client-ca", ca_pem.as_path())];
+    let (ok, text) = check(Some(&hidden), &all);
+    assert!(ok && text.contains("TLS with device certificates"), "{text}");
+
+    // A flag replaces just its credential: a key of another certificate is refused.
+    let (ok, text) = check(Some(&credentials), &[("tls-key", other_key.as_path())]);
+    assert!(!ok && text.contains("TLS refused"), "a mismatched key accepted: {text}");
+
+    let (ok, text) = check(Some(&credentials), &[("tls-key", Path::new(""))]);
+    assert!(!ok && text.contains("is not NAME:PATH"), "{text}");
 }

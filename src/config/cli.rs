@@ -70,6 +70,20 @@ pub struct ConfigArgs {
     /// A plaintext listener beside the TLS one, for example 127.0.0.1:8080.
     #[arg(long, value_name = "ADDR")]
     pub plaintext_listen: Option<SocketAddr>,
+    /// Read a `[tls]` path `%d/NAME` from PATH instead of
+    /// `$CREDENTIALS_DIRECTORY/NAME` (repeatable; NAME:PATH as in
+    /// `LoadCredential=`): a check of the files the next start will load.
+    #[arg(long = "credential", value_name = "NAME:PATH", value_parser = parse_credential)]
+    pub credentials: Vec<(String, PathBuf)>,
+}
+
+fn parse_credential(arg: &str) -> Result<(String, PathBuf), String> {
+    match arg.split_once(':') {
+        Some((name, path)) if !name.is_empty() && !name.contains('/') && !path.is_empty() => {
+            Ok((name.to_string(), PathBuf::from(path)))
+        }
+        _ => Err(format!("`{arg}` is not NAME:PATH, like tls-key:/etc/tessera/tls/key.pem")),
+    }
 }
 
 /// `tessera token`.

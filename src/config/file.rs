@@ -141,7 +141,14 @@ impl Lines<'_> {
 }
 
 impl Config {
-    pub(super) fn apply_file(&mut self, file: &FileConfig, base: &Path, lines: &Lines<'_>) -> Result<(), ConfigError> {
+    /// `credentials`: the files `--credential` gives for `%d/NAME` paths.
+    pub(super) fn apply_file(
+        &mut self,
+        file: &FileConfig,
+        base: &Path,
+        lines: &Lines<'_>,
+        credentials: &[(String, PathBuf)],
+    ) -> Result<(), ConfigError> {
         if let Some(listen) = &file.listen {
             self.listen = listen.get_ref().parse().map_err(|e| {
                 lines.error(
@@ -187,7 +194,7 @@ impl Config {
         }
         self.tilesets = Arc::new(tilesets);
         if let Some(tls) = &file.tls {
-            self.tls = Some(file_tls(tls, base, lines)?);
+            self.tls = Some(file_tls(tls, base, lines, credentials)?);
         }
         for token in &file.tokens {
             let token = file_token(token, lines)?;
@@ -347,7 +354,12 @@ fn file_root(kind: RootKind, root: &FileRoot, base: &Path, lines: &Lines<'_>) ->
     Ok(spec)
 }
 
-fn file_tls(tls: &Spanned<FileTls>, base: &Path, lines: &Lines<'_>) -> Result<TlsSettings, ConfigError> {
+fn file_tls(
+    tls: &Spanned<FileTls>,
+    base: &Path,
+    lines: &Lines<'_>,
+    credentials: &[(String, PathBuf)],
+) -> Result<TlsSettings, ConfigError> {
     let t = tls.get_ref();
     let plaintext_listen = match &t.plaintext_listen {
         None => None,
@@ -361,7 +373,7 @@ fn file_tls(tls: &Spanned<FileTls>, base: &Path, lines: &Lines<'_>) -> Result<Tl
     // The files are read when the server starts (and again when they
     // change); here only that they are there, so that `check` names the line.
     let readable = |p: &Spanned<PathBuf>, what: &str| {
-        let path = credential_path(p.get_ref())
+        let path = credential_path(p.get_ref(), credentials)
             .map_err(|m| lines.error(Some(p.span()), format!("tls.{what}: {m}")))?
             .unwrap_or_else(|| base.join(p.get_ref()));
         match std::fs::metadata(&path) {
@@ -426,13 +438,22 @@ fn file_access(rule: &Spanned<FileAccess>, lines: &Lines<'_>) -> Result<AccessRu
 /// A `[tls]` path `%d/NAME` names the systemd credential NAME: the file
 /// `$CREDENTIALS_DIRECTORY/NAME` that `LoadCredential=` made for the
 /// service, so that the service never reads the operator's key file itself.
-fn credential_path(path: &Path) -> Result<Option<PathBuf>, String> {
+/// A file `--credential NAME:PATH` gives comes first: the appliance's
+/// `systemctl reload` checks with it, as root, the files the restart will
+/// copy, since the credentials directory holds the copies of the last start
+/// (and systemd 252 does not even show it to ExecReload=, systemd#35227).
+fn credential_path(path: &Path, given: &[(String, PathBuf)]) -> Result<Option<PathBuf>, String> {
     let Ok(name) = path.strip_prefix("%d") else { return Ok(None) };
+    if let Some((_, file)) = given.iter().find(|(n, _)| Path::new(n) == name) {
+        return Ok(Some(file.clone()));
+    }
     match std::env::var_os("CREDENTIALS_DIRECTORY") {
         Some(dir) => Ok(Some(Path::new(&dir).join(name))),
         None => Err(format!(
-            "{} names a systemd credential, but $CREDENTIALS_DIRECTORY is not set (LoadCredential= in the unit)",
-            path.display()
+            "{} names a systemd credential, but $CREDENTIALS_DIRECTORY is not set (LoadCredential= in the unit) \
+             and no --credential {}:PATH gives it",
+            path.display(),
+            name.display()
         )),
     }
 }

@@ -304,7 +304,7 @@ impl Config {
             let lines = Lines { file: path, text: &text };
             let file = parse_file(&lines)?;
             let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-            config.apply_file(&file, &base, &lines)?;
+            config.apply_file(&file, &base, &lines, &args.credentials)?;
         }
         config.apply_args(args)?;
         if config.roots.is_empty() {

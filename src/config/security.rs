@@ -63,7 +63,7 @@ pub enum Grant {
     Device,
     /// A device, under `/logs/{one of its names}` only.
     OwnDevice,
-    /// A token (or device) that holds this role.
+    /// A token that holds this role.
     Role(String),
 }
 

@@ -78,11 +78,7 @@ pub struct Shared {
 impl Shared {
     /// What a connection served by hyper runs under.
     pub fn hyper_limits(&self) -> handoff::Limits {
-        handoff::Limits {
-            idle: self.settings.idle_timeout,
-            write: self.settings.write_timeout,
-            shutdown: self.shutdown.clone(),
-        }
+        handoff::Limits::new(&self.settings, self.shutdown.clone())
     }
 
     /// Closes the connections that are idle now.

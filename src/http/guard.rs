@@ -45,7 +45,7 @@ pub async fn guard(State(guard): State<Arc<Guard>>, mut request: Request, next: 
                 None => return guard.failed(client, &caller, "unknown token").await,
             }
         }
-        Err(NotBearer) => return guard.failed(client, &caller, "malformed Authorization (Bearer only)").await,
+        Err(NotBearer) => return guard.failed(client, &caller, "empty or malformed bearer token").await,
     }
     let path = request.uri().path();
     let root_rule = root_grants(&guard.roots, path);
@@ -61,11 +61,15 @@ pub async fn guard(State(guard): State<Arc<Guard>>, mut request: Request, next: 
     }
     // An answer only some callers may have is never replayed to the next.
     let public = guard.policy.is_public(path) && root_rule.map_or(true, |g| g.contains(&Grant::Public));
+    let listing = lists(path);
     let name = caller.name();
     request.extensions_mut().insert(caller);
     let mut response = next.run(request).await;
     if !public {
         response.extensions_mut().insert(NoReplay);
+        private(&mut response);
+    } else if listing {
+        // Listings show each caller what it may read: one answer per caller.
         private(&mut response);
     }
     if let Some(name) = name {
@@ -113,15 +117,32 @@ fn unauthorized(error_code: Option<&str>) -> Response {
     response
 }
 
-/// An answer for one caller is no shared cache's to keep: `private` goes
-/// in front of whatever `Cache-Control` the root set.
+/// The pages whose content depends on the caller: `/`, `/tiles`, `/logs`
+/// and `/logs/{device}`.
+fn lists(path: &str) -> bool {
+    let segments = segments(path);
+    match segments.as_slice() {
+        [] => true,
+        [one] => one == "tiles" || one == "logs",
+        [logs, _] => logs == "logs",
+        _ => false,
+    }
+}
+
+/// An answer for one caller is no shared cache's to keep: `private` in
+/// front of what the root's `Cache-Control` says for private caches (its
+/// `public` and `s-maxage`, which would let a shared cache keep it, go).
 fn private(response: &mut Response) {
-    let current = response.headers().get(header::CACHE_CONTROL).and_then(|v| v.to_str().ok());
-    let value = match current {
-        Some(cc) if cc.split(',').any(|d| d.trim().eq_ignore_ascii_case("private")) => return,
-        Some(cc) => format!("private, {cc}"),
-        None => "private".to_string(),
-    };
+    let current = response.headers().get(header::CACHE_CONTROL).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let kept: Vec<&str> = current
+        .split(',')
+        .map(str::trim)
+        .filter(|d| {
+            let name = d.split('=').next().unwrap_or_default();
+            !d.is_empty() && !["public", "private", "s-maxage"].iter().any(|n| name.eq_ignore_ascii_case(n))
+        })
+        .collect();
+    let value = std::iter::once("private").chain(kept).collect::<Vec<_>>().join(", ");
     if let Ok(value) = HeaderValue::from_str(&value) {
         response.headers_mut().insert(header::CACHE_CONTROL, value);
     }

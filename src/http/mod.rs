@@ -220,7 +220,16 @@ impl App {
     /// storage can block for long, so it opens on the blocking pool.
     /// `Ok(None)`: no root has it.
     async fn open(self: &Arc<Self>, kind: RootKind, rel: String) -> Result<Option<Arc<FileEntry>>, Response> {
-        for root in self.roots.iter().filter(|r| r.kind() == kind) {
+        self.open_in(self.roots.iter().filter(|r| r.kind() == kind), rel).await
+    }
+
+    /// [`App::open`] among the given roots only.
+    async fn open_in(
+        self: &Arc<Self>,
+        roots: impl Iterator<Item = &Root>,
+        rel: String,
+    ) -> Result<Option<Arc<FileEntry>>, Response> {
+        for root in roots {
             let result = if root.caches_descriptors(&rel) {
                 self.cache.open(root, &rel)
             } else {

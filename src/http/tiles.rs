@@ -115,10 +115,18 @@ async fn tile(
         return mbtiles_tile(&app, method, headers, t, spec, &tile).await;
     }
     let tms = stored_scheme(info, spec) == Scheme::Tms;
+    // The first root that holds the tileset serves all of it: a later
+    // root's tiles of the same name are hidden, as its catalog entry is
+    // (and its access rule never applies to another root's files).
+    let root = info.and_then(|t| app.root_by_id(t.root)).or_else(|| {
+        let mut of_kind = app.roots.iter().filter(|r| r.kind() == RootKind::Tiles);
+        of_kind.find(|r| r.has(tileset)).map(|r| r.index)
+    });
+    let Some(root) = root.and_then(|i| app.roots.get(i)) else { return missing(&app, info, spec, &tile) };
     // Twice at most: a file rewritten while it was being decompressed is
     // opened again (its descriptor leaves the cache) rather than answered 5xx.
     for _ in 0..2 {
-        match app.open(RootKind::Tiles, stored_rel(tileset, &tile, tms)).await {
+        match app.open_in(std::iter::once(root), stored_rel(tileset, &tile, tms)).await {
             Ok(Some(entry)) => match file_tile(method, headers, &entry, tile.format.is_vector()) {
                 Some(response) => return response,
                 None => app.cache.invalidate(&entry.path),
