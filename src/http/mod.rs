@@ -57,8 +57,7 @@ pub struct App {
     snapshot: Mutex<Option<(u64, Arc<Vec<Tileset>>)>>,
     /// The catalog's read side.
     reader: Arc<catalog::Reader>,
-    /// The access rules, and the failed-authentication limits they share
-    /// with the TLS handshakes.
+    /// The access rules, and the limits on wrong bearer tokens per address.
     pub policy: Arc<Policy>,
     pub limiter: Arc<Limiter>,
 }
