@@ -89,18 +89,18 @@ impl Policy {
         let enforced = rules.iter().any(|r| closed(&r.allow))
             || config.roots.iter().any(|r| r.access.as_deref().is_some_and(closed));
         let mut rules: Vec<Rule> =
-            rules.into_iter().map(|r| Rule { segments: segments(&r.prefix), allow: r.allow }).collect();
+            rules.into_iter().map(|r| Rule { segments: Target::new(&r.prefix).0, allow: r.allow }).collect();
         rules.sort_by_key(|r| std::cmp::Reverse(r.segments.len()));
         let tokens = config.tokens.iter().cloned().map(Arc::new).collect();
         Policy { rules, tokens, enforced }
     }
 
-    /// What the rule for `path` allows (public when no rule matches).
+    /// What the rule for `target` allows (public when no rule matches).
     /// `/healthz` and `/readyz` are always public: the service manager's
     /// and load balancers' probes carry no credential.
-    pub fn rule(&self, path: &str) -> &[Grant] {
-        let path = segments(path);
-        if matches!(path.as_slice(), [p] if p == "healthz" || p == "readyz") {
+    pub fn rule(&self, target: &Target) -> &[Grant] {
+        let path = target.segments();
+        if matches!(path, [p] if p == "healthz" || p == "readyz") {
             return &[Grant::Public];
         }
         self.rules
@@ -109,13 +109,13 @@ impl Policy {
             .map_or(&[Grant::Public], |r| &r.allow)
     }
 
-    pub fn is_public(&self, path: &str) -> bool {
-        self.rule(path).contains(&Grant::Public)
+    pub fn is_public(&self, target: &Target) -> bool {
+        self.rule(target).contains(&Grant::Public)
     }
 
-    /// Whether `caller` may read `path`.
-    pub fn allows(&self, caller: &Caller, path: &str) -> bool {
-        grants_allow(self.rule(path), caller, path)
+    /// Whether `caller` may read `target`.
+    pub fn allows(&self, caller: &Caller, target: &Target) -> bool {
+        grants_allow(self.rule(target), caller, target)
     }
 
     /// The configured token whose hash is the presented secret's. Every
@@ -133,46 +133,54 @@ impl Policy {
     }
 }
 
-/// Whether one of `grants` lets `caller` read `path` (a path rule's, or a root's).
-pub fn grants_allow(grants: &[Grant], caller: &Caller, path: &str) -> bool {
+/// Whether one of `grants` lets `caller` read `target` (a path rule's, or a root's).
+pub fn grants_allow(grants: &[Grant], caller: &Caller, target: &Target) -> bool {
     grants.iter().any(|grant| match grant {
         Grant::Public => true,
         Grant::Authenticated => !caller.anonymous(),
         Grant::Device => caller.device.is_some(),
         Grant::Role(role) => caller.has_role(role),
-        Grant::OwnDevice => own_device(caller, path),
+        Grant::OwnDevice => own_device(caller, target),
     })
 }
 
 /// `own-device`: a device reads `/logs/{one of its names}` and below, and
 /// may list `/logs` (the listing then shows only its own).
-fn own_device(caller: &Caller, path: &str) -> bool {
+fn own_device(caller: &Caller, target: &Target) -> bool {
     let Some(_) = &caller.device else { return false };
-    let segments = segments(path);
-    match segments.as_slice() {
+    match target.segments() {
         [logs] => logs == "logs",
         [logs, device, ..] => logs == "logs" && caller.names_device(device),
         _ => false,
     }
 }
 
-/// A path's segments, each percent-decoded; empty segments dropped. A
-/// tileset's TileJSON, `/tiles/{name}.json`, is `/tiles/{name}` for the
-/// rules: it describes the tileset and is closed with it.
-pub fn segments(path: &str) -> Vec<String> {
-    let mut segments: Vec<String> = path
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .map(|s| percent_decode_str(s).decode_utf8_lossy().into_owned())
-        .collect();
-    if let [tiles, name] = segments.as_mut_slice() {
-        if tiles == "tiles" {
-            if let Some(stem) = name.strip_suffix(".json") {
-                *name = stem.to_string();
+/// A request path as the rules read it, parsed once per request: its
+/// segments, each percent-decoded, empty ones dropped. A tileset's
+/// TileJSON, `/tiles/{name}.json`, is `/tiles/{name}` for the rules: it
+/// describes the tileset and is closed with it.
+pub struct Target(Vec<String>);
+
+impl Target {
+    pub fn new(path: &str) -> Target {
+        let mut segments: Vec<String> = path
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(|s| percent_decode_str(s).decode_utf8_lossy().into_owned())
+            .collect();
+        if let [tiles, name] = segments.as_mut_slice() {
+            if tiles == "tiles" {
+                if let Some(stem) = name.strip_suffix(".json") {
+                    *name = stem.to_string();
+                }
             }
         }
+        Target(segments)
     }
-    segments
+
+    pub fn segments(&self) -> &[String] {
+        &self.0
+    }
 }
 
 /// An `Authorization: Bearer` header without a usable token.
@@ -336,8 +344,8 @@ mod tests {
     fn without_credentials_everything_stays_open() {
         let p = policy(&[], &[], false);
         assert!(!p.enforced);
-        assert!(p.allows(&Caller::default(), "/logs/pump-7/a.log"));
-        assert!(p.allows(&Caller::default(), "/metrics"));
+        assert!(p.allows(&Caller::default(), &Target::new("/logs/pump-7/a.log")));
+        assert!(p.allows(&Caller::default(), &Target::new("/metrics")));
     }
 
     #[test]
@@ -345,21 +353,21 @@ mod tests {
         let p = policy(&[], &[("grafana", "s3cret", &["metrics"])], true);
         assert!(p.enforced);
         let anonymous = Caller::default();
-        assert!(!p.allows(&anonymous, "/logs/pump-7/a.log"));
-        assert!(!p.allows(&anonymous, "/metrics"));
-        assert!(p.allows(&anonymous, "/tiles/osm/0/0/0.png"));
-        assert!(p.allows(&anonymous, "/"));
+        assert!(!p.allows(&anonymous, &Target::new("/logs/pump-7/a.log")));
+        assert!(!p.allows(&anonymous, &Target::new("/metrics")));
+        assert!(p.allows(&anonymous, &Target::new("/tiles/osm/0/0/0.png")));
+        assert!(p.allows(&anonymous, &Target::new("/")));
         let pump = device("pump-7");
-        assert!(p.allows(&pump, "/logs/pump-7/a.log"));
-        assert!(p.allows(&pump, "/logs/pump%2D7/a.log"), "decoded as the handler decodes it");
-        assert!(p.allows(&pump, "/logs"), "a device lists /logs, filtered to its own");
-        assert!(!p.allows(&pump, "/logs/pump-8/a.log"));
-        assert!(!p.allows(&pump, "/logs/pump-7x/a.log"));
-        assert!(!p.allows(&pump, "/metrics"));
+        assert!(p.allows(&pump, &Target::new("/logs/pump-7/a.log")));
+        assert!(p.allows(&pump, &Target::new("/logs/pump%2D7/a.log")), "decoded as the handler decodes it");
+        assert!(p.allows(&pump, &Target::new("/logs")), "a device lists /logs, filtered to its own");
+        assert!(!p.allows(&pump, &Target::new("/logs/pump-8/a.log")));
+        assert!(!p.allows(&pump, &Target::new("/logs/pump-7x/a.log")));
+        assert!(!p.allows(&pump, &Target::new("/metrics")));
         let grafana = Caller { device: None, token: p.token("s3cret") };
         assert!(grafana.token.is_some());
-        assert!(p.allows(&grafana, "/metrics"));
-        assert!(!p.allows(&grafana, "/logs/pump-7/a.log"));
+        assert!(p.allows(&grafana, &Target::new("/metrics")));
+        assert!(!p.allows(&grafana, &Target::new("/logs/pump-7/a.log")));
         assert!(p.token("s3cret ").is_none());
         assert!(p.token("").is_none());
     }
@@ -367,11 +375,11 @@ mod tests {
     #[test]
     fn the_longest_prefix_decides_whole_segments() {
         let p = policy(&[("/logs", &["public"]), ("/logs/secret", &["role:ops"])], &[], true);
-        assert!(p.allows(&Caller::default(), "/logs/pump-7/a.log"));
-        assert!(p.allows(&Caller::default(), "/logs/secretive/a.log"));
-        assert!(!p.allows(&Caller::default(), "/logs/secret/a.log"));
-        assert!(!p.allows(&Caller::default(), "/logs//secret/a.log"));
-        assert!(!p.allows(&Caller::default(), "/logs/s%65cret/a.log"));
+        assert!(p.allows(&Caller::default(), &Target::new("/logs/pump-7/a.log")));
+        assert!(p.allows(&Caller::default(), &Target::new("/logs/secretive/a.log")));
+        assert!(!p.allows(&Caller::default(), &Target::new("/logs/secret/a.log")));
+        assert!(!p.allows(&Caller::default(), &Target::new("/logs//secret/a.log")));
+        assert!(!p.allows(&Caller::default(), &Target::new("/logs/s%65cret/a.log")));
     }
 
     #[test]

@@ -110,7 +110,7 @@ fn describe_security(out: &mut String, config: &Config) {
     let _ = writeln!(out, "  tokens       {}", config.tokens.len());
     let policy = crate::access::Policy::new(config);
     for path in ["/tiles", "/logs", "/metrics", "/"] {
-        let rule: Vec<String> = policy.rule(path).iter().map(|g| g.to_string()).collect();
+        let rule: Vec<String> = policy.rule(&crate::access::Target::new(path)).iter().map(|g| g.to_string()).collect();
         let _ = writeln!(out, "  access       {path:<9} {}", rule.join(", "));
     }
 }

@@ -150,8 +150,7 @@ pub async fn serve(config: Config, inherited: Option<std::net::TcpListener>) -> 
     // The driver re-opens files of evicted replays through the same cache.
     let files = (app.cache.clone(), app.roots.clone());
     let router = http::router(app);
-    let security = Security { certs };
-    serve_listeners(listeners, router, config.http.clone(), metrics, files, security).await?;
+    serve_listeners(listeners, router, config.http.clone(), metrics, files, certs).await?;
     drop(watchers);
     tracing::info!("stopped");
     Ok(())
@@ -163,11 +162,6 @@ struct Listening {
     tls: bool,
     /// The socket systemd passed: workers share it instead of binding siblings.
     activated: bool,
-}
-
-/// What TLS connections need from the wiring.
-struct Security {
-    certs: Option<Arc<crate::tls::Certs>>,
 }
 
 /// Says at start-up what `tessera check` warns about: logs readable by
@@ -183,7 +177,7 @@ fn open_logs_warning(config: &Config, policy: &crate::access::Policy) -> Option<
     addrs.extend(config.tls.as_ref().and_then(|t| t.plaintext_listen));
     let exposed: Vec<String> = addrs.iter().filter(|a| !a.ip().is_loopback()).map(|a| a.to_string()).collect();
     let has_logs = config.roots.iter().any(|r| r.kind == crate::config::RootKind::Logs);
-    (!exposed.is_empty() && has_logs && policy.is_public("/logs/any/any")).then(|| {
+    (!exposed.is_empty() && has_logs && policy.is_public(&crate::access::Target::new("/logs/any/any"))).then(|| {
         format!(
             "logs are readable without authentication on {} (not loopback): configure [tls] with client_ca, or [[tokens]], \
              or an [[access]] rule for /logs",
@@ -206,7 +200,7 @@ async fn serve_listeners(
     settings: HttpSettings,
     metrics: Arc<Metrics>,
     (cache, roots): (Arc<DescriptorCache>, Arc<Vec<Root>>),
-    security: Security,
+    certs: Option<Arc<crate::tls::Certs>>,
 ) -> anyhow::Result<()> {
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let max_connections = settings.max_connections.min(tokio::sync::Semaphore::MAX_PERMITS);
@@ -226,7 +220,7 @@ async fn serve_listeners(
         per_worker[0].push((l.socket, l.tls));
     }
     let limits = handoff::Limits::new(&settings, shutdown.clone());
-    let tls = security.certs.map(|certs| crate::tls::Context {
+    let tls = certs.map(|certs| crate::tls::Context {
         certs,
         router: router.clone(),
         metrics: metrics.clone(),
@@ -335,17 +329,20 @@ async fn accept_loop(listener: std::net::TcpListener, kind: Kind, shared: Arc<Sh
                     Ok(slot) => {
                         let (shared, finished, kind) = (shared.clone(), finished.clone(), kind.clone());
                         tokio::spawn(async move {
+                            // Counted from accept to close, whoever carries it
+                            // (a TLS connection from its handshake on).
+                            shared.metrics.connections.inc();
+                            let metrics = shared.metrics.clone();
                             match kind {
                                 Kind::Tls(cx) => crate::tls::serve(stream, addr, cx).await,
                                 Kind::Plain if shared.settings.transport == Transport::Hyper => {
                                     let peer = crate::delivery::Peer { addr, tls: false, device: None };
-                                    shared.metrics.connections.inc();
                                     let (router, limits) = (shared.router.clone(), shared.hyper_limits());
                                     handoff::serve(stream, bytes::Bytes::new(), peer, router, limits).await;
-                                    shared.metrics.connections.dec();
                                 }
                                 Kind::Plain => driver::serve_connection(stream, addr, shared).await,
                             }
+                            metrics.connections.dec();
                             drop((slot, finished));
                         });
                     }

@@ -227,9 +227,7 @@ pub async fn serve(stream: TcpStream, addr: SocketAddr, cx: Context) {
         Some(b"h2") => handoff::Protocol::Http2,
         _ => handoff::Protocol::Http1,
     };
-    cx.metrics.connections.inc();
     handoff::serve_io(stream, protocol, peer, cx.router, cx.limits).await;
-    cx.metrics.connections.dec();
 }
 
 /// After a refused handshake, the alert saying why is on its way: close our

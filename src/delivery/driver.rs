@@ -106,7 +106,6 @@ const LINGER: Duration = Duration::from_secs(2);
 
 pub async fn serve_connection(stream: TcpStream, addr: std::net::SocketAddr, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
-    shared.metrics.connections.inc();
     let idle_end = idle_close_registration(&shared);
     let mut conn = Conn {
         stream,
@@ -125,8 +124,6 @@ pub async fn serve_connection(stream: TcpStream, addr: std::net::SocketAddr, sha
             conn.shared.metrics.handoffs.inc();
             let Conn { stream, buf, shared, peer, .. } = conn;
             handoff::serve(stream, buf.freeze(), peer, shared.router.clone(), shared.hyper_limits()).await;
-            shared.metrics.connections.dec();
-            return;
         }
         Err(e) if e.kind() == io::ErrorKind::TimedOut => {
             conn.shared.metrics.write_stalls.inc();
@@ -134,7 +131,6 @@ pub async fn serve_connection(stream: TcpStream, addr: std::net::SocketAddr, sha
         }
         Err(e) => tracing::debug!(error = %e, "connection ended"),
     }
-    conn.shared.metrics.connections.dec();
 }
 
 /// A registration on `idle_close`, made before any look at the shutdown

@@ -16,7 +16,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use super::error;
-use crate::access::{bearer, grants_allow, segments, Caller, Limiter, NotBearer, Policy};
+use crate::access::{bearer, grants_allow, Caller, Limiter, NotBearer, Policy, Target};
 use crate::config::{Grant, RootKind};
 use crate::delivery::{Identity, NoReplay, Peer};
 use crate::metrics::Metrics;
@@ -47,10 +47,9 @@ pub async fn guard(State(guard): State<Arc<Guard>>, mut request: Request, next: 
         }
         Err(NotBearer) => return guard.failed(client, &caller, "empty or malformed bearer token").await,
     }
-    let path = request.uri().path();
-    let root_rule = root_grants(&guard.roots, path);
-    let allowed = guard.policy.allows(&caller, path) && root_rule.map_or(true, |g| grants_allow(g, &caller, path));
-    if !allowed {
+    let target = Target::new(request.uri().path());
+    let decision = decide(&guard.policy, &guard.roots, &caller, &target);
+    if !decision.allowed {
         return if caller.anonymous() {
             guard.metrics.auth_refusals.with_label_values(&["missing"]).inc();
             unauthorized(None)
@@ -59,16 +58,14 @@ pub async fn guard(State(guard): State<Arc<Guard>>, mut request: Request, next: 
             error(StatusCode::FORBIDDEN, "this identity may not read this path")
         };
     }
-    // An answer only some callers may have is never replayed to the next.
-    let public = guard.policy.is_public(path) && root_rule.map_or(true, |g| g.contains(&Grant::Public));
-    let listing = lists(path);
     let name = caller.name();
     request.extensions_mut().insert(caller);
     let mut response = next.run(request).await;
-    if !public {
+    // An answer only some callers may have is never replayed to the next.
+    if !decision.public {
         response.extensions_mut().insert(NoReplay);
         private(&mut response);
-    } else if listing {
+    } else if lists(&target) {
         // Listings show each caller what it may read: one answer per caller.
         private(&mut response);
     }
@@ -119,9 +116,8 @@ fn unauthorized(error_code: Option<&str>) -> Response {
 
 /// The pages whose content depends on the caller: `/`, `/tiles`, `/logs`
 /// and `/logs/{device}`.
-fn lists(path: &str) -> bool {
-    let segments = segments(path);
-    match segments.as_slice() {
+fn lists(target: &Target) -> bool {
+    match target.segments() {
         [] => true,
         [one] => one == "tiles" || one == "logs",
         [logs, _] => logs == "logs",
@@ -148,15 +144,30 @@ fn private(response: &mut Response) {
     }
 }
 
-/// The `access` of the root that serves `path`, when that root has one:
+/// What the rules say of one request: whether its caller may read the
+/// target (the path's rule and, if it has one, the serving root's both
+/// allow), and whether anyone may.
+pub struct Decision {
+    pub allowed: bool,
+    pub public: bool,
+}
+
+pub fn decide(policy: &Policy, roots: &[Root], caller: &Caller, target: &Target) -> Decision {
+    let root_rule = root_grants(roots, target);
+    Decision {
+        allowed: policy.allows(caller, target) && root_rule.map_or(true, |g| grants_allow(g, caller, target)),
+        public: policy.is_public(target) && root_rule.map_or(true, |g| g.contains(&Grant::Public)),
+    }
+}
+
+/// The `access` of the root that serves `target`, when that root has one:
 /// the first root of the path's kind that holds the log (`/logs/{device}`
 /// and below: the device's directory, or the file) or the tileset
-/// (`/tiles/{name}` and below: its directory or `{name}.mbtiles`), as the
-/// handlers look them up. Costs a `stat` or two, and only when some root
-/// of that kind has a rule.
-pub fn root_grants<'a>(roots: &'a [Root], path: &str) -> Option<&'a [Grant]> {
-    let segments = segments(path);
-    let (kind, name) = match segments.as_slice() {
+/// ([`tileset_root`]), as the handlers look them up. Costs a `stat` or
+/// two, and only when some root of that kind has a rule.
+fn root_grants<'a>(roots: &'a [Root], target: &Target) -> Option<&'a [Grant]> {
+    let segments = target.segments();
+    let (kind, name) = match segments {
         [first, name, ..] if first == "logs" => (RootKind::Logs, name),
         [first, name, ..] if first == "tiles" => (RootKind::Tiles, name),
         _ => return None,
@@ -165,15 +176,22 @@ pub fn root_grants<'a>(roots: &'a [Root], path: &str) -> Option<&'a [Grant]> {
     if !of_kind.clone().any(|r| r.spec.access.is_some()) || !crate::names::safe_segment(name) {
         return None;
     }
-    let holds = |root: &Root| match kind {
-        RootKind::Logs => match segments.get(2) {
-            Some(file) if crate::names::safe_segment(file) => root.has(&format!("{name}/{file}")),
-            _ => root.has(name),
-        },
-        RootKind::Tiles => {
-            let name = name.strip_suffix(".json").unwrap_or(name);
-            root.has(name) || root.has(&format!("{name}.mbtiles"))
+    let root = match kind {
+        RootKind::Logs => {
+            let rel = match segments.get(2) {
+                Some(file) if crate::names::safe_segment(file) => format!("{name}/{file}"),
+                _ => name.clone(),
+            };
+            of_kind.find(|r| r.has(&rel))
         }
+        RootKind::Tiles => tileset_root(roots, name),
     };
-    of_kind.find(|r| holds(r)).and_then(|r| r.spec.access.as_deref())
+    root.and_then(|r| r.spec.access.as_deref())
+}
+
+/// The first tiles root that holds tileset `name` (its directory or
+/// `{name}.mbtiles`): it serves all of the tileset, and a later root's
+/// files of the same name are hidden.
+pub fn tileset_root<'a>(roots: &'a [Root], name: &str) -> Option<&'a Root> {
+    roots.iter().filter(|r| r.kind() == RootKind::Tiles).find(|r| r.has(name) || r.has(&format!("{name}.mbtiles")))
 }

@@ -23,7 +23,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use parking_lot::Mutex;
 
-use crate::access::{Caller, Limiter, Policy};
+use crate::access::{Caller, Limiter, Policy, Target};
 use crate::cache::{DescriptorCache, FileEntry};
 use crate::catalog::digest::Digests;
 use crate::catalog::{self, Tileset};
@@ -177,8 +177,7 @@ impl App {
         }
         let anonymous = Caller::default();
         let caller = caller.unwrap_or(&anonymous);
-        self.policy.allows(caller, path)
-            && guard::root_grants(&self.roots, path).map_or(true, |g| crate::access::grants_allow(g, caller, path))
+        guard::decide(&self.policy, &self.roots, caller, &Target::new(path)).allowed
     }
 
     /// The index of the root with this database id.

@@ -16,7 +16,7 @@ use super::{error, files, json_response, wire, AppState};
 use crate::access::Caller;
 use crate::cache::FileEntry;
 use crate::catalog::{Source, Tileset};
-use crate::config::{RootKind, Scheme, TilesetSpec, DEFAULT_TILES_CACHE_CONTROL};
+use crate::config::{Scheme, TilesetSpec, DEFAULT_TILES_CACHE_CONTROL};
 use crate::metrics::Route;
 use crate::names::safe_segment;
 use crate::tile::{NotATile, Tile};
@@ -118,11 +118,11 @@ async fn tile(
     // The first root that holds the tileset serves all of it: a later
     // root's tiles of the same name are hidden, as its catalog entry is
     // (and its access rule never applies to another root's files).
-    let root = info.and_then(|t| app.root_by_id(t.root)).or_else(|| {
-        let mut of_kind = app.roots.iter().filter(|r| r.kind() == RootKind::Tiles);
-        of_kind.find(|r| r.has(tileset)).map(|r| r.index)
-    });
-    let Some(root) = root.and_then(|i| app.roots.get(i)) else { return missing(&app, info, spec, &tile) };
+    let root = match info.and_then(|t| app.root_by_id(t.root)) {
+        Some(index) => app.roots.get(index),
+        None => super::guard::tileset_root(&app.roots, tileset),
+    };
+    let Some(root) = root else { return missing(&app, info, spec, &tile) };
     // Twice at most: a file rewritten while it was being decompressed is
     // opened again (its descriptor leaves the cache) rather than answered 5xx.
     for _ in 0..2 {
