@@ -6,7 +6,7 @@
 //! (open descriptors), [`http`] (the axum Router that produces every
 //! response) and [`delivery`] (how the bytes travel). They build on leaves
 //! that import nothing above them: [`names`], [`validators`], [`tile`],
-//! [`mime`], [`metrics`], [`logging`]. Imports run one way (the table in
+//! [`logline`], [`pmtiles`], [`mime`], [`metrics`], [`logging`]. Imports run one way (the table in
 //! `tests/layers.rs`); [`server`] wires everything together and [`systemd`]
 //! speaks to the service manager. See ARCHITECTURE.md.
 
@@ -18,10 +18,12 @@ pub mod delivery;
 pub mod doctor;
 pub mod http;
 pub mod logging;
+pub mod logline;
 pub mod mbtiles;
 pub mod metrics;
 pub mod mime;
 pub mod names;
+pub mod pmtiles;
 pub mod roots;
 pub mod server;
 pub mod systemd;

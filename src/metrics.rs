@@ -50,6 +50,8 @@ pub struct Metrics {
     pub tls_handshake_failures: IntCounterVec,
     /// Successful reloads of the TLS certificate and key, and refused ones.
     pub tls_reloads: IntCounterVec,
+    /// Log slices by time answered, by how (indexed, filtered, decompressed).
+    pub log_slices: IntCounterVec,
 }
 
 impl Metrics {
@@ -109,7 +111,13 @@ impl Metrics {
             "TLS certificate reloads after their files changed, by result (ok, refused)",
             &["result"],
         );
+        let log_slices = vec(
+            "tessera_log_slices_total",
+            "Log time slices answered, by how: indexed (from the time index), filtered (a file out of time order or not indexed yet, read through), decompressed (gzip)",
+            &["how"],
+        );
         Metrics {
+            log_slices,
             auth_refusals,
             tls_handshake_failures,
             tls_reloads,

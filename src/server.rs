@@ -81,6 +81,8 @@ fn catalog_worker(config: &Config, roots: Arc<Vec<Root>>, metrics: Arc<Metrics>)
         metrics,
         ready: Arc::new(AtomicBool::new(false)),
         generation: Arc::default(),
+        unfinished: Default::default(),
+        index_failures: Default::default(),
     })
 }
 
@@ -401,13 +403,26 @@ pub fn index(config: &Config) -> anyhow::Result<String> {
     let roots = Arc::new(open_roots(config)?);
     let mut worker = catalog_worker(config, roots, Arc::new(Metrics::new()))?;
     let stats = worker.reconcile_all();
-    Ok(format!(
+    worker.finish_indexes();
+    let mut report = format!(
         "catalog {}: {} re-read, {} unchanged, {} removed",
         catalog::db_path(&config.state).display(),
         stats.rereads,
         stats.unchanged,
         stats.deleted
-    ))
+    );
+    match worker.time_index_size() {
+        Ok(size) => report.push_str(&format!(
+            "\ntime index: {} marks for {} logs, {} KiB on disk for {} MiB of logs ({:.3} %)",
+            size.marks,
+            size.logs,
+            size.bytes / 1024,
+            size.covered >> 20,
+            if size.covered == 0 { 0.0 } else { size.bytes as f64 * 100.0 / size.covered as f64 }
+        )),
+        Err(e) => report.push_str(&format!("\ntime index: size unknown ({e})")),
+    }
+    Ok(report)
 }
 
 /// `tessera token NAME --role ROLE`: a new secret from the kernel's random

@@ -258,6 +258,20 @@ fn a_device_reads_its_own_logs_and_no_other() {
     let devices: Vec<&str> =
         listing["logs"].as_array().expect("logs").iter().map(|l| l["device"].as_str().unwrap_or_default()).collect();
     assert_eq!(devices, ["pump-7"], "{listing}");
+    // Time slices and a device's lines across its logs follow the same rules.
+    let timed = "2026-11-20T06:00:00Z flow 1\n2026-11-20T07:00:00Z flow 2\n";
+    for device in ["pump-7", "pump-8"] {
+        std::fs::write(setup.fx.logs().join(device).join("t.log"), timed).expect("timed log");
+    }
+    let span = "since=2026-11-20T06:30:00Z";
+    let indexed = poll_until(Duration::from_secs(5), || {
+        curl(&setup, &format!("/logs/pump-7/.lines?{span}"), &as_strs(&args)).1 == b"2026-11-20T07:00:00Z flow 2\n"
+    });
+    assert!(indexed, "pump-7 never got its own lines of the span");
+    assert_eq!(curl(&setup, &format!("/logs/pump-7/t.log?{span}"), &as_strs(&args)).0, 200);
+    assert_eq!(curl(&setup, &format!("/logs/pump-8/.lines?{span}"), &as_strs(&args)).0, 403);
+    assert_eq!(curl(&setup, &format!("/logs/pump-8/t.log?{span}"), &as_strs(&args)).0, 403);
+    assert_eq!(setup.server.get(&format!("/logs/pump-7/.lines?{span}")).status, 401);
     // A DNS SAN names a device as well as a CN does.
     let args8 = device_args(&setup, "pump-8");
     let (status, body, _, _) = curl(&setup, "/logs/pump-8/a.log", &as_strs(&args8));

@@ -27,8 +27,8 @@ use std::os::unix::fs::symlink;
 use std::path::{Component, Path, PathBuf};
 use std::sync::OnceLock;
 
-use libfuzzer_sys::fuzz_target;
 use http::StatusCode;
+use libfuzzer_sys::fuzz_target;
 use tessera::config::{RootKind, RootSpec};
 use tessera::http::tiles::{segments, stored_rel, tile_address};
 use tessera::names::safe_segment;

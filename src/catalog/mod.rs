@@ -7,8 +7,9 @@
 //! blocking threads (WAL lets them run side by side).
 
 pub mod digest;
-mod logscan;
+pub mod logscan;
 mod reconcile;
+pub mod timeindex;
 pub mod worker;
 
 use std::path::{Path, PathBuf};
@@ -19,12 +20,11 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use crate::config::Scheme;
 use crate::tile::{flip_row, Format};
 
-pub use logscan::{time_span, time_span_of};
 pub use reconcile::{classify, reconcile, tile_range_bounds, Entry, ReconcileStats};
 
 /// Bump when the schema changes: an older database is rebuilt, not migrated,
 /// since everything in it can be read again from the disk.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 6;
 const DB_FILE: &str = "tessera.db";
 
 const SCHEMA: &str = "
@@ -107,6 +107,39 @@ CREATE TABLE logs (
     PRIMARY KEY (root, rel)
 ) WITHOUT ROWID;
 CREATE INDEX logs_by_device ON logs (device, file);
+-- The time index of each plain log (catalog/timeindex.rs): how far it was
+-- read, for the next append, and what was learnt on the way.
+CREATE TABLE log_index (
+    id          INTEGER PRIMARY KEY,
+    root        INTEGER NOT NULL,
+    rel         TEXT NOT NULL,
+    dev         INTEGER NOT NULL,
+    ino         INTEGER NOT NULL,
+    -- End of the last whole line read, and a hash of the 4 KiB before it.
+    indexed_to  INTEGER NOT NULL,
+    tail_check  INTEGER NOT NULL,
+    csv_column  INTEGER,
+    -- 1 while no line's time is earlier than the one before it.
+    ordered     INTEGER NOT NULL,
+    prev_ms     INTEGER,
+    min_ms      INTEGER,
+    max_ms      INTEGER,
+    last_mark   INTEGER,
+    marks       INTEGER NOT NULL,
+    -- The file's length and mtime when the last pass read it.
+    size        INTEGER NOT NULL,
+    mtime_ns    INTEGER NOT NULL,
+    -- 0 while a pass left the rest for later (the worker continues it).
+    complete    INTEGER NOT NULL,
+    UNIQUE (root, rel)
+);
+-- Line starts by time: about one per 64 KiB of log.
+CREATE TABLE log_marks (
+    log    INTEGER NOT NULL,
+    ms     INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    PRIMARY KEY (log, ms, offset)
+) WITHOUT ROWID;
 ";
 
 /// Where the catalog lives: its file in the state directory, or, when that
@@ -283,6 +316,17 @@ impl Queries<'_> {
     pub fn logs(&self, root_order: &[i64], filter: &LogFilter) -> Result<Vec<LogRecord>, Error> {
         logs(self.0, root_order, filter)
     }
+
+    /// See [`timeindex::log_index`].
+    pub fn log_index(
+        &self,
+        root_id: i64,
+        rel: &str,
+        since: i64,
+        until: i64,
+    ) -> Result<Option<timeindex::LogIndex>, Error> {
+        timeindex::log_index(self.0, root_id, rel, since, until)
+    }
 }
 
 /// A read-only connection (the HTTP layer's, through [`Reader`]).
@@ -405,6 +449,22 @@ pub struct LogRecord {
     pub growing: bool,
     /// `sha-256=:…:` once computed for the file as it is now.
     pub digest: Option<String>,
+    /// The database id of its root.
+    pub root: i64,
+    /// Its time index (none for compressed logs).
+    pub index: Option<IndexFacts>,
+}
+
+/// What the time index knows of a log, for listings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexFacts {
+    /// No line's time is earlier than the line before it.
+    pub ordered: bool,
+    pub marks: u64,
+    /// How far the index has read.
+    pub indexed_to: u64,
+    /// The last pass read to the end (or to space not written yet).
+    pub complete: bool,
 }
 
 /// A log appended to within this long is listed as growing.
@@ -461,7 +521,9 @@ pub fn tilesets(conn: &Connection, root_order: &[i64]) -> rusqlite::Result<Vec<T
 /// stays put while logs come and go.
 pub fn logs(conn: &Connection, root_order: &[i64], filter: &LogFilter) -> rusqlite::Result<Vec<LogRecord>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT root, device, file, size, mtime_ns, etag, first_ms, last_ms, appended_ns, digest FROM logs
+        "SELECT l.root, device, file, l.size, l.mtime_ns, etag, first_ms, last_ms, appended_ns, digest,
+                i.ordered, i.marks, i.indexed_to, i.complete
+         FROM logs l LEFT JOIN log_index i ON i.root = l.root AND i.rel = l.rel
          WHERE (?1 IS NULL OR device = ?1)
            AND (?2 IS NULL OR last_ms IS NULL OR last_ms >= ?2)
            AND (?3 IS NULL OR first_ms IS NULL OR first_ms <= ?3)
@@ -484,6 +546,16 @@ pub fn logs(conn: &Connection, root_order: &[i64], filter: &LogFilter) -> rusqli
                     last_ms: r.get(7)?,
                     growing: r.get::<_, i64>(8)? > growing_since,
                     digest: r.get(9)?,
+                    root: r.get(0)?,
+                    index: match r.get::<_, Option<bool>>(10)? {
+                        Some(ordered) => Some(IndexFacts {
+                            ordered,
+                            marks: r.get::<_, i64>(11)? as u64,
+                            indexed_to: r.get::<_, i64>(12)? as u64,
+                            complete: r.get(13)?,
+                        }),
+                        None => None,
+                    },
                 },
             ))
         })?;

@@ -25,6 +25,9 @@ pub struct ReconcileStats {
     pub rereads: u64,
     pub deleted: u64,
     pub unchanged: u64,
+    /// Logs whose time index this reconcile left unfinished (its read
+    /// budget ran out): the worker continues them a chunk at a time.
+    pub unfinished: Vec<String>,
 }
 
 impl ReconcileStats {
@@ -32,6 +35,7 @@ impl ReconcileStats {
         self.rereads += other.rereads;
         self.deleted += other.deleted;
         self.unchanged += other.unchanged;
+        self.unfinished.extend(other.unfinished.iter().cloned());
     }
 
     pub fn changes(&self) -> u64 {
@@ -101,6 +105,8 @@ pub fn reconcile(
     prefix: &str,
 ) -> rusqlite::Result<ReconcileStats> {
     let mut stats = ReconcileStats::default();
+    // Log bytes this reconcile may read for the time index (see `timeindex::INLINE_BUDGET`).
+    let mut budget = super::timeindex::INLINE_BUDGET;
     if is_hidden(Path::new(prefix)) {
         return Ok(stats);
     }
@@ -140,7 +146,9 @@ pub fn reconcile(
                 stats.unchanged += 1;
                 continue;
             }
-            upsert(&tx, root_id, rel, &entry, &v, previous, root_path)?;
+            if !upsert(&tx, root_id, rel, &entry, &v, previous, root_path, &mut budget)? {
+                stats.unfinished.push(rel.to_string());
+            }
             stats.rereads += 1;
             if let Some(tileset) = entry.tileset() {
                 touched.entry(tileset.to_string()).or_insert(false);
@@ -152,6 +160,9 @@ pub fn reconcile(
         for table in tables(kind) {
             tx.prepare_cached(&format!("DELETE FROM {table} WHERE root = ?1 AND rel = ?2"))?
                 .execute(params![root_id, rel])?;
+        }
+        if kind == RootKind::Logs {
+            super::timeindex::remove(&tx, root_id, rel)?;
         }
         stats.deleted += 1;
         if let Some(tileset) = classify(kind, rel).as_ref().and_then(Entry::tileset) {
@@ -199,6 +210,9 @@ fn known_rows(
     rows.collect()
 }
 
+/// Writes the row of one changed file; false when it is a log whose time
+/// index was left unfinished (the read `budget` ran out).
+#[allow(clippy::too_many_arguments)]
 fn upsert(
     conn: &Connection,
     root_id: i64,
@@ -207,7 +221,8 @@ fn upsert(
     v: &Validators,
     previous: Option<Validators>,
     root_path: &Path,
-) -> rusqlite::Result<()> {
+    budget: &mut u64,
+) -> rusqlite::Result<bool> {
     // Content is read through a descriptor opened beneath the root with no
     // symbolic link followed, never by path (a directory swapped for a link
     // after the walk must not make us read outside).
@@ -261,13 +276,7 @@ fn upsert(
             .execute(params![root_id, rel, tileset, size, mtime, dev, ino, v.etag(), metadata, format, levels, count])?;
         }
         Entry::Log { device, file } => {
-            let (first, last) = match open().and_then(|file| super::time_span_of(file, path)) {
-                Ok(span) => span,
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "could not read log timestamps");
-                    (None, None)
-                }
-            };
+            let (first, last, finished) = log_times(conn, root_id, rel, path, v, open, budget)?;
             // The same file, longer: it is being appended to. (The digest
             // column is reset: it described the old validators.)
             let appended = previous.is_some_and(|p| p.dev == v.dev && p.ino == v.ino && v.len > p.len);
@@ -277,9 +286,69 @@ fn upsert(
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?
             .execute(params![root_id, rel, device, file, size, mtime, dev, ino, v.etag(), first, last, appended_ns])?;
+            return Ok(finished);
         }
     }
-    Ok(())
+    Ok(true)
+}
+
+/// A log's first and last time, and whether its time index is complete:
+/// from its time index, brought up to date within the read `budget` (plain
+/// logs; while the index is unfinished, from the log's two ends as well),
+/// or by reading it through (compressed ones, which have no index: their
+/// slices are decompressed and filtered on request). A file that cannot be
+/// read now is left unfinished, so that the worker tries it again
+/// (`Job::Index`); `Err` is a catalog error only.
+fn log_times(
+    conn: &Connection,
+    root_id: i64,
+    rel: &str,
+    path: &Path,
+    v: &Validators,
+    open: impl Fn() -> std::io::Result<std::fs::File>,
+    budget: &mut u64,
+) -> rusqlite::Result<(Option<i64>, Option<i64>, bool)> {
+    let file = match open() {
+        Ok(file) => file,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot open log to read its times; will retry");
+            return Ok((None, None, false));
+        }
+    };
+    if super::logscan::compressed(path) {
+        let (first, last) = super::logscan::compressed_span(file).unwrap_or_else(|e| {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the times of a compressed log");
+            (None, None)
+        });
+        return Ok((first, last, true));
+    }
+    // A savepoint: a pass that fails half way (a read error after its old
+    // marks were dropped) leaves the index as it was.
+    conn.execute_batch("SAVEPOINT log_index")?;
+    let (progress, pass) = match super::timeindex::update(conn, root_id, rel, &file, v, *budget) {
+        Ok(done) => {
+            conn.execute_batch("RELEASE log_index")?;
+            done
+        }
+        Err(e) => {
+            conn.execute_batch("ROLLBACK TO log_index; RELEASE log_index")?;
+            let e = match e {
+                super::timeindex::IndexError::Catalog(e) => return Err(e),
+                super::timeindex::IndexError::Read(e) => e,
+            };
+            tracing::warn!(path = %path.display(), error = %e, "time index not updated; will retry");
+            let (first, last) = crate::logline::ends(&file, v.len).unwrap_or_default();
+            return Ok((first, last, false));
+        }
+    };
+    *budget = budget.saturating_sub(pass.read);
+    if pass.finished {
+        return Ok((progress.min_ms, progress.max_ms, true));
+    }
+    let (first, last) = crate::logline::ends(&file, v.len).unwrap_or_default();
+    let min = |a: Option<i64>, b: Option<i64>| a.into_iter().chain(b).min();
+    let max = |a: Option<i64>, b: Option<i64>| a.into_iter().chain(b).max();
+    Ok((min(first, progress.min_ms), max(last, progress.max_ms), false))
 }
 
 /// What a tileset's summary row is made of.

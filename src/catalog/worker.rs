@@ -26,6 +26,9 @@ pub enum Job {
     Path(usize, PathBuf),
     /// Nobody knows what changed in root `.0`: reconcile all of it.
     Rescan(usize),
+    /// The time index of log `.1` (relative to root `.0`) was cut short by
+    /// its read budget: read the next chunk.
+    Index(usize, String),
 }
 
 const BATCH_WINDOW: Duration = Duration::from_millis(15);
@@ -45,7 +48,15 @@ pub struct Worker {
     /// Bumped after every reconcile that may have changed the catalog, so
     /// that readers can keep what they derived from it until it moves.
     pub generation: Arc<AtomicU64>,
+    /// Logs (root index, relative path) whose time index is unfinished.
+    pub unfinished: BTreeSet<(usize, String)>,
+    /// Failed continuations in a row, per log.
+    pub index_failures: std::collections::HashMap<(usize, String), u32>,
 }
+
+/// A time index that fails this many continuations in a row waits for its
+/// log's next change.
+pub const INDEX_ATTEMPTS: u32 = 5;
 
 impl Worker {
     /// Reconciles every root once, then serves jobs until every sender is gone.
@@ -64,8 +75,19 @@ impl Worker {
         self.ready.store(true, Ordering::Release);
 
         let mut retry: BTreeSet<Job> = BTreeSet::new();
+        self.load_unfinished();
+        let mut pending = self.take_unfinished();
         loop {
-            let wait = if retry.is_empty() { Duration::from_secs(3600) } else { RETRY_AFTER };
+            // Unfinished indexes go on at once, one chunk of one log per
+            // batch, so that the watcher's changes are never far behind.
+            let wait = if !pending.is_empty() {
+                Duration::ZERO
+            } else if retry.is_empty() {
+                Duration::from_secs(3600)
+            } else {
+                RETRY_AFTER
+            };
+            retry.extend(pending.pop_first());
             let mut batch: BTreeSet<Job> = std::mem::take(&mut retry);
             match jobs.recv_timeout(wait) {
                 Ok(job) => {
@@ -91,8 +113,48 @@ impl Worker {
                 batch.insert(job);
             }
             retry = self.apply(batch);
+            pending.append(&mut self.take_unfinished());
             self.generation.fetch_add(1, Ordering::AcqRel);
         }
+    }
+
+    /// Reads every unfinished time index to its end (`tessera index`, which
+    /// has nothing else to do), a failing one at most [`INDEX_ATTEMPTS`] times.
+    pub fn finish_indexes(&mut self) {
+        self.load_unfinished();
+        while !self.unfinished.is_empty() {
+            let batch: BTreeSet<Job> = self.take_unfinished();
+            let failed = self.apply(batch);
+            self.unfinished.extend(failed.into_iter().filter_map(|job| match job {
+                Job::Index(index, rel) => Some((index, rel)),
+                _ => None,
+            }));
+        }
+    }
+
+    /// Queues the logs whose index an earlier pass, in this process or an
+    /// earlier one, left unfinished.
+    fn load_unfinished(&mut self) {
+        match super::timeindex::unfinished(&self.conn) {
+            Ok(rows) => {
+                for (root_id, rel) in rows {
+                    if let Some(index) = self.root_ids.iter().position(|id| *id == root_id) {
+                        self.unfinished.insert((index, rel));
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list unfinished time indexes"),
+        }
+    }
+
+    /// The index jobs that the last reconciles and index passes left.
+    fn take_unfinished(&mut self) -> BTreeSet<Job> {
+        std::mem::take(&mut self.unfinished).into_iter().map(|(i, rel)| Job::Index(i, rel)).collect()
+    }
+
+    /// The time index's size, for `tessera index`.
+    pub fn time_index_size(&self) -> rusqlite::Result<super::timeindex::Size> {
+        super::timeindex::size(&self.conn)
     }
 
     /// Reconciles every root whole; returns the summed statistics.
@@ -111,6 +173,7 @@ impl Worker {
         let root = &self.roots[index];
         let stats = reconcile(&mut self.conn, self.root_ids[index], root.kind(), root.path(), rel)?;
         self.metrics.catalog_changes.inc_by(stats.changes());
+        self.unfinished.extend(stats.unfinished.iter().map(|rel| (index, rel.clone())));
         Ok(stats)
     }
 
@@ -126,7 +189,7 @@ impl Worker {
             let result = match &job {
                 Job::Rescan(index) => {
                     tracing::warn!(root = %self.roots[*index].path().display(), "rescanning root");
-                    self.reconcile(*index, "").map(|_| ())
+                    self.reconcile(*index, "").map(|_| ()).map_err(anyhow::Error::from)
                 }
                 Job::Path(index, path) => {
                     if rescans.contains(index)
@@ -139,7 +202,33 @@ impl Worker {
                         continue;
                     };
                     let rel = rel.to_string();
-                    self.reconcile(*index, &rel).map(|_| ())
+                    self.reconcile(*index, &rel).map(|_| ()).map_err(anyhow::Error::from)
+                }
+                Job::Index(index, rel) => {
+                    let root = &self.roots[*index];
+                    let result = super::timeindex::continue_log(&self.conn, self.root_ids[*index], root.path(), rel);
+                    match result {
+                        Ok(more) => {
+                            self.index_failures.remove(&(*index, rel.clone()));
+                            if more {
+                                self.unfinished.insert((*index, rel.clone()));
+                            }
+                            Ok(())
+                        }
+                        // A log that keeps failing waits for its next change
+                        // (or the next start) instead of being read every second.
+                        Err(e) => {
+                            let failures = self.index_failures.entry((*index, rel.clone())).or_default();
+                            *failures += 1;
+                            if *failures >= INDEX_ATTEMPTS {
+                                self.index_failures.remove(&(*index, rel.clone()));
+                                self.metrics.catalog_errors.inc();
+                                tracing::warn!(rel, error = %e, "time index given up until the log changes");
+                                continue;
+                            }
+                            Err(e)
+                        }
+                    }
                 }
             };
             if let Err(e) = result {

@@ -43,7 +43,7 @@ use super::response::{
     bodiless_status, finish_head, http_date_string, push_header, with_http_date, write_date, write_status_and_headers,
 };
 use super::sendfile::{self, SendError};
-use super::{handoff, read_chunk, FileSlice};
+use super::{handoff, read_chunk, FileSlice, Part, Parts};
 use crate::cache::{DescriptorCache, FileEntry};
 use crate::config::HttpSettings;
 use crate::logging::Access;
@@ -379,6 +379,8 @@ impl Conn {
             self.write(&out).await.map(|()| (0, "none"))
         } else if let Some(slice) = file {
             self.send_file(&out, slice).await.map(|delivery| (slice.len, delivery))
+        } else if let Some(Parts(many)) = parts.extensions.get::<Parts>() {
+            self.send_parts(&out, many).await
         } else {
             self.send_body(&mut out, body, chunked, exact).await.map(|n| (n, "body"))
         };
@@ -444,6 +446,29 @@ impl Conn {
         }
         self.write(out).await?;
         self.copy_file(slice).await.map(|()| "buffered")
+    }
+
+    /// A body of several parts, each by its own path (the head goes with
+    /// the first). Returns the bytes sent and the path taken: the parts'
+    /// one path, or "mixed".
+    async fn send_parts(&mut self, out: &[u8], parts: &[Part]) -> io::Result<(u64, &'static str)> {
+        let (mut head, mut path, mut sent) = (out, None, 0);
+        for part in parts.iter().filter(|p| !p.is_empty()) {
+            let used = match part {
+                Part::Bytes(bytes) => self.write_two(head, bytes).await.map(|()| "memory")?,
+                Part::File(slice) => self.send_file(head, slice).await?,
+            };
+            head = &[];
+            sent += part.len();
+            path = Some(match path {
+                Some(before) if before != used => "mixed",
+                _ => used,
+            });
+        }
+        if path.is_none() {
+            self.write(out).await?;
+        }
+        Ok((sent, path.unwrap_or("none")))
     }
 
     /// The file changed under a response (an in-place rewrite or a

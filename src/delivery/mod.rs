@@ -59,6 +59,77 @@ impl FileSlice {
     }
 }
 
+/// One part of a body made of several (a log's lines for a time span, from
+/// several files or several runs of one): a file slice, sent by the file's
+/// own delivery path, or bytes already in memory.
+#[derive(Debug, Clone)]
+pub enum Part {
+    File(FileSlice),
+    Bytes(Bytes),
+}
+
+impl Part {
+    pub fn len(&self) -> u64 {
+        match self {
+            Part::File(slice) => slice.len,
+            Part::Bytes(bytes) => bytes.len() as u64,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A response extension: the body is these parts in order, for a transport
+/// that sends each file part without copying; [`PartsBody`] streams the
+/// same bytes for any other.
+#[derive(Debug, Clone)]
+pub struct Parts(pub Arc<[Part]>);
+
+/// The parts of [`Parts`] as one streaming body: file parts through
+/// [`FileBody`], memory parts as they are.
+pub struct PartsBody {
+    parts: std::collections::VecDeque<Part>,
+    current: Option<FileBody>,
+}
+
+impl PartsBody {
+    pub fn new(parts: &[Part]) -> PartsBody {
+        PartsBody { parts: parts.iter().filter(|p| !p.is_empty()).cloned().collect(), current: None }
+    }
+}
+
+impl Body for PartsBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        loop {
+            if let Some(body) = self.current.as_mut() {
+                match ready!(Pin::new(body).poll_frame(cx)) {
+                    None => self.current = None,
+                    some => return Poll::Ready(some),
+                }
+            }
+            match self.parts.pop_front() {
+                None => return Poll::Ready(None),
+                Some(Part::Bytes(bytes)) => return Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                Some(Part::File(slice)) => self.current = Some(FileBody::new(&slice)),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.current.as_ref().map_or(true, |c| c.slice.len == 0) && self.parts.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let current = self.current.as_ref().map_or(0, |c| c.slice.len);
+        SizeHint::with_exact(current + self.parts.iter().map(Part::len).sum::<u64>())
+    }
+}
+
 /// A streaming body that reads `len` bytes at `offset` from an open file on
 /// the blocking pool, or hands out the memory cache's copy in one frame.
 pub struct FileBody {

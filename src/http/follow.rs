@@ -27,21 +27,33 @@ use tokio::sync::Notify;
 use super::{error, AppState};
 use crate::cache::read_exact_at;
 use crate::cache::FileEntry;
-use crate::delivery::NoReplay;
+use crate::delivery::{NoReplay, PartsBody};
 
 /// With no event, the file is looked at again after this long.
 const RECHECK: Duration = Duration::from_secs(5);
 /// The most bytes sent in one chunk.
 const CHUNK: u64 = 64 * 1024;
 
-/// Starts a follow stream for an open log.
+/// Starts a follow stream for an open log, from the start of its `Range`.
 pub fn start(app: &AppState, method: &Method, headers: &HeaderMap, entry: Arc<FileEntry>) -> Response {
-    if method != Method::GET {
-        return error(StatusCode::METHOD_NOT_ALLOWED, "follow is for GET");
-    }
     let Some(offset) = start_offset(headers, entry.len()) else {
         return error(StatusCode::BAD_REQUEST, "follow takes one open range, bytes=N-, or none");
     };
+    start_at(app, method, entry, offset, None)
+}
+
+/// Starts a follow stream for an open log at `offset`, after the bytes of
+/// `before` (the earlier logs of a device-wide slice), if any.
+pub fn start_at(
+    app: &AppState,
+    method: &Method,
+    entry: Arc<FileEntry>,
+    offset: u64,
+    before: Option<PartsBody>,
+) -> Response {
+    if method != Method::GET {
+        return error(StatusCode::METHOD_NOT_ALLOWED, "follow is for GET");
+    }
     if app.following.fetch_add(1, Ordering::AcqRel) >= app.max_followers {
         app.following.fetch_sub(1, Ordering::AcqRel);
         return error(StatusCode::SERVICE_UNAVAILABLE, "too many follow streams; retry later");
@@ -61,7 +73,14 @@ pub fn start(app: &AppState, method: &Method, headers: &HeaderMap, entry: Arc<Fi
             Err(e) => Some((Err(e), state)),
         }
     });
-    let mut response = Response::new(Body::new(http_body_util::StreamBody::new(stream)));
+    let body = match before {
+        None => Body::new(http_body_util::StreamBody::new(stream)),
+        Some(before) => {
+            let before = http_body_util::BodyStream::new(before);
+            Body::new(http_body_util::StreamBody::new(futures_util::StreamExt::chain(before, stream)))
+        }
+    };
+    let mut response = Response::new(body);
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, entry.content_type.clone());
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

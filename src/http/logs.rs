@@ -12,7 +12,7 @@ use base64::Engine;
 use serde::Serialize;
 use serde_json::json;
 
-use super::{error, files, follow, json_response, wire, AppState};
+use super::{error, files, follow, json_response, slices, wire, AppState};
 use crate::access::Caller;
 use crate::catalog::LogFilter;
 use crate::catalog::LogRecord;
@@ -39,6 +39,15 @@ struct Listed<'a> {
     etag: &'a str,
     growing: bool,
     digest: Option<&'a str>,
+    /// How a time slice of it is answered: `indexed` (from the time index),
+    /// `filtered` (read through: its lines are out of time order, or the
+    /// index has not read it yet) or `decompressed` (a `.gz` log).
+    slices: &'static str,
+    /// Whether every line's time is at least the one before (unknown for compressed logs).
+    ordered: Option<bool>,
+    /// Marks in its time index, and how far the index has read.
+    marks: Option<u64>,
+    indexed_to: Option<u64>,
 }
 
 impl Listed<'_> {
@@ -56,6 +65,15 @@ impl Listed<'_> {
             etag: &l.etag,
             growing: l.growing,
             digest: l.digest.as_deref(),
+            slices: match l.index {
+                Some(index) if index.ordered => "indexed",
+                Some(_) => "filtered",
+                None if crate::catalog::logscan::compressed(std::path::Path::new(&l.file)) => "decompressed",
+                None => "filtered",
+            },
+            ordered: l.index.map(|i| i.ordered),
+            marks: l.index.map(|i| i.marks),
+            indexed_to: l.index.map(|i| i.indexed_to),
         }
     }
 }
@@ -68,14 +86,7 @@ pub fn url(device: &str, file: &str) -> String {
 /// Reads `device`, `since`, `until` (RFC 3339), `limit` and `cursor` from the
 /// query. `Err` carries the message for a 400.
 fn filter(query: &HashMap<String, String>) -> Result<LogFilter, String> {
-    let time = |key: &str| -> Result<Option<i64>, String> {
-        match query.get(key) {
-            None => Ok(None),
-            Some(v) => chrono::DateTime::parse_from_rfc3339(v)
-                .map(|t| Some(t.timestamp_millis()))
-                .map_err(|_| format!("{key} must be an RFC 3339 time such as 2026-11-20T06:00:00Z")),
-        }
-    };
+    let time = |key: &str| slices::time(query, key);
     for key in query.keys() {
         if !matches!(key.as_str(), "device" | "since" | "until" | "limit" | "cursor") {
             return Err(format!("unknown parameter `{key}`: use device, since, until, limit, cursor"));
@@ -186,25 +197,42 @@ pub async fn list_device(
 
 /// `/logs/{device}/{file}`: the file, with `Repr-Digest` once its digest is
 /// known; `?follow` streams it and then what is appended.
+/// `?since=&until=` make it a time slice ([`slices`]), and
+/// `/logs/{device}/.lines` is the device's lines from all its logs.
 pub async fn download(
     State(app): State<AppState>,
+    caller: Option<Extension<Caller>>,
     method: Method,
     headers: HeaderMap,
     Path((device, file)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    if !safe_segment(&device) || !safe_segment(&file) {
+    if !safe_segment(&device) || !(safe_segment(&file) || file == slices::DEVICE_LINES) {
         return error(StatusCode::NOT_FOUND, "not found");
     }
-    if let Some(key) = query.keys().find(|k| k.as_str() != "follow") {
-        return error(StatusCode::BAD_REQUEST, &format!("unknown parameter `{key}`: only follow"));
+    if let Some(key) = query.keys().find(|k| !matches!(k.as_str(), "follow" | "since" | "until")) {
+        return error(StatusCode::BAD_REQUEST, &format!("unknown parameter `{key}`: since, until, follow"));
     }
-    let entry = match app.open(RootKind::Logs, format!("{device}/{file}")).await {
+    let span = match slices::span(&query) {
+        Ok(span) => span,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+    };
+    let follow = query.contains_key("follow");
+    if file == slices::DEVICE_LINES {
+        let caller = caller.map(|Extension(c)| c);
+        let span = span.unwrap_or(slices::Span::ALL);
+        return slices::device(&app, caller.as_ref(), &method, &headers, device, span, follow).await;
+    }
+    let rel = format!("{device}/{file}");
+    let entry = match app.open(RootKind::Logs, rel.clone()).await {
         Ok(Some(entry)) => entry,
         Ok(None) => return error(StatusCode::NOT_FOUND, "no such log"),
         Err(response) => return response,
     };
-    if query.contains_key("follow") {
+    if let Some(span) = span {
+        return slices::file(&app, &method, &headers, entry, rel, span, follow).await;
+    }
+    if follow {
         return follow::start(&app, &method, &headers, entry);
     }
     let digest = app.digests.get(&entry.validators);

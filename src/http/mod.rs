@@ -6,6 +6,7 @@ mod follow;
 mod guard;
 mod logs;
 pub mod observe;
+mod slices;
 mod status;
 pub mod tiles;
 pub mod wire;
