@@ -318,7 +318,67 @@ def cmd_count(base, zxy):
     return True
 
 
+# ---------------------------------------------------------------- MapLibre
+
+
+def canvas(dom, name):
+    """The PNG a map of .ci/maplibre.html put in <pre id=NAME>, as RGB."""
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    found = re.search(rf'<pre id="{name}">data:image/png;base64,([A-Za-z0-9+/=]+)</pre>', dom)
+    if not found:
+        return None
+    return Image.open(io.BytesIO(base64.b64decode(found.group(1)))).convert("RGB")
+
+
+def cmd_maplibre(dom_file, tiledir):
+    """MapLibre's canvases at zoom 0 (256x256): the raster maps (tessera's
+    XYZ URLs and the raw archive through the pmtiles protocol) show tile
+    0/0/0 of the sample, pixel for pixel but for resampling at the edges;
+    the vector map fills the countries' share of the Mercator world."""
+    import re
+
+    import numpy
+    from PIL import Image
+
+    with open(dom_file) as f:
+        dom = f.read()
+    errors = re.search(r'<pre id="errors">(.*?)</pre>', dom, re.S)
+    ok = True
+    if errors and errors.group(1).strip():
+        ok = fail(f"map errors: {errors.group(1).strip()[:500]}")
+    want = numpy.asarray(Image.open(f"{tiledir}/0/0/0.png").convert("RGB"), dtype=numpy.int16)
+    for name in ("raster", "archive"):
+        got = canvas(dom, name)
+        if got is None:
+            ok = fail(f"{name}: the map never became idle with a canvas (nothing drawn)")
+            continue
+        if got.size != (256, 256):
+            ok = fail(f"{name}: canvas {got.size}, expected 256x256")
+            continue
+        diff = numpy.abs(numpy.asarray(got, dtype=numpy.int16) - want)
+        mean, close = diff.mean(), (diff.max(axis=2) <= 16).mean()
+        print(f"     {name}: mean difference {mean:.2f} per channel, {close:.1%} of pixels within 16 of tile 0/0/0")
+        if mean > 2 or close < 0.98:
+            ok = fail(f"{name}: the canvas is not tile 0/0/0")
+    got = canvas(dom, "vector")
+    if got is None:
+        return fail("vector: the map never became idle with a canvas (nothing drawn)")
+    pixels = numpy.asarray(got, dtype=numpy.int16)
+    red = ((pixels[:, :, 0] > 200) & (pixels[:, :, 1] < 60) & (pixels[:, :, 2] < 60)).mean()
+    white = (pixels.min(axis=2) > 240).mean()
+    print(f"     vector: {red:.1%} of the canvas filled as land, {white:.1%} background")
+    if not (0.15 < red < 0.6 and white > 0.3):
+        ok = fail("vector: expected land on between 15 % and 60 % of the world, the rest background")
+    return ok
+
+
 COMMANDS = {
+    "maplibre": cmd_maplibre,
     "bands": cmd_bands,
     "geotiff-georef": cmd_geotiff_georef,
     "geotiff-pixels": cmd_geotiff_pixels,

@@ -3,7 +3,7 @@
 //! Data flows through the modules in this order: [`config`] and [`roots`]
 //! (what to serve, on what storage), [`watch`] (changes on disk),
 //! [`catalog`] (the SQLite index; [`mbtiles`] reads MBTiles files), [`cache`]
-//! (open descriptors), [`http`] (the axum Router that produces every
+//! (open descriptors; [`archive`] finds tiles inside open PMTiles archives), [`http`] (the axum Router that produces every
 //! response) and [`delivery`] (how the bytes travel). They build on leaves
 //! that import nothing above them: [`names`], [`validators`], [`tile`],
 //! [`logline`], [`pmtiles`], [`mime`], [`metrics`], [`logging`]. Imports run one way (the table in
@@ -11,6 +11,7 @@
 //! speaks to the service manager. See ARCHITECTURE.md.
 
 pub mod access;
+pub mod archive;
 pub mod cache;
 pub mod catalog;
 pub mod config;

@@ -19,6 +19,8 @@ pub fn content_type(path: &Path) -> &'static str {
         "csv" => "text/csv; charset=utf-8",
         "log" | "txt" => "text/plain; charset=utf-8",
         "gz" => "application/gzip",
+        // The media type the PMTiles spec registers.
+        "pmtiles" => "application/vnd.pmtiles",
         _ => "application/octet-stream",
     }
 }

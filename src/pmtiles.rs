@@ -8,7 +8,9 @@
 //! offset is bounded by its section and the file, and arithmetic is checked.
 
 use std::fmt;
-use std::io::Read;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 
 /// The header's length; the header and the root directory lie within the
 /// first [`FIRST_READ`] bytes.
@@ -19,6 +21,8 @@ pub const FIRST_READ: usize = 16_384;
 pub const DIRECTORY_MAX: usize = 16 << 20;
 /// Directory levels a lookup follows at most (the spec's readers use 4).
 pub const MAX_DEPTH: usize = 4;
+/// The most bytes the JSON metadata may take, stored or decompressed.
+pub const METADATA_MAX: usize = 16 << 20;
 
 /// Why an archive cannot be read: the text names what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,6 +281,168 @@ pub fn decode_directory(bytes: &[u8]) -> Result<Vec<Entry>, Malformed> {
         };
     }
     Ok(entries)
+}
+
+/// Why an archive could not be read: the file (I/O), or what it holds.
+#[derive(Debug)]
+pub enum Error {
+    Io(io::Error),
+    Malformed(Malformed),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io(e) => write!(f, "cannot read the archive: {e}"),
+            Error::Malformed(m) => m.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Error {
+        Error::Io(e)
+    }
+}
+
+impl From<Malformed> for Error {
+    fn from(m: Malformed) -> Error {
+        Error::Malformed(m)
+    }
+}
+
+/// `len` bytes at `offset` of `file`; a file shorter than that is malformed
+/// (the header said the bytes were there).
+pub fn read_at(file: &File, offset: u64, len: usize) -> Result<Vec<u8>, Error> {
+    let mut buf = vec![0; len];
+    match file.read_exact_at(&mut buf, offset) {
+        Ok(()) => Ok(buf),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            Err(Malformed(format!("the file ends inside the {len} bytes at {offset}")).into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The header of the archive open as `file`, of `file_len` bytes.
+pub fn read_header(file: &File, file_len: u64) -> Result<Header, Error> {
+    let first = read_at(file, 0, HEADER_LEN.min(file_len as usize))?;
+    Ok(Header::parse(&first, file_len)?)
+}
+
+/// The directory stored at `section` (absolute), decompressed and decoded.
+pub fn read_directory(file: &File, header: &Header, section: Section) -> Result<Vec<Entry>, Error> {
+    if section.length as usize > DIRECTORY_MAX {
+        return Err(Malformed(format!("a directory of {} bytes stored", section.length)).into());
+    }
+    let stored = read_at(file, section.offset, section.length as usize)?;
+    Ok(decode_directory(&decompress(header.internal_compression, &stored, DIRECTORY_MAX)?)?)
+}
+
+impl Header {
+    /// Where the leaf directory of a leaf entry is, checked to lie inside
+    /// the leaf section.
+    pub fn leaf(&self, e: &Entry) -> Result<Section, Malformed> {
+        inside(self.leaves, e, "leaf directory section")
+    }
+
+    /// Where a tile's bytes are (absolute offset in the file), checked to
+    /// lie inside the tile data section.
+    pub fn tile(&self, e: &Entry) -> Result<Section, Malformed> {
+        inside(self.tile_data, e, "tile data section")
+    }
+}
+
+fn inside(section: Section, e: &Entry, name: &str) -> Result<Section, Malformed> {
+    match e.offset.checked_add(e.length) {
+        Some(end) if end <= section.length => Ok(Section { offset: section.offset + e.offset, length: e.length }),
+        _ => bad(format!(
+            "tile id {}: {} bytes at {} lie outside the {name} ({} bytes)",
+            e.tile_id, e.length, e.offset, section.length
+        )),
+    }
+}
+
+/// What the catalog keeps of an archive, read from its header, metadata and
+/// directories (never its tiles, but the first one when the header does not
+/// say what the tiles are).
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub header: Header,
+    /// The JSON metadata, an object (empty when the archive has none).
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Tiles addressed: the sum of every tile entry's run length.
+    pub tile_count: u64,
+    /// The first bytes of the first tile, for an archive whose tile type is
+    /// unknown (decompressed if the tiles are gzipped).
+    pub first_tile: Vec<u8>,
+}
+
+/// Reads and checks an archive's header, metadata and every directory: an
+/// entry that points outside its section, a directory that does not decode,
+/// or metadata that is not a JSON object refuses the whole archive, so that
+/// a request never meets what indexing did not check. Each leaf directory is
+/// read once however many entries point to it, so a crafted archive cannot
+/// make the walk explode.
+pub fn summarise(file: &File, file_len: u64) -> Result<Summary, Error> {
+    let header = read_header(file, file_len)?;
+    let metadata = read_metadata(file, &header)?;
+    let mut tile_count = 0u64;
+    let mut first: Option<Section> = None;
+    let mut seen = std::collections::HashSet::new();
+    let mut pending = vec![(header.root, 0usize)];
+    while let Some((section, depth)) = pending.pop() {
+        if depth >= MAX_DEPTH {
+            return Err(Malformed(format!("leaf directories nested deeper than {MAX_DEPTH} levels")).into());
+        }
+        for e in read_directory(file, &header, section)? {
+            if e.is_leaf() {
+                let leaf = header.leaf(&e)?;
+                if seen.insert(leaf.offset) {
+                    pending.push((leaf, depth + 1));
+                }
+            } else {
+                let tile = header.tile(&e)?;
+                tile_count = tile_count.saturating_add(e.run_length);
+                if first.map_or(true, |f| f.offset > tile.offset) {
+                    first = Some(tile);
+                }
+            }
+        }
+    }
+    let first_tile = match (header.tile_type, first) {
+        (TileType::Unknown, Some(s)) => {
+            let stored = read_at(file, s.offset, (s.length as usize).min(64))?;
+            if stored.starts_with(&[0x1f, 0x8b]) {
+                // Only the first bytes matter; a cut stream decodes that far.
+                let mut out = Vec::new();
+                let _ = flate2::read::GzDecoder::new(&stored[..]).take(64).read_to_end(&mut out);
+                out
+            } else {
+                stored
+            }
+        }
+        _ => Vec::new(),
+    };
+    Ok(Summary { header, metadata, tile_count, first_tile })
+}
+
+fn read_metadata(file: &File, header: &Header) -> Result<serde_json::Map<String, serde_json::Value>, Error> {
+    if header.metadata.length == 0 {
+        return Ok(serde_json::Map::new());
+    }
+    if header.metadata.length as usize > METADATA_MAX {
+        return Err(Malformed(format!("metadata of {} bytes", header.metadata.length)).into());
+    }
+    let stored = read_at(file, header.metadata.offset, header.metadata.length as usize)?;
+    let text = decompress(header.internal_compression, &stored, METADATA_MAX)?;
+    match serde_json::from_slice(&text) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        Ok(_) => Err(Malformed("the metadata is JSON but not an object".into()).into()),
+        Err(e) => Err(Malformed(format!("the metadata is not JSON: {e}")).into()),
+    }
 }
 
 /// A protobuf-style varint at `*at`, moving past it.

@@ -138,6 +138,22 @@ impl Tile {
 }
 
 /// Row `y` of zoom `z` counted from the other edge (XYZ <-> TMS).
+/// The XYZ tiles of zoom `z` that cover `bounds` (west, south, east, north
+/// in degrees): `[z, x0, x1, y0, y1]`, clamped to the level and to Web
+/// Mercator's latitudes.
+pub fn extent(z: u32, bounds: [f64; 4]) -> [u32; 5] {
+    let n = f64::from(1u32 << z.min(31));
+    let last = (1u64 << z.min(31)) - 1;
+    let clamp = |v: f64| (v.floor().max(0.0) as u64).min(last) as u32;
+    let x = |lon: f64| clamp((lon.clamp(-180.0, 180.0) + 180.0) / 360.0 * n);
+    let y = |lat: f64| {
+        let lat = lat.clamp(-85.051_128_779_806_6, 85.051_128_779_806_6).to_radians();
+        clamp((1.0 - lat.tan().asinh() / std::f64::consts::PI) / 2.0 * n)
+    };
+    let [w, s, e, north] = bounds;
+    [z, x(w), x(e), y(north), y(s)]
+}
+
 pub fn flip_row(z: u32, y: u32) -> u32 {
     ((1u64 << z) - 1 - u64::from(y)) as u32
 }
@@ -160,6 +176,15 @@ mod tests {
         assert_eq!((name, t.format, t.rel(name)), ("world", Format::Jpeg, "world/3/1/6.jpeg".to_string()));
         assert_eq!(t.flipped().y, 1);
         assert!(Tile::parse_rel("world/3/1").is_none() && Tile::parse_rel("a/world/3/1/6.png").is_none());
+    }
+
+    #[test]
+    fn extents_cover_bounds() {
+        let world = [-180.0, -85.0511, 180.0, 85.0511];
+        assert_eq!(extent(0, world), [0, 0, 0, 0, 0]);
+        assert_eq!(extent(3, world), [3, 0, 7, 0, 7]);
+        // Berlin at zoom 10 is tile 550/335.
+        assert_eq!(extent(10, [13.4, 52.5, 13.4, 52.5]), [10, 550, 550, 335, 335]);
     }
 
     #[test]

@@ -50,8 +50,10 @@ CREATE TABLE tiles (
 ) WITHOUT ROWID;
 CREATE INDEX tiles_by_tileset ON tiles (root, tileset, z, x, y);
 -- Files that describe or hold a whole tileset: `{tileset}/metadata.json`
--- (kind 'metadata') and `{tileset}.mbtiles` (kind 'mbtiles', with the
--- summary of its tiles table).
+-- (kind 'metadata'), `{tileset}.mbtiles` (kind 'mbtiles', with the summary
+-- of its tiles table) and `{tileset}.pmtiles` (kind 'pmtiles', with the
+-- summary of its header, metadata and directories). `levels` NULL: the
+-- file was refused.
 CREATE TABLE sources (
     root        INTEGER NOT NULL,
     rel         TEXT NOT NULL,
@@ -356,11 +358,13 @@ pub fn root_id(conn: &Connection, kind: &str, path: &Path) -> rusqlite::Result<i
     Ok(conn.last_insert_rowid())
 }
 
-/// Where a tileset's tiles are: a directory of files, or an MBTiles file.
+/// Where a tileset's tiles are: a directory of files, an MBTiles file or a
+/// PMTiles archive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     Directory,
     Mbtiles,
+    Pmtiles,
 }
 
 impl Source {
@@ -368,14 +372,15 @@ impl Source {
         match self {
             Source::Directory => "directory",
             Source::Mbtiles => "mbtiles",
+            Source::Pmtiles => "pmtiles",
         }
     }
 
     fn from_column(s: &str) -> Source {
-        if s == "mbtiles" {
-            Source::Mbtiles
-        } else {
-            Source::Directory
+        match s {
+            "mbtiles" => Source::Mbtiles,
+            "pmtiles" => Source::Pmtiles,
+            _ => Source::Directory,
         }
     }
 }
@@ -407,7 +412,16 @@ pub struct Tileset {
 
 impl Tileset {
     /// West, south, east, north in degrees, reading rows as `tms` or not.
+    /// A PMTiles archive's are its header's, which are exact; the others'
+    /// are those of the tiles' extent.
     pub fn bounds(&self, tms: bool) -> [f64; 4] {
+        if self.source == Source::Pmtiles {
+            let declared =
+                self.metadata.as_ref().and_then(|m| serde_json::from_value::<[f64; 4]>(m["bounds"].clone()).ok());
+            if let Some(bounds) = declared {
+                return bounds;
+            }
+        }
         let mut bounds = [f64::MAX, f64::MAX, f64::MIN, f64::MIN];
         for &[z, x0, x1, y0, y1] in &self.levels {
             let (y0, y1) = if tms { (flip_row(z, y1), flip_row(z, y0)) } else { (y0, y1) };

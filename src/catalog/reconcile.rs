@@ -61,6 +61,10 @@ pub enum Entry {
     Mbtiles {
         tileset: String,
     },
+    /// `{tileset}.pmtiles` at the top of a tiles root.
+    Pmtiles {
+        tileset: String,
+    },
     Log {
         device: String,
         file: String,
@@ -71,7 +75,10 @@ impl Entry {
     /// The tileset a tiles-root entry belongs to.
     fn tileset(&self) -> Option<&str> {
         match self {
-            Entry::Tile { tileset, .. } | Entry::Metadata { tileset } | Entry::Mbtiles { tileset } => Some(tileset),
+            Entry::Tile { tileset, .. }
+            | Entry::Metadata { tileset }
+            | Entry::Mbtiles { tileset }
+            | Entry::Pmtiles { tileset } => Some(tileset),
             Entry::Log { .. } => None,
         }
     }
@@ -83,6 +90,9 @@ pub fn classify(kind: RootKind, rel: &str) -> Option<Entry> {
     match (kind, parts.as_slice()) {
         (RootKind::Tiles, [tileset, "metadata.json"]) => Some(Entry::Metadata { tileset: tileset.to_string() }),
         (RootKind::Tiles, [file]) => {
+            if let Some(tileset) = file.strip_suffix(".pmtiles").filter(|t| !t.is_empty()) {
+                return Some(Entry::Pmtiles { tileset: tileset.to_string() });
+            }
             let tileset = file.strip_suffix(".mbtiles").filter(|t| !t.is_empty())?;
             Some(Entry::Mbtiles { tileset: tileset.to_string() })
         }
@@ -275,6 +285,23 @@ fn upsert(
             )?
             .execute(params![root_id, rel, tileset, size, mtime, dev, ino, v.etag(), metadata, format, levels, count])?;
         }
+        Entry::Pmtiles { tileset } => {
+            let summary = open().map_err(crate::pmtiles::Error::Io).and_then(|file| pmtiles_summary(&file, v.len));
+            let (metadata, format, levels, count) = match summary {
+                Ok((metadata, format, levels, count)) => {
+                    (Some(metadata), Some(format.as_str()), Some(levels), Some(count as i64))
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "PMTiles archive refused; not serving it until it changes");
+                    (None, None, None, None)
+                }
+            };
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO sources (root, rel, tileset, kind, size, mtime_ns, dev, ino, etag, metadata, format, levels, tile_count)
+                 VALUES (?1, ?2, ?3, 'pmtiles', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )?
+            .execute(params![root_id, rel, tileset, size, mtime, dev, ino, v.etag(), metadata, format, levels, count])?;
+        }
         Entry::Log { device, file } => {
             let (first, last, finished) = log_times(conn, root_id, rel, path, v, open, budget)?;
             // The same file, longer: it is being appended to. (The digest
@@ -364,12 +391,16 @@ struct Summary {
 }
 
 /// Recomputes a tileset's summary row from its tiles (a directory) or, when
-/// it has no tile files, from its MBTiles file. A directory wins over an
-/// MBTiles file of the same name.
+/// it has no tile files, from its PMTiles or MBTiles file. A directory wins
+/// over an archive of the same name, and PMTiles over MBTiles (the one
+/// served by byte ranges of the file).
 fn refresh_tileset(conn: &Connection, root_id: i64, tileset: &str, deleted: bool) -> rusqlite::Result<()> {
     let summary = match directory_summary(conn, root_id, tileset)? {
         Some(summary) => Some(summary),
-        None => mbtiles_summary(conn, root_id, tileset)?,
+        None => match archive_summary(conn, root_id, tileset, Source::Pmtiles)? {
+            Some(summary) => Some(summary),
+            None => archive_summary(conn, root_id, tileset, Source::Mbtiles)?,
+        },
     };
     let Some(summary) = summary else {
         conn.execute("DELETE FROM tilesets WHERE root = ?1 AND name = ?2", params![root_id, tileset])?;
@@ -448,27 +479,67 @@ fn directory_summary(conn: &Connection, root_id: i64, tileset: &str) -> rusqlite
     }))
 }
 
-/// An MBTiles tileset from the summary stored when its file was read.
-fn mbtiles_summary(conn: &Connection, root_id: i64, tileset: &str) -> rusqlite::Result<Option<Summary>> {
-    let row: Option<(Option<String>, String, String, i64, i64, i64)> = conn
+/// An MBTiles or PMTiles tileset from the summary stored when its file was
+/// read (none if the file was refused). MBTiles rows count from the bottom
+/// (TMS), PMTiles ones from the top. A PMTiles archive's fingerprint is its
+/// length and mtime, what every node sharing the file sees alike.
+fn archive_summary(
+    conn: &Connection,
+    root_id: i64,
+    tileset: &str,
+    source: Source,
+) -> rusqlite::Result<Option<Summary>> {
+    let row = conn
         .prepare_cached(
-            "SELECT metadata, format, levels, tile_count, mtime_ns, ino FROM sources
+            "SELECT metadata, format, levels, tile_count, mtime_ns, ino, size FROM sources
              WHERE root = ?1 AND rel = ?2 AND levels IS NOT NULL",
         )?
-        .query_row(params![root_id, format!("{tileset}.mbtiles")], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+        .query_row(params![root_id, format!("{tileset}.{}", source.as_str())], |r| {
+            let (mtime, ino, size): (i64, i64, i64) = (r.get(4)?, r.get(5)?, r.get(6)?);
+            let levels: String = r.get(2)?;
+            let format: String = r.get(1)?;
+            Ok(Summary {
+                source,
+                format: Format::from_name(&format).unwrap_or(Format::Pbf),
+                scheme: if source == Source::Mbtiles { Scheme::Tms } else { Scheme::Xyz },
+                levels: serde_json::from_str(&levels).unwrap_or_default(),
+                tile_count: r.get(3)?,
+                max_mtime_ns: mtime,
+                fingerprint: mtime.wrapping_add(if source == Source::Mbtiles { ino } else { size }),
+                metadata: r.get(0)?,
+            })
         })
         .optional()?;
-    Ok(row.map(|(metadata, format, levels, tile_count, mtime, ino)| Summary {
-        source: Source::Mbtiles,
-        format: Format::from_name(&format).unwrap_or(Format::Pbf),
-        scheme: Scheme::Tms,
-        levels: serde_json::from_str(&levels).unwrap_or_default(),
-        tile_count,
-        max_mtime_ns: mtime,
-        fingerprint: mtime.wrapping_add(ino),
-        metadata,
-    }))
+    Ok(row)
+}
+
+/// What the catalog keeps of a PMTiles archive: its metadata (the archive's
+/// JSON, with the header's bounds and, when the JSON has none, its center),
+/// format, extent per zoom level (from the header's bounds: the directories
+/// are checked, not mapped back to coordinates) and tile count.
+fn pmtiles_summary(file: &std::fs::File, len: u64) -> Result<(String, Format, String, u64), crate::pmtiles::Error> {
+    use crate::pmtiles::{Malformed, TileType};
+    let s = crate::pmtiles::summarise(file, len)?;
+    let h = &s.header;
+    let format = match h.tile_type {
+        TileType::Mvt => Format::Pbf,
+        TileType::Png => Format::Png,
+        TileType::Jpeg => Format::Jpeg,
+        TileType::Webp => Format::Webp,
+        TileType::Unknown if !s.first_tile.is_empty() => Format::sniff(&s.first_tile),
+        other => {
+            return Err(Malformed(format!("tiles of type {other:?} are not served (mvt, png, jpeg or webp)")).into())
+        }
+    };
+    let mut metadata = s.metadata;
+    metadata.insert("bounds".into(), serde_json::json!(h.bounds));
+    if !metadata.contains_key("center") {
+        metadata.insert("center".into(), serde_json::json!([h.center[0], h.center[1], h.center_zoom]));
+    }
+    let levels: Vec<[u32; 5]> =
+        (u32::from(h.min_zoom)..=u32::from(h.max_zoom)).map(|z| crate::tile::extent(z, h.bounds)).collect();
+    let levels = serde_json::to_string(&levels).expect("serialisable");
+    Ok((serde_json::Value::Object(metadata).to_string(), format, levels, s.tile_count))
 }
 
 /// `metadata.json` as a JSON object, or None (with a warning) if it is not one.
@@ -521,6 +592,8 @@ mod tests {
         assert_eq!(classify(RootKind::Tiles, "world/metadata.json"), Some(Entry::Metadata { tileset: "world".into() }));
         assert_eq!(classify(RootKind::Tiles, "roads.mbtiles"), Some(Entry::Mbtiles { tileset: "roads".into() }));
         assert_eq!(classify(RootKind::Tiles, ".mbtiles"), None);
+        assert_eq!(classify(RootKind::Tiles, "base.pmtiles"), Some(Entry::Pmtiles { tileset: "base".into() }));
+        assert_eq!(classify(RootKind::Tiles, "a/base.pmtiles"), None);
         assert_eq!(classify(RootKind::Tiles, "world/notes.json"), None);
         assert_eq!(
             classify(RootKind::Logs, "pump/2026.csv"),

@@ -273,6 +273,23 @@ pub struct Unlogged;
 #[derive(Debug, Clone, Copy)]
 pub struct NoReplay;
 
+/// A response extension: this 200's body is a part of its file that is a
+/// whole representation of its own (a tile inside a PMTiles archive), which
+/// the driver may replay like a whole file's, for as long as the file stays
+/// fresh and `epoch` still holds `at` (the catalog's generation: what else
+/// decided the answer, such as which source serves the tileset).
+#[derive(Debug, Clone)]
+pub struct ReplayWhile {
+    pub epoch: Arc<std::sync::atomic::AtomicU64>,
+    pub at: u64,
+}
+
+impl ReplayWhile {
+    fn holds(&self) -> bool {
+        self.epoch.load(std::sync::atomic::Ordering::Acquire) == self.at
+    }
+}
+
 /// Resolves once shutdown has been asked for (or its sender is gone).
 pub async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;

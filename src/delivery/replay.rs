@@ -14,15 +14,15 @@ use axum::http::{header, StatusCode};
 use bytes::Bytes;
 
 use super::driver::Shared;
-use super::FileSlice;
+use super::{FileSlice, ReplayWhile};
 use crate::cache::FileEntry;
 use crate::metrics::Route;
 use crate::roots::Root;
 use crate::validators::Validators;
 
-/// A current replay: the file to send and the head kept for it.
+/// A current replay: the file and the part of it to send, and the head kept for it.
 pub(super) struct Found {
-    pub(super) entry: Arc<FileEntry>,
+    pub(super) slice: FileSlice,
     pub(super) head: Bytes,
     pub(super) route: Route,
 }
@@ -36,11 +36,26 @@ struct Replay {
     /// `Date`, framing of the driver's own or `Connection`.
     head: Bytes,
     route: Route,
+    /// The part of the file the body is: all of it, or (with `while_`) a
+    /// representation inside it.
+    offset: u64,
+    len: u64,
+    while_: Option<ReplayWhile>,
     /// Where the file is and which version the head describes, to re-open
     /// it once the cache has let the entry go.
     root: usize,
     rel: Box<str>,
     validators: Validators,
+}
+
+impl Replay {
+    fn found(&self, entry: Arc<FileEntry>) -> Found {
+        Found {
+            slice: FileSlice { entry, offset: self.offset, len: self.len },
+            head: self.head.clone(),
+            route: self.route,
+        }
+    }
 }
 
 thread_local! {
@@ -60,16 +75,18 @@ const REPLAYS_MAX: usize = 1 << 15;
 /// (32 Ki keys of 16 KiB: half a GiB per worker).
 const REPLAY_TARGET_MAX: usize = 256;
 
-/// Keeps the head of a whole-file 200 for replays, if it may be replayed.
+/// Keeps the head of a whole-file 200 (or of a part the HTTP layer marked
+/// [`ReplayWhile`]) for replays, if it may be replayed.
 pub(super) fn remember(target: String, parts: &axum::http::response::Parts, head: &[u8], roots: &[Root]) {
     let Some(slice) = parts.extensions.get::<FileSlice>() else { return };
     let entry = &slice.entry;
+    let while_ = parts.extensions.get::<ReplayWhile>().cloned();
+    let whole = slice.offset == 0 && slice.len == entry.len();
     if target.len() > REPLAY_TARGET_MAX
         || parts.status != StatusCode::OK
         || parts.headers.contains_key(header::VARY)
         || parts.extensions.get::<super::NoReplay>().is_some()
-        || slice.offset != 0
-        || slice.len != entry.len()
+        || !(whole || while_.as_ref().is_some_and(ReplayWhile::holds))
         || !entry.replayable
         || !entry.is_current()
     {
@@ -81,6 +98,9 @@ pub(super) fn remember(target: String, parts: &axum::http::response::Parts, head
         entry: Arc::downgrade(entry),
         head: Bytes::copy_from_slice(head),
         route,
+        offset: slice.offset,
+        len: slice.len,
+        while_,
         root: entry.root,
         rel: rel.into(),
         validators: entry.validators,
@@ -116,28 +136,31 @@ pub(super) fn find(target: &str, shared: &Shared) -> Option<Found> {
     let stale = REPLAYS.with(|replays| {
         let replays = replays.borrow();
         let replay = replays.get(target)?;
+        if replay.while_.as_ref().is_some_and(|w| !w.holds()) {
+            return Some(Err(None));
+        }
         if let Some(entry) = replay.entry.upgrade().filter(|entry| entry.fresh()) {
             shared.metrics.cache_hits.inc();
-            return Some(Ok(Found { entry, head: replay.head.clone(), route: replay.route }));
+            return Some(Ok(replay.found(entry)));
         }
-        Some(Err((replay.root, replay.rel.clone(), replay.validators)))
+        Some(Err(Some((replay.root, replay.rel.clone(), replay.validators))))
     })?;
-    let (root, rel, validators) = match stale {
+    let reopened = match stale {
         Ok(found) => return Some(found),
-        Err(stale) => stale,
+        Err(None) => None,
+        Err(Some((root, rel, validators))) => shared
+            .cache
+            .open(&shared.roots[root], &rel)
+            .ok()
+            .filter(|entry| entry.validators == validators && entry.replayable && entry.is_current()),
     };
-    let reopened = shared
-        .cache
-        .open(&shared.roots[root], &rel)
-        .ok()
-        .filter(|entry| entry.validators == validators && entry.replayable && entry.is_current());
     REPLAYS.with(|replays| {
         let mut replays = replays.borrow_mut();
         match reopened {
             Some(entry) => {
                 let replay = replays.get_mut(target)?;
                 replay.entry = Arc::downgrade(&entry);
-                Some(Found { entry, head: replay.head.clone(), route: replay.route })
+                Some(replay.found(entry))
             }
             None => {
                 replays.remove(target);

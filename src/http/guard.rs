@@ -189,9 +189,12 @@ fn root_grants<'a>(roots: &'a [Root], target: &Target) -> Option<&'a [Grant]> {
     root.and_then(|r| r.spec.access.as_deref())
 }
 
-/// The first tiles root that holds tileset `name` (its directory or
-/// `{name}.mbtiles`): it serves all of the tileset, and a later root's
-/// files of the same name are hidden.
+/// The first tiles root that holds tileset `name` (its directory,
+/// `{name}.pmtiles` or `{name}.mbtiles`): it serves all of the tileset, and
+/// a later root's files of the same name are hidden.
 pub fn tileset_root<'a>(roots: &'a [Root], name: &str) -> Option<&'a Root> {
-    roots.iter().filter(|r| r.kind() == RootKind::Tiles).find(|r| r.has(name) || r.has(&format!("{name}.mbtiles")))
+    roots
+        .iter()
+        .filter(|r| r.kind() == RootKind::Tiles)
+        .find(|r| r.has(name) || r.has(&format!("{name}.pmtiles")) || r.has(&format!("{name}.mbtiles")))
 }

@@ -53,6 +53,8 @@ pub struct App {
     pub tilesets: Arc<BTreeMap<String, TilesetSpec>>,
     pub public_url: Option<String>,
     pub mbtiles: MbtilesFiles,
+    /// Cached headers and directories of the PMTiles archives served.
+    pub archives: crate::archive::Archives,
     /// The catalog worker's generation, and the tilesets read at one.
     generation: Arc<AtomicU64>,
     snapshot: Mutex<Option<(u64, Arc<Vec<Tileset>>)>>,
@@ -133,6 +135,7 @@ impl App {
             tilesets: config.tilesets.clone(),
             public_url: config.http.public_url.clone(),
             mbtiles: MbtilesFiles::default(),
+            archives: crate::archive::Archives::default(),
             generation,
             snapshot: Mutex::new(None),
             reader: Arc::new(catalog::Reader::new(location)),
@@ -144,6 +147,17 @@ impl App {
     /// The catalog's tilesets (first root wins a name), read again only
     /// when the catalog worker has moved on since the last read: the tile
     /// path asks for them on every request it does not find a file for.
+    /// The catalog worker's generation now.
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The catalog worker's generation counter itself (for replays that
+    /// last only while it stands still).
+    fn generation_counter(&self) -> Arc<AtomicU64> {
+        self.generation.clone()
+    }
+
     async fn tileset_list(self: &Arc<Self>) -> Result<Arc<Vec<Tileset>>, Response> {
         let generation = self.generation.load(Ordering::Acquire);
         if let Some((at, list)) = self.snapshot.lock().as_ref() {

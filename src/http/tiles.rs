@@ -17,6 +17,7 @@ use crate::access::Caller;
 use crate::cache::FileEntry;
 use crate::catalog::{Source, Tileset};
 use crate::config::{Scheme, TilesetSpec, DEFAULT_TILES_CACHE_CONTROL};
+use crate::delivery::{FileBody, FileSlice, ReplayWhile};
 use crate::metrics::Route;
 use crate::names::safe_segment;
 use crate::tile::{NotATile, Tile};
@@ -75,6 +76,7 @@ pub async fn dispatch(State(app): State<AppState>, method: Method, headers: Head
     };
     let (route, mut response) = match decoded.as_slice() {
         [name] if name.ends_with(".json") => (TILEJSON, tilejson(app, &headers, name).await),
+        [name] if name.ends_with(".pmtiles") => (ARCHIVE, archive_download(app, &method, &headers, name).await),
         [name] if safe_segment(name) => (PREVIEW, redirect_to_preview(name)),
         [name, last] if last.is_empty() && safe_segment(name) => (PREVIEW, preview()),
         [tileset, z, x, file] => (TILE, tile(app, &method, &headers, tileset, z, x, file).await),
@@ -88,6 +90,7 @@ pub async fn dispatch(State(app): State<AppState>, method: Method, headers: Head
 const TILEJSON: Route = Route("/tiles/{tileset}.json");
 const PREVIEW: Route = Route("/tiles/{tileset}/");
 const TILE: Route = Route("/tiles/{tileset}/{z}/{x}/{y}");
+const ARCHIVE: Route = Route("/tiles/{tileset}.pmtiles");
 
 async fn tile(
     app: AppState,
@@ -109,10 +112,14 @@ async fn tile(
     // What the catalog knows decides the row order, MBTiles or files, and
     // what a missing tile gets. Tiles are still served from the disk if the
     // catalog cannot be read.
+    // The generation is read first: facts read after it are at least as new.
+    let generation = app.generation();
     let list = app.tileset_list().await.ok();
     let info = list.as_deref().and_then(|l| l.iter().find(|t| t.name == tileset));
-    if let Some(t) = info.filter(|t| t.source == Source::Mbtiles) {
-        return mbtiles_tile(&app, method, headers, t, spec, &tile).await;
+    match info.map(|t| (t, t.source)) {
+        Some((t, Source::Mbtiles)) => return mbtiles_tile(&app, method, headers, t, spec, &tile).await,
+        Some((t, Source::Pmtiles)) => return pmtiles_tile(&app, method, headers, t, spec, &tile, generation).await,
+        _ => {}
     }
     let tms = stored_scheme(info, spec) == Scheme::Tms;
     // The first root that holds the tileset serves all of it: a later
@@ -214,18 +221,27 @@ fn gunzip(data: &[u8]) -> std::io::Result<Bytes> {
 /// Whether `Accept-Encoding` admits gzip (RFC 9110 12.5.3): `gzip`,
 /// `x-gzip` or `*`, with a non-zero weight; a bare `gzip;q=0` refuses it.
 pub fn accepts_gzip(headers: &HeaderMap) -> bool {
+    accepts(headers, "gzip")
+}
+
+/// Whether `Accept-Encoding` admits `coding` (`gzip` also as `x-gzip`), or
+/// `*`, with a non-zero weight.
+pub fn accepts(headers: &HeaderMap, coding: &str) -> bool {
+    let want = coding.to_ascii_lowercase();
     let mut star = None;
     for value in headers.get_all(header::ACCEPT_ENCODING) {
         let Ok(value) = value.to_str() else { continue };
         for item in value.split(',') {
             let mut parts = item.split(';');
             let coding = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+            let want = want.as_str();
             let q = parts
                 .filter_map(|p| p.trim().strip_prefix("q=").or_else(|| p.trim().strip_prefix("Q=")))
                 .find_map(|q| q.trim().parse::<f32>().ok())
                 .unwrap_or(1.0);
+            let named = coding == want || (want == "gzip" && coding == "x-gzip");
             match coding.as_str() {
-                "gzip" | "x-gzip" => return q > 0.0,
+                _ if named => return q > 0.0,
                 "*" => star = Some(q > 0.0),
                 _ => {}
             }
@@ -294,6 +310,177 @@ async fn mbtiles_tile(
         }
     }
     response
+}
+
+/// A tile from a PMTiles archive: the archive is opened as any file (the
+/// descriptor cache, its freshness checks), the tile found through its
+/// directories ([`crate::archive`]), and the body is the tile's byte range of
+/// the open archive, so the driver sends it by the archive's own delivery
+/// path (sendfile on local storage). Tiles stored compressed go as stored to
+/// clients that accept the encoding; gzip ones are decompressed for those
+/// that do not, and brotli or zstd ones get 406 (tessera carries no decoder
+/// for them; every browser accepts both). The driver may replay the answer
+/// while the archive is fresh and the catalog's `generation` (read before
+/// the facts `t` came from) stands.
+async fn pmtiles_tile(
+    app: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+    t: &Tileset,
+    spec: Option<&TilesetSpec>,
+    tile: &Tile,
+    generation: u64,
+) -> Response {
+    if tile.format != t.format {
+        return error(StatusCode::NOT_FOUND, "this tileset has no tiles of that format");
+    }
+    let Some(root) = app.root_by_id(t.root).and_then(|index| app.roots.get(index)) else {
+        return error(StatusCode::NOT_FOUND, "no such tileset");
+    };
+    let rel = format!("{}.pmtiles", t.name);
+    // Twice at most: an archive rewritten while its directories were read
+    // is opened again (its descriptor leaves the cache).
+    for _ in 0..2 {
+        let entry = match app.open_in(std::iter::once(root), rel.clone()).await {
+            Ok(Some(entry)) => entry,
+            Ok(None) => return missing(app, Some(t), spec, tile),
+            Err(response) => return response,
+        };
+        let (z, x, y) = (tile.z, tile.x, tile.y);
+        let located = if entry.local {
+            app.archives.locate(&entry.file, entry.validators, z, x, y)
+        } else {
+            let (app2, entry2) = (app.clone(), entry.clone());
+            tokio::task::spawn_blocking(move || app2.archives.locate(&entry2.file, entry2.validators, z, x, y))
+                .await
+                .unwrap_or_else(|e| Err(crate::pmtiles::Error::Io(std::io::Error::other(e))))
+        };
+        if !entry.unchanged() {
+            app.cache.invalidate(&entry.path);
+            continue;
+        }
+        let located = match located {
+            Ok(located) => located,
+            Err(e) => {
+                tracing::warn!(path = %entry.path.display(), error = %e, "cannot read a tile's place in a PMTiles archive");
+                return error(StatusCode::SERVICE_UNAVAILABLE, "cannot read this tileset now, retry shortly");
+            }
+        };
+        let Some(section) = located.tile else { return missing(app, Some(t), spec, tile) };
+        let coding = located.header.tile_compression.content_encoding();
+        match archive_tile(app, method, headers, t, &entry, section, coding) {
+            Some(mut response) => {
+                response.extensions_mut().insert(ReplayWhile { epoch: app.generation_counter(), at: generation });
+                return response;
+            }
+            None => app.cache.invalidate(&entry.path),
+        }
+    }
+    error(StatusCode::SERVICE_UNAVAILABLE, "this tileset is being rewritten; retry shortly")
+}
+
+/// The answer for one tile found in an archive: `section` of the open
+/// archive, stored with `coding` (a `Content-Encoding`, or none). Its
+/// entity tag is the archive's (length and mtime) with the tile's offset
+/// and length: strong, since one place in one archive version is one
+/// content, and the same on every node that serves a copy of the archive.
+/// `None`: the archive changed while the tile was read; open it again.
+#[allow(clippy::too_many_arguments)]
+fn archive_tile(
+    app: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+    t: &Tileset,
+    entry: &Arc<FileEntry>,
+    section: crate::pmtiles::Section,
+    coding: Option<&'static str>,
+) -> Option<Response> {
+    let archive = entry.etag.to_str().unwrap_or_default().trim_matches('"');
+    let etag = HeaderValue::from_str(&format!("\"{archive}.{:x}.{:x}\"", section.offset, section.length)).ok()?;
+    let vary = coding.is_some();
+    if let Some(coding) = coding.filter(|c| !accepts(headers, c)) {
+        if coding != "gzip" {
+            let mut response = error(
+                StatusCode::NOT_ACCEPTABLE,
+                &format!("this tileset's tiles are stored with {coding} encoding, which the request does not accept"),
+            );
+            response.headers_mut().insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+            return Some(response);
+        }
+        let stored = crate::cache::read_exact_at(&entry.file, section.offset, section.length as usize);
+        let stored = match stored {
+            Ok(stored) if entry.unchanged() => stored,
+            Ok(_) => return None,
+            Err(e) => {
+                tracing::warn!(path = %entry.path.display(), error = %e, "cannot read a tile from a PMTiles archive");
+                return Some(error(StatusCode::SERVICE_UNAVAILABLE, "cannot read this tile now"));
+            }
+        };
+        return Some(match gunzip(&stored) {
+            Ok(data) => {
+                let len = data.len() as u64;
+                let rep = files::Representation {
+                    etag: files::Representation::content_etag(&data),
+                    data,
+                    content_type: HeaderValue::from_static(t.format.content_type()),
+                    modified: entry.validators.modified(),
+                    cache_control: cache_control(app, t),
+                };
+                let response = identity(files::respond_bytes(method, headers, rep));
+                if response.status() == StatusCode::OK && method == Method::GET {
+                    entry.counters.buffered.inc_by(len);
+                }
+                response
+            }
+            Err(e) => {
+                tracing::warn!(path = %entry.path.display(), error = %e, "cannot decompress a PMTiles tile");
+                error(StatusCode::SERVICE_UNAVAILABLE, "cannot decompress this tile now")
+            }
+        });
+    }
+    let mut response = Response::new(axum::body::Body::empty());
+    let precondition = files::precondition(headers, etag.to_str().unwrap_or_default(), entry.validators.modified());
+    if let Some(status) = precondition {
+        *response.status_mut() = status;
+    } else if method != Method::HEAD {
+        let slice = FileSlice { entry: entry.clone(), offset: section.offset, len: section.length };
+        response = Response::new(axum::body::Body::new(FileBody::new(&slice)));
+        response.extensions_mut().insert(slice);
+    }
+    let h = response.headers_mut();
+    if precondition.is_none() {
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(t.format.content_type()));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(section.length));
+        if let Some(coding) = coding {
+            h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(coding));
+        }
+    }
+    h.insert(header::ETAG, etag);
+    h.insert(header::LAST_MODIFIED, entry.last_modified.clone());
+    h.insert(header::CACHE_CONTROL, cache_control(app, t));
+    if vary {
+        h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
+    Some(response)
+}
+
+/// `/tiles/{tileset}.pmtiles`: the archive itself, as a file (Range,
+/// If-Range, multipart ranges), for clients that read PMTiles directly (the
+/// `pmtiles` protocol of MapLibre reads the header, then directories and
+/// tiles by ranges, and checks that the ETag stays the same). Served from
+/// the root that serves the tileset, whatever the catalog says of it.
+async fn archive_download(app: AppState, method: &Method, headers: &HeaderMap, name: &str) -> Response {
+    let Some(tileset) = name.strip_suffix(".pmtiles").filter(|n| safe_segment(n)) else {
+        return error(StatusCode::NOT_FOUND, "not found");
+    };
+    let Some(root) = super::guard::tileset_root(&app.roots, tileset) else {
+        return error(StatusCode::NOT_FOUND, "no such archive");
+    };
+    match app.open_in(std::iter::once(root), name.to_string()).await {
+        Ok(Some(entry)) => files::respond(method, headers, entry),
+        Ok(None) => error(StatusCode::NOT_FOUND, "no such archive"),
+        Err(response) => response,
+    }
 }
 
 /// `Cache-Control` of a tileset: its own setting, else its root's.
