@@ -2,10 +2,11 @@
 //! (TMS), opened read-only.
 //!
 //! The catalog reads a file's metadata and extent once per change
-//! ([`summarise`]); the HTTP layer reads tiles through [`MbtilesFiles`], which
-//! keeps a few connections per file and drops them the moment the file's
-//! validators change, so a replaced `.mbtiles` is served new at once, with or
-//! without a watcher event.
+//! ([`summarise`]); the HTTP layer opens the file through the descriptor
+//! cache (its path checked inside the root, its freshness checked as any
+//! file's) and reads tiles through [`MbtilesFiles`], which keeps a few
+//! connections per file version and starts afresh the moment the file's
+//! validators change, so a replaced `.mbtiles` is served new at once.
 
 use std::collections::HashMap;
 use std::io;
@@ -18,7 +19,6 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use percent_encoding::{percent_encode, AsciiSet, CONTROLS};
 
-use crate::roots::Root;
 use crate::tile::Format;
 use crate::validators::Validators;
 
@@ -90,11 +90,14 @@ pub fn summarise(path: &Path) -> rusqlite::Result<Summary> {
     Ok(Summary { metadata: serde_json::Value::Object(metadata), format, levels, tile_count })
 }
 
-/// One tile read from an MBTiles file, with the validators of the file it came from.
+/// One tile read from an MBTiles file.
 #[derive(Debug, Clone)]
 pub struct Blob {
     pub data: Bytes,
-    pub file: Validators,
+    /// The database is in WAL mode: its commits go to `-wal` beside it and
+    /// leave the file's own validators as they were, so the validators do
+    /// not name its content.
+    pub wal: bool,
 }
 
 /// The MBTiles files being served, each with a few idle read connections.
@@ -105,6 +108,7 @@ pub struct MbtilesFiles {
 
 struct Handle {
     validators: Validators,
+    wal: bool,
     idle: Mutex<Vec<Connection>>,
 }
 
@@ -113,20 +117,16 @@ const IDLE_MAX: usize = 4;
 
 impl MbtilesFiles {
     /// Tile `z/x/row` (row counted from the bottom, as MBTiles stores it) of
-    /// `{tileset}.mbtiles` in `root`. `Ok(None)`: no such tile, or no such
-    /// file. Blocking: call from a blocking thread.
-    pub fn tile(&self, root: &Root, tileset: &str, z: u32, x: u32, row: u32) -> io::Result<Option<Blob>> {
-        let rel = format!("{tileset}.mbtiles");
-        let path = root.path().join(&rel);
-        let validators = match std::fs::metadata(&path) {
-            Ok(meta) => Validators::of(&meta),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let handle = self.handle(root, &rel, &path, validators)?;
+    /// the MBTiles file at `path` (opened and checked inside its root by the
+    /// caller, through the descriptor cache, whose `validators` name the
+    /// version being read). `Ok(None)`: no such tile. Blocking: a query of
+    /// a local file in the page cache takes microseconds; shared storage
+    /// can take long.
+    pub fn tile(&self, path: &Path, validators: Validators, z: u32, x: u32, row: u32) -> io::Result<Option<Blob>> {
+        let handle = self.handle(path, validators)?;
         let conn = match handle.idle.lock().pop() {
             Some(conn) => conn,
-            None => open(&path).map_err(io::Error::other)?,
+            None => open(path).map_err(io::Error::other)?,
         };
         let data: Option<Vec<u8>> = conn
             .prepare_cached("SELECT tile_data FROM tiles WHERE zoom_level = ?1 AND tile_column = ?2 AND tile_row = ?3")
@@ -136,26 +136,21 @@ impl MbtilesFiles {
         if idle.len() < IDLE_MAX {
             idle.push(conn);
         }
-        Ok(data.map(|data| Blob { data: Bytes::from(data), file: validators }))
+        Ok(data.map(|data| Blob { data: Bytes::from(data), wal: handle.wal }))
     }
 
     /// The handle for the file as it is now: a changed file (new inode,
     /// size or mtime) gets fresh connections, so no connection keeps
     /// reading a replaced file.
-    fn handle(&self, root: &Root, rel: &str, path: &Path, validators: Validators) -> io::Result<Arc<Handle>> {
-        let mut open = self.open.lock();
-        if let Some(handle) = open.get(path).filter(|h| h.validators == validators) {
+    fn handle(&self, path: &Path, validators: Validators) -> io::Result<Arc<Handle>> {
+        if let Some(handle) = self.open.lock().get(path).filter(|h| h.validators == validators) {
             return Ok(handle.clone());
         }
-        // SQLite opens by path; first make sure the path stays inside the
-        // root (a symlink planted in a root must not expose another file),
-        // the same way every other file is opened.
-        let file = root.open_file(rel)?;
-        if Validators::of(&file.metadata()?) != validators {
-            return Err(io::Error::other("MBTiles file changed while being opened; retry"));
-        }
-        let handle = Arc::new(Handle { validators, idle: Mutex::new(Vec::new()) });
-        open.insert(path.to_path_buf(), handle.clone());
+        let conn = open(path).map_err(io::Error::other)?;
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).map_err(io::Error::other)?;
+        let handle =
+            Arc::new(Handle { validators, wal: mode.eq_ignore_ascii_case("wal"), idle: Mutex::new(vec![conn]) });
+        self.open.lock().insert(path.to_path_buf(), handle.clone());
         Ok(handle)
     }
 }

@@ -296,7 +296,7 @@ impl Conn {
     /// Answers from a replay (see [`Self::replay_entry`]); returns whether
     /// the connection may stay open. `path` is for the access log, when on.
     async fn replay(&mut self, found: Found, head: &Head, path: Option<String>) -> io::Result<bool> {
-        let Found { slice, head: kept, route } = found;
+        let Found { slice, held, head: kept, route } = found;
         let entry = &slice.entry;
         let started = path.is_some().then(std::time::Instant::now);
         let mut out = std::mem::take(&mut self.out);
@@ -310,7 +310,13 @@ impl Conn {
         let result = if head.method == Method::HEAD {
             self.write(&out).await.map(|()| (0, "none"))
         } else {
-            self.send_file(&out, &slice).await.map(|delivery| (slice.len, delivery))
+            match &held {
+                Some(data) => self.write_two(&out, data).await.map(|()| {
+                    entry.counters.memory.inc_by(slice.len);
+                    (slice.len, "memory")
+                }),
+                None => self.send_file(&out, &slice).await.map(|delivery| (slice.len, delivery)),
+            }
         };
         self.out = out;
         let metrics = &self.shared.metrics;

@@ -284,6 +284,17 @@ pub struct ReplayWhile {
     pub at: u64,
 }
 
+/// A response extension: this 200's body is `data`, read from `entry`'s
+/// file (a tile of an MBTiles database), which the driver may replay for as
+/// long as that file stays fresh and `while_` holds: the HTTP layer puts it
+/// only where the file's validators name its content.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub entry: Arc<FileEntry>,
+    pub data: Bytes,
+    pub while_: ReplayWhile,
+}
+
 impl ReplayWhile {
     fn holds(&self) -> bool {
         self.epoch.load(std::sync::atomic::Ordering::Acquire) == self.at

@@ -14,15 +14,17 @@ use axum::http::{header, StatusCode};
 use bytes::Bytes;
 
 use super::driver::Shared;
-use super::{FileSlice, ReplayWhile};
+use super::{FileSlice, Held, ReplayWhile};
 use crate::cache::FileEntry;
 use crate::metrics::Route;
 use crate::roots::Root;
 use crate::validators::Validators;
 
-/// A current replay: the file and the part of it to send, and the head kept for it.
+/// A current replay: the file and the part of it to send (or the bytes
+/// held for it), and the head kept for it.
 pub(super) struct Found {
     pub(super) slice: FileSlice,
+    pub(super) held: Option<Bytes>,
     pub(super) head: Bytes,
     pub(super) route: Route,
 }
@@ -37,9 +39,10 @@ struct Replay {
     head: Bytes,
     route: Route,
     /// The part of the file the body is: all of it, or (with `while_`) a
-    /// representation inside it.
+    /// representation inside it; or bytes read from it (`held`).
     offset: u64,
     len: u64,
+    held: Option<Bytes>,
     while_: Option<ReplayWhile>,
     /// Where the file is and which version the head describes, to re-open
     /// it once the cache has let the entry go.
@@ -52,6 +55,7 @@ impl Replay {
     fn found(&self, entry: Arc<FileEntry>) -> Found {
         Found {
             slice: FileSlice { entry, offset: self.offset, len: self.len },
+            held: self.held.clone(),
             head: self.head.clone(),
             route: self.route,
         }
@@ -75,13 +79,46 @@ const REPLAYS_MAX: usize = 1 << 15;
 /// (32 Ki keys of 16 KiB: half a GiB per worker).
 const REPLAY_TARGET_MAX: usize = 256;
 
+/// Bytes held by one worker's replays at most (tiles read from MBTiles
+/// files): past it, the held replays start afresh.
+const HELD_MAX: usize = 32 << 20;
+
+thread_local! {
+    /// This worker thread's bytes held by replays.
+    static HELD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether `len` more held bytes fit this worker's budget; when they do
+/// not, the map starts afresh (as at `REPLAYS_MAX`).
+fn held_fits(len: usize) -> bool {
+    if len > HELD_MAX / 64 {
+        return false;
+    }
+    if HELD.get() + len > HELD_MAX {
+        REPLAYS.with(|replays| replays.borrow_mut().clear());
+        HELD.set(0);
+    }
+    HELD.set(HELD.get() + len);
+    true
+}
+
 /// Keeps the head of a whole-file 200 (or of a part the HTTP layer marked
-/// [`ReplayWhile`]) for replays, if it may be replayed.
+/// [`ReplayWhile`], or of bytes it marked [`Held`]) for replays, if it may
+/// be replayed.
 pub(super) fn remember(target: String, parts: &axum::http::response::Parts, head: &[u8], roots: &[Root]) {
-    let Some(slice) = parts.extensions.get::<FileSlice>() else { return };
+    let (slice, held, while_) = match (parts.extensions.get::<FileSlice>(), parts.extensions.get::<Held>()) {
+        (Some(slice), _) => (slice.clone(), None, parts.extensions.get::<ReplayWhile>().cloned()),
+        (None, Some(held)) => {
+            let slice = FileSlice { entry: held.entry.clone(), offset: 0, len: held.data.len() as u64 };
+            (slice, Some(held.data.clone()), Some(held.while_.clone()))
+        }
+        (None, None) => return,
+    };
     let entry = &slice.entry;
-    let while_ = parts.extensions.get::<ReplayWhile>().cloned();
-    let whole = slice.offset == 0 && slice.len == entry.len();
+    let whole = held.is_none() && slice.offset == 0 && slice.len == entry.len();
+    if held.as_ref().is_some_and(|data| !held_fits(data.len())) {
+        return;
+    }
     if target.len() > REPLAY_TARGET_MAX
         || parts.status != StatusCode::OK
         || parts.headers.contains_key(header::VARY)
@@ -100,6 +137,7 @@ pub(super) fn remember(target: String, parts: &axum::http::response::Parts, head
         route,
         offset: slice.offset,
         len: slice.len,
+        held,
         while_,
         root: entry.root,
         rel: rel.into(),
@@ -109,6 +147,7 @@ pub(super) fn remember(target: String, parts: &axum::http::response::Parts, head
         let mut replays = replays.borrow_mut();
         if replays.len() >= REPLAYS_MAX {
             replays.clear();
+            HELD.set(0);
         }
         replays.insert(target, replay);
     });

@@ -17,7 +17,7 @@ use crate::access::Caller;
 use crate::cache::FileEntry;
 use crate::catalog::{Source, Tileset};
 use crate::config::{Scheme, TilesetSpec, DEFAULT_TILES_CACHE_CONTROL};
-use crate::delivery::{FileBody, FileSlice, ReplayWhile};
+use crate::delivery::{FileBody, FileSlice, Held, ReplayWhile};
 use crate::metrics::Route;
 use crate::names::safe_segment;
 use crate::tile::{NotATile, Tile};
@@ -117,7 +117,7 @@ async fn tile(
     let list = app.tileset_list().await.ok();
     let info = list.as_deref().and_then(|l| l.iter().find(|t| t.name == tileset));
     match info.map(|t| (t, t.source)) {
-        Some((t, Source::Mbtiles)) => return mbtiles_tile(&app, method, headers, t, spec, &tile).await,
+        Some((t, Source::Mbtiles)) => return mbtiles_tile(&app, method, headers, t, spec, &tile, generation).await,
         Some((t, Source::Pmtiles)) => return pmtiles_tile(&app, method, headers, t, spec, &tile, generation).await,
         _ => {}
     }
@@ -251,7 +251,14 @@ pub fn accepts(headers: &HeaderMap, coding: &str) -> bool {
 }
 
 /// A tile from an MBTiles file (rows stored from the bottom), answered from
-/// memory with an entity tag of its content.
+/// memory. The file is opened through the descriptor cache like any tile
+/// (its path checked inside the root, its freshness checked); the query runs
+/// inline for a local file (microseconds from the page cache) and on the
+/// blocking pool for shared storage. Unless the database is in WAL mode, its
+/// validators name its content: the ETag is theirs with the tile's address,
+/// and the driver may replay the answer while the file stays fresh and the
+/// catalog's `generation` stands. In WAL mode the ETag is the content's
+/// hash and every request reads the database.
 async fn mbtiles_tile(
     app: &AppState,
     method: &Method,
@@ -259,24 +266,63 @@ async fn mbtiles_tile(
     t: &Tileset,
     spec: Option<&TilesetSpec>,
     tile: &Tile,
+    generation: u64,
 ) -> Response {
     if tile.format != t.format {
         return error(StatusCode::NOT_FOUND, "this tileset has no tiles of that format");
     }
-    let Some(root) = app.root_by_id(t.root) else { return error(StatusCode::NOT_FOUND, "no such tileset") };
-    let (app2, name, (z, x, row)) = (app.clone(), t.name.clone(), (tile.z, tile.x, tile.flipped().y));
-    let read = tokio::task::spawn_blocking(move || app2.mbtiles.tile(&app2.roots[root], &name, z, x, row)).await;
-    let blob = match read {
-        Ok(Ok(Some(blob))) => blob,
-        Ok(Ok(None)) => return missing(app, Some(t), spec, tile),
-        Ok(Err(e)) => {
-            tracing::warn!(tileset = t.name, error = %e, "cannot read MBTiles tile");
-            return error(StatusCode::SERVICE_UNAVAILABLE, "cannot read this tileset now, retry shortly");
-        }
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    let Some(root) = app.root_by_id(t.root).and_then(|index| app.roots.get(index)) else {
+        return error(StatusCode::NOT_FOUND, "no such tileset");
     };
+    let (z, x, row) = (tile.z, tile.x, tile.flipped().y);
+    // Twice at most: a database written while it was read is opened again.
+    for _ in 0..2 {
+        let entry = match app.open_in(std::iter::once(root), format!("{}.mbtiles", t.name)).await {
+            Ok(Some(entry)) => entry,
+            Ok(None) => return missing(app, Some(t), spec, tile),
+            Err(response) => return response,
+        };
+        let read = if entry.local {
+            app.mbtiles.tile(&entry.path, entry.validators, z, x, row)
+        } else {
+            let (app2, entry2) = (app.clone(), entry.clone());
+            tokio::task::spawn_blocking(move || app2.mbtiles.tile(&entry2.path, entry2.validators, z, x, row))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        };
+        // The file as it was when opened, or the answer might mix versions.
+        if !entry.unchanged() {
+            app.cache.invalidate(&entry.path);
+            continue;
+        }
+        let blob = match read {
+            Ok(Some(blob)) => blob,
+            Ok(None) => return missing(app, Some(t), spec, tile),
+            Err(e) => {
+                tracing::warn!(tileset = t.name, error = %e, "cannot read MBTiles tile");
+                return error(StatusCode::SERVICE_UNAVAILABLE, "cannot read this tileset now, retry shortly");
+            }
+        };
+        return mbtiles_answer(app, method, headers, t, tile, &entry, blob, generation);
+    }
+    error(StatusCode::SERVICE_UNAVAILABLE, "this tileset is being rewritten; retry shortly")
+}
+
+/// The answer for a tile read from an MBTiles file (see [`mbtiles_tile`]).
+#[allow(clippy::too_many_arguments)]
+fn mbtiles_answer(
+    app: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+    t: &Tileset,
+    tile: &Tile,
+    entry: &Arc<FileEntry>,
+    blob: crate::mbtiles::Blob,
+    generation: u64,
+) -> Response {
     let gzipped = blob.data.starts_with(&[0x1f, 0x8b]) && t.format.is_vector();
-    let data = if gzipped && !accepts_gzip(headers) {
+    let decode = gzipped && !accepts_gzip(headers);
+    let data = if decode {
         match gunzip(&blob.data) {
             Ok(data) => data,
             Err(e) => {
@@ -287,27 +333,44 @@ async fn mbtiles_tile(
     } else {
         blob.data.clone()
     };
-    let encoded = gzipped && data.len() == blob.data.len() && data.starts_with(&[0x1f, 0x8b]);
-    let rep = files::Representation {
-        etag: files::Representation::content_etag(&data),
-        data,
-        content_type: HeaderValue::from_static(t.format.content_type()),
-        modified: blob.file.modified(),
-        cache_control: cache_control(app, t),
+    let etag = if blob.wal {
+        files::Representation::content_etag(&data)
+    } else {
+        let file = entry.etag.to_str().unwrap_or_default().trim_matches('"');
+        let form = if decode { ".d" } else { "" };
+        HeaderValue::from_str(&format!("\"{file}.{}.{}.{}{form}\"", tile.z, tile.x, tile.y)).expect("ascii")
     };
-    let len = rep.data.len() as u64;
-    let mut response = files::respond_bytes(method, headers, rep);
-    if response.status() == StatusCode::OK && method == Method::GET {
-        let root_label = app.roots[root].path().display().to_string();
-        app.metrics.bytes_sent.with_label_values(&["buffered", &root_label]).inc_by(len);
-    }
-    if gzipped {
-        let ok = response.status().is_success();
-        let h = response.headers_mut();
-        h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
-        if encoded && ok {
+    let status = files::precondition(headers, etag.to_str().unwrap_or_default(), entry.validators.modified());
+    let len = data.len() as u64;
+    let mut response = match status {
+        Some(_) => Response::new(axum::body::Body::empty()),
+        None if method == Method::HEAD => Response::new(axum::body::Body::empty()),
+        None => {
+            let mut response = Response::new(axum::body::Body::from(data.clone()));
+            if !blob.wal {
+                let while_ = ReplayWhile { epoch: app.generation_counter(), at: generation };
+                response.extensions_mut().insert(Held { entry: entry.clone(), data, while_ });
+            }
+            response
+        }
+    };
+    *response.status_mut() = status.unwrap_or(StatusCode::OK);
+    let h = response.headers_mut();
+    if status.is_none() {
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(t.format.content_type()));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        if gzipped && !decode {
             h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         }
+    }
+    h.insert(header::ETAG, etag);
+    h.insert(header::LAST_MODIFIED, entry.last_modified.clone());
+    h.insert(header::CACHE_CONTROL, cache_control(app, t));
+    if gzipped {
+        h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
+    if status.is_none() && method == Method::GET {
+        entry.counters.memory.inc_by(len);
     }
     response
 }
