@@ -81,6 +81,8 @@ fn catalog_worker(config: &Config, roots: Arc<Vec<Root>>, metrics: Arc<Metrics>)
         metrics,
         ready: Arc::new(AtomicBool::new(false)),
         generation: Arc::default(),
+        tiles_generation: Arc::default(),
+        tiles_changed: false,
         unfinished: Default::default(),
         index_failures: Default::default(),
     })
@@ -94,6 +96,7 @@ pub async fn serve(config: Config, inherited: Option<std::net::TcpListener>) -> 
     let roots = Arc::new(open_roots(&config)?);
     let worker = catalog_worker(&config, roots.clone(), metrics.clone())?;
     let (root_ids, ready, generation) = (worker.root_ids.clone(), worker.ready.clone(), worker.generation.clone());
+    let tiles_generation = worker.tiles_generation.clone();
     let location = worker.location.clone();
     let cache = Arc::new(DescriptorCache::new(&config.cache, &roots, metrics.clone()));
 
@@ -142,7 +145,8 @@ pub async fn serve(config: Config, inherited: Option<std::net::TcpListener>) -> 
     std::io::stdout().flush()?;
     let addr = listeners[0].socket.local_addr()?;
 
-    let catalog = http::CatalogState { root_ids, ready: ready.clone(), generation, digests, location };
+    let catalog =
+        http::CatalogState { root_ids, ready: ready.clone(), generation: tiles_generation, digests, location };
     let app = Arc::new(App::new(&config, roots, cache, metrics.clone(), catalog, followers));
     warn_if_open(&config, &app);
     // The watchdog's self-check speaks plain HTTP: it needs a plaintext listener.

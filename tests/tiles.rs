@@ -210,10 +210,12 @@ fn mbtiles_updated_in_place_are_served_new_in_either_journal_mode() {
 
     let mut client = KeepAlive::new(server.addr, "localhost");
     let before = replays();
-    for _ in 0..4 {
+    for _ in 0..8 {
         assert_eq!(client.exchange("GET", "/tiles/plain/0/0/0.png", &[]).expect("tile").body, a);
     }
-    assert!(replays() >= before + 3.0, "replayed: {before} then {}", replays());
+    // Most of them: a change of a tiles root's catalog rows (a late event
+    // of the files made above) ends replays once.
+    assert!(replays() >= before + 5.0, "replayed: {before} then {}", replays());
     let before = replays();
     for _ in 0..4 {
         assert_eq!(client.exchange("GET", "/tiles/wal/0/0/0.png", &[]).expect("tile").body, a);

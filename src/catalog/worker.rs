@@ -48,6 +48,13 @@ pub struct Worker {
     /// Bumped after every reconcile that may have changed the catalog, so
     /// that readers can keep what they derived from it until it moves.
     pub generation: Arc<AtomicU64>,
+    /// Bumped after a batch that changed rows of a tiles root: what the
+    /// HTTP layer derives from tilesets (their list, replays of answers
+    /// from archives) lasts until it moves, whatever the logs (or an
+    /// MBTiles file's `-wal` beside its tiles) do.
+    pub tiles_generation: Arc<AtomicU64>,
+    /// Set by a reconcile that changed rows of a tiles root.
+    pub tiles_changed: bool,
     /// Logs (root index, relative path) whose time index is unfinished.
     pub unfinished: BTreeSet<(usize, String)>,
     /// Failed continuations in a row, per log.
@@ -72,6 +79,7 @@ impl Worker {
             "catalog reconciled with the disk"
         );
         self.generation.fetch_add(1, Ordering::AcqRel);
+        self.tiles_generation.fetch_add(1, Ordering::AcqRel);
         self.ready.store(true, Ordering::Release);
 
         let mut retry: BTreeSet<Job> = BTreeSet::new();
@@ -112,9 +120,13 @@ impl Worker {
             while let Ok(job) = jobs.try_recv() {
                 batch.insert(job);
             }
+            self.tiles_changed = false;
             retry = self.apply(batch);
             pending.append(&mut self.take_unfinished());
             self.generation.fetch_add(1, Ordering::AcqRel);
+            if self.tiles_changed {
+                self.tiles_generation.fetch_add(1, Ordering::AcqRel);
+            }
         }
     }
 
@@ -173,6 +185,7 @@ impl Worker {
         let root = &self.roots[index];
         let stats = reconcile(&mut self.conn, self.root_ids[index], root.kind(), root.path(), rel)?;
         self.metrics.catalog_changes.inc_by(stats.changes());
+        self.tiles_changed |= root.kind() == crate::config::RootKind::Tiles && stats.changes() > 0;
         self.unfinished.extend(stats.unfinished.iter().map(|rel| (index, rel.clone())));
         Ok(stats)
     }

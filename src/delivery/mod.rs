@@ -276,7 +276,7 @@ pub struct NoReplay;
 /// A response extension: this 200's body is a part of its file that is a
 /// whole representation of its own (a tile inside a PMTiles archive), which
 /// the driver may replay like a whole file's, for as long as the file stays
-/// fresh and `epoch` still holds `at` (the catalog's generation: what else
+/// fresh and `epoch` still holds `at` (the catalog's generation of tiles roots: what else
 /// decided the answer, such as which source serves the tileset).
 #[derive(Debug, Clone)]
 pub struct ReplayWhile {

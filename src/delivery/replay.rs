@@ -88,17 +88,17 @@ thread_local! {
     static HELD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// Whether `len` more held bytes fit this worker's budget; when they do
-/// not, the map starts afresh (as at `REPLAYS_MAX`).
-fn held_fits(len: usize) -> bool {
+/// Makes room for `len` more held bytes in this worker's budget: past it,
+/// the held replays (not the others) start afresh. False for bytes too
+/// large to hold at all.
+fn make_room(replays: &mut HashMap<String, Replay, foldhash::fast::RandomState>, len: usize) -> bool {
     if len > HELD_MAX / 64 {
         return false;
     }
     if HELD.get() + len > HELD_MAX {
-        REPLAYS.with(|replays| replays.borrow_mut().clear());
+        replays.retain(|_, r| r.held.is_none());
         HELD.set(0);
     }
-    HELD.set(HELD.get() + len);
     true
 }
 
@@ -116,9 +116,6 @@ pub(super) fn remember(target: String, parts: &axum::http::response::Parts, head
     };
     let entry = &slice.entry;
     let whole = held.is_none() && slice.offset == 0 && slice.len == entry.len();
-    if held.as_ref().is_some_and(|data| !held_fits(data.len())) {
-        return;
-    }
     if target.len() > REPLAY_TARGET_MAX
         || parts.status != StatusCode::OK
         || parts.headers.contains_key(header::VARY)
@@ -149,7 +146,14 @@ pub(super) fn remember(target: String, parts: &axum::http::response::Parts, head
             replays.clear();
             HELD.set(0);
         }
-        replays.insert(target, replay);
+        let held = replay.held.as_ref().map_or(0, Bytes::len);
+        if held > 0 && !make_room(&mut replays, held) {
+            return;
+        }
+        HELD.set(HELD.get() + held);
+        if let Some(old) = replays.insert(target, replay) {
+            HELD.set(HELD.get().saturating_sub(old.held.as_ref().map_or(0, Bytes::len)));
+        }
     });
 }
 
@@ -202,7 +206,9 @@ pub(super) fn find(target: &str, shared: &Shared) -> Option<Found> {
                 Some(replay.found(entry))
             }
             None => {
-                replays.remove(target);
+                if let Some(gone) = replays.remove(target) {
+                    HELD.set(HELD.get().saturating_sub(gone.held.as_ref().map_or(0, Bytes::len)));
+                }
                 None
             }
         }

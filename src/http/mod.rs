@@ -55,7 +55,7 @@ pub struct App {
     pub mbtiles: MbtilesFiles,
     /// Cached headers and directories of the PMTiles archives served.
     pub archives: crate::archive::Archives,
-    /// The catalog worker's generation, and the tilesets read at one.
+    /// The catalog worker's generation of tiles roots, and the tilesets read at one.
     generation: Arc<AtomicU64>,
     snapshot: Mutex<Option<(u64, Arc<Vec<Tileset>>)>>,
     /// The catalog's read side.
@@ -105,7 +105,8 @@ pub struct CatalogState {
     pub root_ids: Vec<i64>,
     /// Set once the start-up reconcile is done.
     pub ready: Arc<AtomicBool>,
-    /// The catalog worker's generation.
+    /// The catalog worker's generation of tiles roots (moves when a
+    /// reconcile may have changed a tileset).
     pub generation: Arc<AtomicU64>,
     pub digests: Arc<Digests>,
     pub location: catalog::Location,
@@ -147,7 +148,7 @@ impl App {
     /// The catalog's tilesets (first root wins a name), read again only
     /// when the catalog worker has moved on since the last read: the tile
     /// path asks for them on every request it does not find a file for.
-    /// The catalog worker's generation now.
+    /// The catalog worker's generation of tiles roots now.
     fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
