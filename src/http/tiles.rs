@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{error, files, json_response, wire, AppState};
+use super::{error, files, json_response, wire, App, AppState};
 use crate::access::Caller;
 use crate::cache::FileEntry;
 use crate::catalog::{Source, Tileset};
@@ -20,6 +20,7 @@ use crate::config::{Scheme, TilesetSpec, DEFAULT_TILES_CACHE_CONTROL};
 use crate::delivery::{FileBody, FileSlice, Held, ReplayWhile};
 use crate::metrics::Route;
 use crate::names::safe_segment;
+use crate::roots::Root;
 use crate::tile::{NotATile, Tile};
 
 /// The tile a request names: its tileset (a safe name) and address.
@@ -275,37 +276,55 @@ async fn mbtiles_tile(
         return error(StatusCode::NOT_FOUND, "no such tileset");
     };
     let (z, x, row) = (tile.z, tile.x, tile.flipped().y);
-    // Twice at most: a database written while it was read is opened again.
+    let read = move |app: &App, entry: &FileEntry| app.mbtiles.tile(&entry.path, entry.validators, z, x, row);
+    match read_source(app, root, format!("{}.mbtiles", t.name), read).await {
+        Ok(Some((entry, Some(blob)))) => mbtiles_answer(app, method, headers, t, tile, &entry, blob, generation),
+        Ok(_) => missing(app, Some(t), spec, tile),
+        Err(response) => response,
+    }
+}
+
+/// Opens a tileset's own file (`rel`: an MBTiles file or a PMTiles archive)
+/// through the descriptor cache and runs `read` on it: inline on local
+/// storage (a query or a directory lookup from the page cache takes
+/// microseconds), on the blocking pool on shared storage. The file must be
+/// unchanged after the read, or the answer could mix versions: then it is
+/// opened again, once. `Ok(None)`: no such file.
+async fn read_source<T, E>(
+    app: &AppState,
+    root: &Root,
+    rel: String,
+    read: impl Fn(&App, &FileEntry) -> Result<T, E> + Send + Clone + 'static,
+) -> Result<Option<(Arc<FileEntry>, T)>, Response>
+where
+    T: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
     for _ in 0..2 {
-        let entry = match app.open_in(std::iter::once(root), format!("{}.mbtiles", t.name)).await {
-            Ok(Some(entry)) => entry,
-            Ok(None) => return missing(app, Some(t), spec, tile),
-            Err(response) => return response,
+        let entry = match app.open_in(std::iter::once(root), rel.clone()).await? {
+            Some(entry) => entry,
+            None => return Ok(None),
         };
-        let read = if entry.local {
-            app.mbtiles.tile(&entry.path, entry.validators, z, x, row)
+        let result = if entry.local {
+            Some(read(app, &entry))
         } else {
-            let (app2, entry2) = (app.clone(), entry.clone());
-            tokio::task::spawn_blocking(move || app2.mbtiles.tile(&entry2.path, entry2.validators, z, x, row))
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            let (app2, entry2, read) = (app.clone(), entry.clone(), read.clone());
+            tokio::task::spawn_blocking(move || read(&app2, &entry2)).await.ok()
         };
-        // The file as it was when opened, or the answer might mix versions.
         if !entry.unchanged() {
             app.cache.invalidate(&entry.path);
             continue;
         }
-        let blob = match read {
-            Ok(Some(blob)) => blob,
-            Ok(None) => return missing(app, Some(t), spec, tile),
-            Err(e) => {
-                tracing::warn!(tileset = t.name, error = %e, "cannot read MBTiles tile");
-                return error(StatusCode::SERVICE_UNAVAILABLE, "cannot read this tileset now, retry shortly");
+        return match result {
+            Some(Ok(value)) => Ok(Some((entry, value))),
+            Some(Err(e)) => {
+                tracing::warn!(path = %entry.path.display(), error = %e, "cannot read a tileset's file");
+                Err(error(StatusCode::SERVICE_UNAVAILABLE, "cannot read this tileset now, retry shortly"))
             }
+            None => Err(error(StatusCode::INTERNAL_SERVER_ERROR, "a read of this tileset failed")),
         };
-        return mbtiles_answer(app, method, headers, t, tile, &entry, blob, generation);
     }
-    error(StatusCode::SERVICE_UNAVAILABLE, "this tileset is being rewritten; retry shortly")
+    Err(error(StatusCode::SERVICE_UNAVAILABLE, "this tileset is being rewritten; retry shortly"))
 }
 
 /// The answer for a tile read from an MBTiles file (see [`mbtiles_tile`]).
@@ -400,34 +419,14 @@ async fn pmtiles_tile(
     let Some(root) = app.root_by_id(t.root).and_then(|index| app.roots.get(index)) else {
         return error(StatusCode::NOT_FOUND, "no such tileset");
     };
-    let rel = format!("{}.pmtiles", t.name);
-    // Twice at most: an archive rewritten while its directories were read
-    // is opened again (its descriptor leaves the cache).
+    let (z, x, y) = (tile.z, tile.x, tile.y);
+    let locate = move |app: &App, entry: &FileEntry| app.archives.locate(&entry.file, entry.validators, z, x, y);
+    // Twice at most: an archive rewritten while its tile was read is opened again.
     for _ in 0..2 {
-        let entry = match app.open_in(std::iter::once(root), rel.clone()).await {
-            Ok(Some(entry)) => entry,
+        let (entry, located) = match read_source(app, root, format!("{}.pmtiles", t.name), locate).await {
+            Ok(Some(found)) => found,
             Ok(None) => return missing(app, Some(t), spec, tile),
             Err(response) => return response,
-        };
-        let (z, x, y) = (tile.z, tile.x, tile.y);
-        let located = if entry.local {
-            app.archives.locate(&entry.file, entry.validators, z, x, y)
-        } else {
-            let (app2, entry2) = (app.clone(), entry.clone());
-            tokio::task::spawn_blocking(move || app2.archives.locate(&entry2.file, entry2.validators, z, x, y))
-                .await
-                .unwrap_or_else(|e| Err(crate::pmtiles::Error::Io(std::io::Error::other(e))))
-        };
-        if !entry.unchanged() {
-            app.cache.invalidate(&entry.path);
-            continue;
-        }
-        let located = match located {
-            Ok(located) => located,
-            Err(e) => {
-                tracing::warn!(path = %entry.path.display(), error = %e, "cannot read a tile's place in a PMTiles archive");
-                return error(StatusCode::SERVICE_UNAVAILABLE, "cannot read this tileset now, retry shortly");
-            }
         };
         let Some(section) = located.tile else { return missing(app, Some(t), spec, tile) };
         let coding = located.header.tile_compression.content_encoding();
