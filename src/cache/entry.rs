@@ -20,7 +20,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::http::HeaderValue;
 use bytes::Bytes;
@@ -73,6 +73,10 @@ pub struct FileEntry {
     /// as these bytes of it are unchanged (see [`Self::holds_snapshot`]).
     pub(super) appended_to: Option<Samples>,
     pub(super) revalidate_after_ms: u64,
+    /// When, on [`clock_ms`], the file will have gone unmodified for
+    /// [`SETTLE`]; 0 if it had when opened, or if it is not on local
+    /// storage. See [`Self::settled`].
+    pub(super) settles_ms: u64,
 }
 
 impl FileEntry {
@@ -156,6 +160,17 @@ impl FileEntry {
             && now.ino == self.validators.ino
             && now.len >= self.validators.len
             && Samples::take(&self.file, self.validators.len).is_ok_and(|again| again == *samples)
+    }
+
+    /// Whether a body of this file may go by reference with no final
+    /// check (sendfile under 64 KiB): it has not been modified for
+    /// [`SETTLE`]. A file modified lately may be being written in place,
+    /// for the first time as far as anyone here can know (`rewritten`
+    /// only learns from an `IN_MODIFY` that arrives after the writer
+    /// started): its small bodies are copied, and checked before their
+    /// last chunk, instead. One clock read, only for files changed lately.
+    pub fn settled(&self) -> bool {
+        self.settles_ms == 0 || clock_ms() >= self.settles_ms
     }
 
     /// Whether the file starts with the gzip magic bytes (read once).
@@ -242,6 +257,21 @@ enum Currency {
     Recent,
     /// Its path was `stat`ed just now and still has its validators.
     Confirmed,
+}
+
+/// How long a file must go unmodified (mtime) before its small bodies go
+/// by sendfile with no final check ([`FileEntry::settled`]).
+pub const SETTLE: Duration = Duration::from_secs(60);
+
+/// [`FileEntry::settles_ms`] for a file last modified at `mtime_ns`.
+pub(super) fn settles_ms(mtime_ns: i128) -> u64 {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128);
+    let (age, settle) = (now - mtime_ns, SETTLE.as_nanos() as i128);
+    if age >= settle {
+        return 0;
+    }
+    // A modification "after now" (the clock was set back): a whole SETTLE.
+    clock_ms() + ((settle - age.max(0)) / 1_000_000) as u64 + 1
 }
 
 /// Milliseconds since the first call: the clock of `checked_ms`.

@@ -34,7 +34,7 @@ use parking_lot::Mutex;
 mod entry;
 mod memory;
 
-use entry::{clock_ms, Samples};
+use entry::{clock_ms, settles_ms, Samples};
 pub use entry::{read_exact_at, shrank, FileEntry, ACKNOWLEDGED_FROM};
 use memory::MemoryBudget;
 
@@ -275,6 +275,7 @@ impl DescriptorCache {
             local: cacheable,
             appended_to,
             revalidate_after_ms: self.revalidate_after.as_millis() as u64,
+            settles_ms: if cacheable { settles_ms(validators.mtime_ns) } else { 0 },
         })
     }
 
@@ -384,6 +385,7 @@ mod tests {
             local: true,
             appended_to: None,
             revalidate_after_ms: 0,
+            settles_ms: 0,
         })
     }
 

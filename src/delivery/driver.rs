@@ -426,8 +426,12 @@ impl Conn {
             return Ok("memory");
         }
         let settings = &self.shared.settings;
+        // Small bodies go by sendfile with no final check, so only for files
+        // not modified lately (`FileEntry::settled`); the others are
+        // copied and checked before their last chunk (`copy_file`).
         if entry.delivery == DeliveryPath::Sendfile
             && !entry.sendfile_refused.load(std::sync::atomic::Ordering::Relaxed)
+            && (slice.len >= sendfile::GUARD_FROM || entry.settled())
         {
             let result =
                 sendfile::send_head_and_file(&self.stream, out, slice, settings.sendfile_chunk, settings.write_timeout)

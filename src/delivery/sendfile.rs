@@ -82,9 +82,10 @@ pub async fn send_head_and_file(
     // Large bodies hold their last byte back until the file is known
     // unchanged after the rest went out (see `finish`). Small ones go in one
     // call: three more syscalls per tile would cost more than the
-    // microseconds of exposure they close for files nobody writes in place;
-    // files known to be written in place take the buffered path instead
-    // (`DescriptorCache::entry`).
+    // microseconds of exposure they close for files nobody writes in place.
+    // Files known to be written in place (`DescriptorCache::entry`), and
+    // files modified lately, which may be being written in place for the
+    // first time (`FileEntry::settled`), take the buffered path instead.
     if len < GUARD_FROM {
         return body.send_to(end).await;
     }
@@ -173,7 +174,7 @@ impl Drop for Cork<'_> {
 }
 
 /// Bodies at least this long hold back their last byte (see `finish`).
-const GUARD_FROM: u64 = 64 * 1024;
+pub const GUARD_FROM: u64 = 64 * 1024;
 
 /// Sends the slice's last byte, only if the file is still the version the
 /// head describes; otherwise the connection ends without it, and the client
