@@ -165,10 +165,12 @@ impl MbtilesFiles {
         if let Some(handle) = self.open.lock().get(path).filter(|h| h.validators == validators) {
             return Ok(handle.clone());
         }
-        let conn = open(path).map_err(io::Error::other)?;
-        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).map_err(io::Error::other)?;
-        let handle =
-            Arc::new(Handle { validators, wal: mode.eq_ignore_ascii_case("wal"), idle: Mutex::new(vec![conn]) });
+        let mode: String = open(path)
+            .and_then(|conn| conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)))
+            .map_err(io::Error::other)?;
+        let wal = mode.eq_ignore_ascii_case("wal");
+        let conn = serving(path, wal).map_err(io::Error::other)?;
+        let handle = Arc::new(Handle { validators, wal, idle: Mutex::new(vec![conn]) });
         self.open.lock().insert(path.to_path_buf(), handle.clone());
         Ok(handle)
     }

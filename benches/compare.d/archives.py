@@ -194,6 +194,13 @@ def measure(argv):
     rounds = int(argv[argv.index("--rounds") + 1]) if "--rounds" in argv else 2
     seconds = int(argv[argv.index("--seconds") + 1]) if "--seconds" in argv else 10
     mb, pm = make_archives(work, pmpy)
+    # tessera copies small bodies of files modified in the last 60 s instead
+    # of sending them by sendfile (they may be being rewritten in place):
+    # data just written would measure that path, not the steady one.
+    newest = max(os.stat(p).st_mtime for p in (mb, pm, os.path.join(work, "urls.txt")))
+    if time.time() - newest < 61:
+        log(f"waiting {61 - (time.time() - newest):.0f} s for the data to be a minute old")
+        time.sleep(61 - (time.time() - newest))
     tmp = subprocess.run(["mktemp", "-d", "/tmp/tessera-archives.XXXXXX"], capture_output=True, text=True).stdout.strip()
     all_tiles = tiles(work)
     urls = {}

@@ -43,7 +43,7 @@ use super::response::{
     bodiless_status, finish_head, http_date_string, push_header, with_http_date, write_date, write_status_and_headers,
 };
 use super::sendfile::{self, SendError};
-use super::{handoff, read_chunk, FileSlice, Part, Parts};
+use super::{handoff, read_chunk, FileSlice, Held, Part, Parts};
 use crate::cache::{DescriptorCache, FileEntry};
 use crate::config::HttpSettings;
 use crate::logging::Access;
@@ -387,6 +387,11 @@ impl Conn {
             self.send_file(&out, slice).await.map(|delivery| (slice.len, delivery))
         } else if let Some(Parts(many)) = parts.extensions.get::<Parts>() {
             self.send_parts(&out, many).await
+        } else if let Some(held) = parts.extensions.get::<Held>() {
+            // The body is these bytes: head and body in one writev, without
+            // first copying the body behind the head (perf: a tenth of the
+            // MBTiles path's user time was that copy).
+            self.write_two(&out, &held.data).await.map(|()| (held.data.len() as u64, "memory"))
         } else {
             self.send_body(&mut out, body, chunked, exact).await.map(|n| (n, "body"))
         };
