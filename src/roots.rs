@@ -226,7 +226,12 @@ impl Root {
     /// cache's key, the same form the watcher reports paths in.
     /// `Cache-Control` for a file: its tileset's setting, else the root's.
     pub fn cache_control_for(&self, rel: &str) -> &str {
-        let tileset = rel.split('/').next().unwrap_or_default();
+        // A tileset's directory, or its archive (`{name}.pmtiles`, `{name}.mbtiles`).
+        let first = rel.split('/').next().unwrap_or_default();
+        let tileset = match rel.contains('/') {
+            false => first.strip_suffix(".pmtiles").or_else(|| first.strip_suffix(".mbtiles")).unwrap_or(first),
+            true => first,
+        };
         match self.spec.kind {
             RootKind::Tiles => self.spec.tilesets.get(tileset).and_then(|t| t.cache_control.as_deref()),
             RootKind::Logs => None,

@@ -203,7 +203,8 @@ fn archives_from_an_independent_writer_serve_every_tile_byte_for_byte() {
 
 /// The archive itself at `/tiles/{name}.pmtiles`, as MapLibre's `pmtiles`
 /// protocol reads it: `application/vnd.pmtiles`, no Content-Encoding, ranges
-/// with a strong ETag that `If-Range` honours.
+/// with a strong ETag that `If-Range` honours; it and its tiles carry the
+/// tileset's configured Cache-Control.
 #[test]
 fn the_raw_archive_downloads_with_ranges() {
     let Some(python) = python() else { return };
@@ -211,9 +212,14 @@ fn the_raw_archive_downloads_with_ranges() {
     let archive = fx.tiles().join("world.pmtiles");
     make(&python, &[p("dir"), &repo().join("tiles/world"), &archive]);
     let bytes = std::fs::read(&archive).expect("archive");
-    let server = fx.start_ready();
+    let config = fx.root().join("tessera.toml");
+    std::fs::write(&config, "[tilesets.world]\ncache_control = \"public, max-age=7\"\n").expect("config");
+    let server = fx.start_ready_with(&fx.state(), &["--config", config.to_str().expect("utf-8")]);
 
+    // The tileset's Cache-Control, on its tiles and on its archive.
+    assert_eq!(server.get("/tiles/world/0/0/0.png").header("cache-control"), Some("public, max-age=7"));
     let whole = server.get("/tiles/world.pmtiles");
+    assert_eq!(whole.header("cache-control"), Some("public, max-age=7"));
     assert_eq!(whole.status, 200);
     assert_eq!(whole.body, bytes);
     assert_eq!(whole.expect_header("content-type"), "application/vnd.pmtiles");

@@ -384,7 +384,8 @@ fn mbtiles_answer(
     }
     h.insert(header::ETAG, etag);
     h.insert(header::LAST_MODIFIED, entry.last_modified.clone());
-    h.insert(header::CACHE_CONTROL, cache_control(app, t));
+    // The tileset's, prepared once per descriptor (`Root::cache_control_for`).
+    h.insert(header::CACHE_CONTROL, entry.cache_control.clone());
     if gzipped {
         h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
     }
@@ -430,7 +431,7 @@ async fn pmtiles_tile(
         };
         let Some(section) = located.tile else { return missing(app, Some(t), spec, tile) };
         let coding = located.header.tile_compression.content_encoding();
-        match archive_tile(app, method, headers, t, &entry, section, coding) {
+        match archive_tile(method, headers, t, &entry, section, coding) {
             Some(mut response) => {
                 response.extensions_mut().insert(ReplayWhile { epoch: app.generation_counter(), at: generation });
                 return response;
@@ -447,9 +448,7 @@ async fn pmtiles_tile(
 /// and length: strong, since one place in one archive version is one
 /// content, and the same on every node that serves a copy of the archive.
 /// `None`: the archive changed while the tile was read; open it again.
-#[allow(clippy::too_many_arguments)]
 fn archive_tile(
-    app: &AppState,
     method: &Method,
     headers: &HeaderMap,
     t: &Tileset,
@@ -486,7 +485,7 @@ fn archive_tile(
                     data,
                     content_type: HeaderValue::from_static(t.format.content_type()),
                     modified: entry.validators.modified(),
-                    cache_control: cache_control(app, t),
+                    cache_control: entry.cache_control.clone(),
                 };
                 let response = identity(files::respond_bytes(method, headers, rep));
                 if response.status() == StatusCode::OK && method == Method::GET {
@@ -519,7 +518,8 @@ fn archive_tile(
     }
     h.insert(header::ETAG, etag);
     h.insert(header::LAST_MODIFIED, entry.last_modified.clone());
-    h.insert(header::CACHE_CONTROL, cache_control(app, t));
+    // The tileset's, prepared once per descriptor (`Root::cache_control_for`).
+    h.insert(header::CACHE_CONTROL, entry.cache_control.clone());
     if vary {
         h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
     }
