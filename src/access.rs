@@ -157,8 +157,9 @@ fn own_device(caller: &Caller, target: &Target) -> bool {
 
 /// A request path as the rules read it, parsed once per request: its
 /// segments, each percent-decoded, empty ones dropped. A tileset's
-/// TileJSON, `/tiles/{name}.json`, is `/tiles/{name}` for the rules: it
-/// describes the tileset and is closed with it.
+/// TileJSON, `/tiles/{name}.json`, and a PMTiles tileset's archive,
+/// `/tiles/{name}.pmtiles`, are `/tiles/{name}` for the rules: they describe
+/// or hold the tileset and are closed with it.
 pub struct Target(Vec<String>);
 
 impl Target {
@@ -170,7 +171,7 @@ impl Target {
             .collect();
         if let [tiles, name] = segments.as_mut_slice() {
             if tiles == "tiles" {
-                if let Some(stem) = name.strip_suffix(".json") {
+                if let Some(stem) = name.strip_suffix(".json").or_else(|| name.strip_suffix(".pmtiles")) {
                     *name = stem.to_string();
                 }
             }

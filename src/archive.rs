@@ -24,6 +24,12 @@ use crate::validators::Validators;
 /// few thousand more: this keeps the roots and thousands of leaves.
 pub const DIRECTORY_BUDGET: usize = 64 << 20;
 
+/// What a cached directory costs: its entries, and the key, `Arc` and LRU
+/// node around them.
+fn cost(entries: &[Entry]) -> usize {
+    std::mem::size_of_val(entries) + 128
+}
+
 /// Headers kept (one per archive version in use).
 const HEADERS_MAX: usize = 256;
 
@@ -61,17 +67,34 @@ impl Archives {
         }
     }
 
+    /// Whether this archive version's header is cached: then a lookup
+    /// reads directories that are cached or in the page cache, and may run
+    /// on an async worker thread.
+    pub fn quick(&self, v: Validators) -> bool {
+        self.headers.lock().contains_key(&v)
+    }
+
     /// Finds tile `z/x/y` (XYZ rows) in the archive open as `file`, whose
     /// validators are `v`. Reads only what the caches lack: the header and
-    /// at most [`pmtiles::MAX_DEPTH`] directories. Blocking on a miss.
-    pub fn locate(&self, file: &std::fs::File, v: Validators, z: u32, x: u32, y: u32) -> Result<Located, Error> {
-        let header = self.header(file, v)?;
+    /// at most [`pmtiles::MAX_DEPTH`] directories. Blocking on a miss. With
+    /// `cache` false (an archive modified lately, whose validators may not
+    /// yet tell its versions apart) nothing read is kept.
+    pub fn locate(
+        &self,
+        file: &std::fs::File,
+        v: Validators,
+        cache: bool,
+        z: u32,
+        x: u32,
+        y: u32,
+    ) -> Result<Located, Error> {
+        let header = self.header(file, v, cache)?;
         let Some(id) = u8::try_from(z).ok().and_then(|z| pmtiles::tile_id(z, x.into(), y.into())) else {
             return Ok(Located { header, tile: None });
         };
         let mut section = header.root;
         for _ in 0..pmtiles::MAX_DEPTH {
-            let entries = self.directory(file, v, &header, section)?;
+            let entries = self.directory(file, v, &header, section, cache)?;
             let Some(e) = pmtiles::find(&entries, id) else { return Ok(Located { header, tile: None }) };
             if !e.is_leaf() {
                 let tile = header.tile(&e)?;
@@ -82,11 +105,14 @@ impl Archives {
         Err(pmtiles::Malformed(format!("leaf directories nested deeper than {}", pmtiles::MAX_DEPTH)).into())
     }
 
-    fn header(&self, file: &std::fs::File, v: Validators) -> Result<Arc<Header>, Error> {
+    fn header(&self, file: &std::fs::File, v: Validators, cache: bool) -> Result<Arc<Header>, Error> {
         if let Some(header) = self.headers.lock().get(&v) {
             return Ok(header.clone());
         }
         let header = Arc::new(pmtiles::read_header(file, v.len)?);
+        if !cache {
+            return Ok(header);
+        }
         let mut headers = self.headers.lock();
         if headers.len() >= HEADERS_MAX {
             headers.clear();
@@ -101,6 +127,7 @@ impl Archives {
         v: Validators,
         header: &Header,
         section: Section,
+        cache: bool,
     ) -> Result<Arc<[Entry]>, Error> {
         let key = (v, section.offset);
         if let Some(entries) = self.directories.lock().lru.get(&key) {
@@ -109,14 +136,19 @@ impl Archives {
         // Read outside the lock: two requests missing the same directory
         // both read it, which is cheaper than making every hit wait.
         let entries: Arc<[Entry]> = pmtiles::read_directory(file, header, section)?.into();
+        let size = cost(&entries);
         let mut dirs = self.directories.lock();
-        let size = std::mem::size_of_val(&*entries);
-        if dirs.lru.put(key, entries.clone()).is_none() {
-            dirs.bytes += size;
+        // One directory larger than an eighth of the budget is used, not kept.
+        if !cache || size > dirs.budget / 8 {
+            return Ok(entries);
         }
+        if let Some(old) = dirs.lru.put(key, entries.clone()) {
+            dirs.bytes -= cost(&old);
+        }
+        dirs.bytes += size;
         while dirs.bytes > dirs.budget && dirs.lru.len() > 1 {
             match dirs.lru.pop_lru() {
-                Some((_, gone)) => dirs.bytes -= std::mem::size_of_val(&*gone),
+                Some((_, gone)) => dirs.bytes -= cost(&gone),
                 None => break,
             }
         }

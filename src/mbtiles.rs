@@ -6,7 +6,8 @@
 //! cache (its path checked inside the root, its freshness checked as any
 //! file's) and reads tiles through [`MbtilesFiles`], which keeps a few
 //! connections per file version and starts afresh the moment the file's
-//! validators change, so a replaced `.mbtiles` is served new at once.
+//! validators change, so a replaced `.mbtiles` is served new within the
+//! descriptor cache's bound, as any file is.
 
 use std::collections::HashMap;
 use std::io;
@@ -49,22 +50,19 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
 }
 
 /// A read connection for serving tiles: `immutable` (no locks, no check of
-/// the file's change counter: a third of the MBTiles path's CPU went to
-/// those, perf) unless the database is in WAL mode, whose commits only
-/// `-wal` shows; and memory-mapped, so that pages come from the page cache
-/// without a `pread` each. Safe because the handle is per file version:
-/// the caller checks the file's validators after each query, and a changed
-/// file gets new connections.
+/// the file's change counter, no look for a hot journal: most of the
+/// MBTiles path's SQLite time went to those, perf and strace) unless the
+/// database is in WAL mode, whose commits only `-wal` shows. Safe because
+/// the handle is per file version and the caller checks the file's
+/// validators after each query. Not memory-mapped: a mapped file truncated
+/// under a query (`cp` over it) would end the process with SIGBUS, where a
+/// short `pread` is an error and a retry.
 fn serving(path: &Path, wal: bool) -> rusqlite::Result<Connection> {
-    let conn = if wal {
-        open(path)?
-    } else {
-        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
-        Connection::open_with_flags(format!("file:{}?mode=ro&immutable=1", percent_encode_path(path)), flags)?
-    };
-    // SQLite clamps this to its build's limit (2 GiB by default).
-    conn.pragma_update(None, "mmap_size", 1i64 << 40)?;
-    Ok(conn)
+    if wal {
+        return open(path);
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+    Connection::open_with_flags(format!("file:{}?mode=ro&immutable=1", percent_encode_path(path)), flags)
 }
 
 /// A path as the path part of an SQLite `file:` URI.
@@ -158,9 +156,19 @@ impl MbtilesFiles {
         Ok(data.map(|data| Blob { data: Bytes::from(data), wal: handle.wal }))
     }
 
-    /// The handle for the file as it is now: a changed file (new inode,
-    /// size or mtime) gets fresh connections, so no connection keeps
-    /// reading a replaced file.
+    /// Whether a query of this file version may run on an async worker
+    /// thread: its handle exists and takes no lock. The first query (which
+    /// asks the journal mode on a locking connection) and every query of a
+    /// WAL-mode file may wait on a writer for the busy timeout.
+    pub fn quick(&self, path: &Path, validators: Validators) -> bool {
+        self.open.lock().get(path).is_some_and(|h| h.validators == validators && !h.wal)
+    }
+
+    /// The handle for the file version `validators` names: a changed file
+    /// (new inode, size or mtime) gets fresh connections, so no connection
+    /// keeps reading a replaced file. SQLite opens by name, so the name
+    /// must still lead to that version once the connection is open (a file
+    /// renamed over it, or a link swapped in, would be another).
     fn handle(&self, path: &Path, validators: Validators) -> io::Result<Arc<Handle>> {
         if let Some(handle) = self.open.lock().get(path).filter(|h| h.validators == validators) {
             return Ok(handle.clone());
@@ -170,6 +178,9 @@ impl MbtilesFiles {
             .map_err(io::Error::other)?;
         let wal = mode.eq_ignore_ascii_case("wal");
         let conn = serving(path, wal).map_err(io::Error::other)?;
+        if Validators::of(&std::fs::metadata(path)?) != validators {
+            return Err(io::Error::other("the MBTiles file changed while it was opened; retry"));
+        }
         let handle = Arc::new(Handle { validators, wal, idle: Mutex::new(vec![conn]) });
         self.open.lock().insert(path.to_path_buf(), handle.clone());
         Ok(handle)

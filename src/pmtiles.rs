@@ -382,10 +382,11 @@ pub struct Summary {
 
 /// Reads and checks an archive's header, metadata and every directory: an
 /// entry that points outside its section, a directory that does not decode,
-/// or metadata that is not a JSON object refuses the whole archive, so that
-/// a request never meets what indexing did not check. Each leaf directory is
-/// read once however many entries point to it, so a crafted archive cannot
-/// make the walk explode.
+/// or metadata that is not a JSON object refuses the whole archive, which is
+/// then not served at all (requests check what they read again, since the
+/// file may have changed since). Each leaf directory (by offset) is read
+/// once however many entries point to it, so a crafted archive cannot make
+/// the walk explode.
 pub fn summarise(file: &File, file_len: u64) -> Result<Summary, Error> {
     let header = read_header(file, file_len)?;
     let metadata = read_metadata(file, &header)?;

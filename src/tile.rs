@@ -137,7 +137,6 @@ impl Tile {
     }
 }
 
-/// Row `y` of zoom `z` counted from the other edge (XYZ <-> TMS).
 /// The XYZ tiles of zoom `z` that cover `bounds` (west, south, east, north
 /// in degrees): `[z, x0, x1, y0, y1]`, clamped to the level and to Web
 /// Mercator's latitudes.
@@ -154,6 +153,7 @@ pub fn extent(z: u32, bounds: [f64; 4]) -> [u32; 5] {
     [z, x(w), x(e), y(north), y(s)]
 }
 
+/// Row `y` of zoom `z` counted from the other edge (XYZ <-> TMS).
 pub fn flip_row(z: u32, y: u32) -> u32 {
     ((1u64 << z) - 1 - u64::from(y)) as u32
 }

@@ -662,8 +662,15 @@ fn a_root_with_its_own_access_is_closed_on_top_of_the_path_rules() {
     assert_eq!(names(server.get("/tiles")), ["osm", "shadow"]);
     assert_eq!(names(server.get_with_token("/tiles", "reader-secret")), ["cables", "osm", "shadow"]);
 
-    // A path rule closes a tileset's TileJSON with its tiles, however spelled.
-    for target in ["/tiles/secret/0/0/0.png", "/tiles/secret.json", "/tiles/secret%2Ejson", "/tiles/s%65cret.json"] {
+    // A path rule closes a tileset's TileJSON and archive with its tiles, however spelled.
+    for target in [
+        "/tiles/secret/0/0/0.png",
+        "/tiles/secret.json",
+        "/tiles/secret%2Ejson",
+        "/tiles/s%65cret.json",
+        "/tiles/secret.pmtiles",
+        "/tiles/secret%2Epmtiles",
+    ] {
         assert_eq!(server.get(target).status, 401, "{target}");
     }
     assert_eq!(server.get_with_token("/tiles/secret.json", "ops-secret").status, 200);

@@ -145,9 +145,6 @@ impl App {
         }
     }
 
-    /// The catalog's tilesets (first root wins a name), read again only
-    /// when the catalog worker has moved on since the last read: the tile
-    /// path asks for them on every request it does not find a file for.
     /// The catalog worker's generation of tiles roots now.
     fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
@@ -159,6 +156,10 @@ impl App {
         self.generation.clone()
     }
 
+    /// The catalog's tilesets (first root wins a name), read again only
+    /// when the worker's generation of tiles roots has moved since the last
+    /// read: the tile path asks for them on every request it does not
+    /// replay.
     async fn tileset_list(self: &Arc<Self>) -> Result<Arc<Vec<Tileset>>, Response> {
         let generation = self.generation.load(Ordering::Acquire);
         if let Some((at, list)) = self.snapshot.lock().as_ref() {

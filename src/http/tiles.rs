@@ -211,7 +211,7 @@ const MAX_DECODED: u64 = 32 << 20;
 
 fn gunzip(data: &[u8]) -> std::io::Result<Bytes> {
     use std::io::Read;
-    let mut out = Vec::with_capacity(data.len() * 3);
+    let mut out = Vec::with_capacity((data.len() * 3).min(MAX_DECODED as usize));
     flate2::read::MultiGzDecoder::new(data).take(MAX_DECODED + 1).read_to_end(&mut out)?;
     if out.len() as u64 > MAX_DECODED {
         return Err(std::io::Error::other("decompressed tile larger than 32 MiB"));
@@ -277,7 +277,8 @@ async fn mbtiles_tile(
     };
     let (z, x, row) = (tile.z, tile.x, tile.flipped().y);
     let read = move |app: &App, entry: &FileEntry| app.mbtiles.tile(&entry.path, entry.validators, z, x, row);
-    match read_source(app, root, format!("{}.mbtiles", t.name), read).await {
+    let quick = |app: &App, entry: &FileEntry| app.mbtiles.quick(&entry.path, entry.validators);
+    match read_source(app, root, format!("{}.mbtiles", t.name), quick, read).await {
         Ok(Some((entry, Some(blob)))) => mbtiles_answer(app, method, headers, t, tile, &entry, blob, generation),
         Ok(_) => missing(app, Some(t), spec, tile),
         Err(response) => response,
@@ -285,15 +286,17 @@ async fn mbtiles_tile(
 }
 
 /// Opens a tileset's own file (`rel`: an MBTiles file or a PMTiles archive)
-/// through the descriptor cache and runs `read` on it: inline on local
-/// storage (a query or a directory lookup from the page cache takes
-/// microseconds), on the blocking pool on shared storage. The file must be
-/// unchanged after the read, or the answer could mix versions: then it is
-/// opened again, once. `Ok(None)`: no such file.
+/// through the descriptor cache and runs `read` on it: inline when the file
+/// is local and `quick` says the read cannot wait on anything but the page
+/// cache (an immutable SQLite query, a cached directory: microseconds), on
+/// the blocking pool otherwise. The file must be unchanged after the read,
+/// or the answer could mix versions: then it is opened again, once.
+/// `Ok(None)`: no such file.
 async fn read_source<T, E>(
     app: &AppState,
     root: &Root,
     rel: String,
+    quick: impl Fn(&App, &FileEntry) -> bool,
     read: impl Fn(&App, &FileEntry) -> Result<T, E> + Send + Clone + 'static,
 ) -> Result<Option<(Arc<FileEntry>, T)>, Response>
 where
@@ -305,7 +308,7 @@ where
             Some(entry) => entry,
             None => return Ok(None),
         };
-        let result = if entry.local {
+        let result = if entry.local && quick(app, &entry) {
             Some(read(app, &entry))
         } else {
             let (app2, entry2, read) = (app.clone(), entry.clone(), read.clone());
@@ -352,21 +355,28 @@ fn mbtiles_answer(
     } else {
         blob.data.clone()
     };
-    let etag = if blob.wal {
+    // The validators name the content only outside WAL mode, and only for
+    // a file left alone for a while (a write in place within the same mtime
+    // tick leaves them unchanged).
+    let named = !blob.wal && entry.settled();
+    let etag = if !named {
         files::Representation::content_etag(&data)
     } else {
         let file = entry.etag.to_str().unwrap_or_default().trim_matches('"');
         let form = if decode { ".d" } else { "" };
         HeaderValue::from_str(&format!("\"{file}.{}.{}.{}{form}\"", tile.z, tile.x, tile.y)).expect("ascii")
     };
-    let status = files::precondition(headers, etag.to_str().unwrap_or_default(), entry.validators.modified());
+    // A WAL-mode file's mtime does not move with its commits: it says
+    // nothing of the tile, so no Last-Modified, and no 304 by date.
+    let modified = if blob.wal { std::time::SystemTime::now() } else { entry.validators.modified() };
+    let status = files::precondition(headers, etag.to_str().unwrap_or_default(), modified);
     let len = data.len() as u64;
     let mut response = match status {
         Some(_) => Response::new(axum::body::Body::empty()),
         None if method == Method::HEAD => Response::new(axum::body::Body::empty()),
         None => {
             let mut response = Response::new(axum::body::Body::from(data.clone()));
-            if !blob.wal {
+            if named {
                 let while_ = ReplayWhile { epoch: app.generation_counter(), at: generation };
                 response.extensions_mut().insert(Held { entry: entry.clone(), data, while_ });
             }
@@ -383,7 +393,9 @@ fn mbtiles_answer(
         }
     }
     h.insert(header::ETAG, etag);
-    h.insert(header::LAST_MODIFIED, entry.last_modified.clone());
+    if !blob.wal {
+        h.insert(header::LAST_MODIFIED, entry.last_modified.clone());
+    }
     // The tileset's, prepared once per descriptor (`Root::cache_control_for`).
     h.insert(header::CACHE_CONTROL, entry.cache_control.clone());
     if gzipped {
@@ -421,10 +433,11 @@ async fn pmtiles_tile(
         return error(StatusCode::NOT_FOUND, "no such tileset");
     };
     let (z, x, y) = (tile.z, tile.x, tile.y);
-    let locate = move |app: &App, entry: &FileEntry| app.archives.locate(&entry.file, entry.validators, z, x, y);
+    let locate = move |app: &App, e: &FileEntry| app.archives.locate(&e.file, e.validators, e.settled(), z, x, y);
+    let quick = |app: &App, entry: &FileEntry| app.archives.quick(entry.validators);
     // Twice at most: an archive rewritten while its tile was read is opened again.
     for _ in 0..2 {
-        let (entry, located) = match read_source(app, root, format!("{}.pmtiles", t.name), locate).await {
+        let (entry, located) = match read_source(app, root, format!("{}.pmtiles", t.name), quick, locate).await {
             Ok(Some(found)) => found,
             Ok(None) => return missing(app, Some(t), spec, tile),
             Err(response) => return response,
@@ -433,7 +446,11 @@ async fn pmtiles_tile(
         let coding = located.header.tile_compression.content_encoding();
         match archive_tile(method, headers, t, &entry, section, coding) {
             Some(mut response) => {
-                response.extensions_mut().insert(ReplayWhile { epoch: app.generation_counter(), at: generation });
+                // Not for an archive modified lately: a write in place within
+                // the same mtime tick would leave its validators unchanged.
+                if entry.settled() {
+                    response.extensions_mut().insert(ReplayWhile { epoch: app.generation_counter(), at: generation });
+                }
                 return response;
             }
             None => app.cache.invalidate(&entry.path),
@@ -467,6 +484,9 @@ fn archive_tile(
             );
             response.headers_mut().insert(header::VARY, HeaderValue::from_static("accept-encoding"));
             return Some(response);
+        }
+        if section.length > MAX_DECODED {
+            return Some(error(StatusCode::SERVICE_UNAVAILABLE, "this tile is too large to decompress"));
         }
         let stored = crate::cache::read_exact_at(&entry.file, section.offset, section.length as usize);
         let stored = match stored {
@@ -529,13 +549,19 @@ fn archive_tile(
 /// `/tiles/{tileset}.pmtiles`: the archive itself, as a file (Range,
 /// If-Range, multipart ranges), for clients that read PMTiles directly (the
 /// `pmtiles` protocol of MapLibre reads the header, then directories and
-/// tiles by ranges, and checks that the ETag stays the same). Served from
-/// the root that serves the tileset, whatever the catalog says of it.
+/// tiles by ranges, and checks that the ETag stays the same). Only an
+/// archive the catalog serves as a tileset: one refused at indexing is not
+/// offered whole either.
 async fn archive_download(app: AppState, method: &Method, headers: &HeaderMap, name: &str) -> Response {
     let Some(tileset) = name.strip_suffix(".pmtiles").filter(|n| safe_segment(n)) else {
         return error(StatusCode::NOT_FOUND, "not found");
     };
-    let Some(root) = super::guard::tileset_root(&app.roots, tileset) else {
+    let list = match app.tileset_list().await {
+        Ok(list) => list,
+        Err(response) => return response,
+    };
+    let served = list.iter().find(|t| t.name == tileset && t.source == Source::Pmtiles);
+    let Some(root) = served.and_then(|t| app.root_by_id(t.root)).and_then(|index| app.roots.get(index)) else {
         return error(StatusCode::NOT_FOUND, "no such archive");
     };
     match app.open_in(std::iter::once(root), name.to_string()).await {
