@@ -62,7 +62,13 @@ fn serving(path: &Path, wal: bool) -> rusqlite::Result<Connection> {
         return open(path);
     }
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
-    Connection::open_with_flags(format!("file:{}?mode=ro&immutable=1", percent_encode_path(path)), flags)
+    let conn = Connection::open_with_flags(format!("file:{}?mode=ro&immutable=1", percent_encode_path(path)), flags)?;
+    // 8 MiB of pages per connection (SQLite's default is 2): the index and
+    // the table's inner pages stay, so a tile costs only the `pread`s of its
+    // own pages (strace: about four for a 16 KB tile), 38.9 -> 32.5 us per
+    // request on the benchmark pyramid.
+    conn.pragma_update(None, "cache_size", -8192)?;
+    Ok(conn)
 }
 
 /// A path as the path part of an SQLite `file:` URI.
