@@ -269,11 +269,9 @@ async fn mbtiles_tile(
     tile: &Tile,
     generation: u64,
 ) -> Response {
-    if tile.format != t.format {
-        return error(StatusCode::NOT_FOUND, "this tileset has no tiles of that format");
-    }
-    let Some(root) = app.root_by_id(t.root).and_then(|index| app.roots.get(index)) else {
-        return error(StatusCode::NOT_FOUND, "no such tileset");
+    let root = match source_root(app, t, tile) {
+        Ok(root) => root,
+        Err(why) => return error(StatusCode::NOT_FOUND, why),
     };
     let (z, x, row) = (tile.z, tile.x, tile.flipped().y);
     let read = move |app: &App, entry: &FileEntry| app.mbtiles.tile(&entry.path, entry.validators, z, x, row);
@@ -283,6 +281,15 @@ async fn mbtiles_tile(
         Ok(_) => missing(app, Some(t), spec, tile),
         Err(response) => response,
     }
+}
+
+/// The root whose file (an MBTiles file or a PMTiles archive) serves
+/// tileset `t`, if `tile` is of its format; else why not (a 404).
+fn source_root<'a>(app: &'a App, t: &Tileset, tile: &Tile) -> Result<&'a Root, &'static str> {
+    if tile.format != t.format {
+        return Err("this tileset has no tiles of that format");
+    }
+    app.root_by_id(t.root).and_then(|index| app.roots.get(index)).ok_or("no such tileset")
 }
 
 /// Opens a tileset's own file (`rel`: an MBTiles file or a PMTiles archive)
@@ -426,11 +433,9 @@ async fn pmtiles_tile(
     tile: &Tile,
     generation: u64,
 ) -> Response {
-    if tile.format != t.format {
-        return error(StatusCode::NOT_FOUND, "this tileset has no tiles of that format");
-    }
-    let Some(root) = app.root_by_id(t.root).and_then(|index| app.roots.get(index)) else {
-        return error(StatusCode::NOT_FOUND, "no such tileset");
+    let root = match source_root(app, t, tile) {
+        Ok(root) => root,
+        Err(why) => return error(StatusCode::NOT_FOUND, why),
     };
     let (z, x, y) = (tile.z, tile.x, tile.y);
     let locate = move |app: &App, e: &FileEntry| app.archives.locate(&e.file, e.validators, e.settled(), z, x, y);
