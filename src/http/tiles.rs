@@ -1,5 +1,6 @@
-//! Tiles: `/tiles` (catalog), `/tiles/{tileset}.json` (TileJSON 3.0.0) and
-//! `/tiles/{tileset}/{z}/{x}/{y}.{ext}`.
+//! Tiles: `/tiles` (catalog), `/tiles/{tileset}.json` (TileJSON 3.0.0),
+//! `/tiles/{tileset}/{z}/{x}/{y}.{ext}` (from a directory, a PMTiles archive
+//! or an MBTiles file) and `/tiles/{tileset}.pmtiles` (the archive itself).
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
@@ -253,13 +254,12 @@ pub fn accepts(headers: &HeaderMap, coding: &str) -> bool {
 
 /// A tile from an MBTiles file (rows stored from the bottom), answered from
 /// memory. The file is opened through the descriptor cache like any tile
-/// (its path checked inside the root, its freshness checked); the query runs
-/// inline for a local file (microseconds from the page cache) and on the
-/// blocking pool for shared storage. Unless the database is in WAL mode, its
-/// validators name its content: the ETag is theirs with the tile's address,
-/// and the driver may replay the answer while the file stays fresh and the
-/// catalog's `generation` stands. In WAL mode the ETag is the content's
-/// hash and every request reads the database.
+/// (its path checked inside the root, its freshness checked) and queried by
+/// [`read_source`]. Unless the database is in WAL mode or was modified in
+/// the last 60 s, its validators name its content: the ETag is theirs with
+/// the tile's address, and the driver may replay the answer while the file
+/// stays fresh and the catalog's `generation` stands. Otherwise the ETag is
+/// the content's hash and every request reads the database.
 async fn mbtiles_tile(
     app: &AppState,
     method: &Method,
