@@ -226,6 +226,16 @@ fn mbtiles_updated_in_place_are_served_new_in_either_journal_mode() {
         assert_eq!(client.exchange("GET", "/tiles/wal/0/0/0.png", &[]).expect("tile").body, a);
     }
     assert_eq!(replays(), before, "a WAL database is read on every request");
+    // Its mtime does not move with its commits: no Last-Modified, and the
+    // date conditions are ignored (RFC 9110 13.1.3, 13.1.4).
+    let wal_tile = client.exchange("GET", "/tiles/wal/0/0/0.png", &[]).expect("tile");
+    assert_eq!(wal_tile.header("last-modified"), None);
+    let future = "Fri, 01 Jan 2100 00:00:00 GMT";
+    let past = "Thu, 01 Jan 1970 00:00:01 GMT";
+    let by_date = client.exchange("GET", "/tiles/wal/0/0/0.png", &[("If-Modified-Since", future)]).expect("tile");
+    assert_eq!(by_date.status, 200, "If-Modified-Since ignored");
+    let by_date = client.exchange("GET", "/tiles/wal/0/0/0.png", &[("If-Unmodified-Since", past)]).expect("tile");
+    assert_eq!(by_date.status, 200, "If-Unmodified-Since ignored");
 
     let update = "UPDATE tiles SET tile_data = ?1 WHERE zoom_level = 0";
     rusqlite::Connection::open(fx.tiles().join("plain.mbtiles")).expect("open").execute(update, [&b]).expect("update");

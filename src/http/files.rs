@@ -40,7 +40,7 @@ pub const MAX_PARTS: usize = 16;
 /// Answers a GET or HEAD for an open file.
 pub fn respond(method: &Method, headers: &HeaderMap, entry: Arc<FileEntry>) -> Response {
     let etag = entry.etag.to_str().unwrap_or_default();
-    if let Some(status) = precondition(headers, etag, entry.validators.modified()) {
+    if let Some(status) = precondition(headers, etag, Some(entry.validators.modified())) {
         let mut response = Response::new(Body::empty());
         *response.status_mut() = status;
         let h = response.headers_mut();
@@ -97,13 +97,15 @@ pub fn respond(method: &Method, headers: &HeaderMap, entry: Arc<FileEntry>) -> R
 /// a representation with these validators. The comparisons are the
 /// `headers` crate's (strong for If-Match, weak for If-None-Match, dates to
 /// the second); a field that does not parse is ignored, as RFC 9110 asks.
-pub fn precondition(headers: &HeaderMap, etag: &str, modified: SystemTime) -> Option<StatusCode> {
+/// Without a modification date (`None`), the date conditions are ignored
+/// (RFC 9110 13.1.3, 13.1.4).
+pub fn precondition(headers: &HeaderMap, etag: &str, modified: Option<SystemTime>) -> Option<StatusCode> {
     let etag: ETag = etag.parse().ok()?;
     if let Some(if_match) = headers.typed_get::<IfMatch>() {
         if !if_match.precondition_passes(&etag) {
             return Some(StatusCode::PRECONDITION_FAILED);
         }
-    } else if let Some(since) = headers.typed_get::<IfUnmodifiedSince>() {
+    } else if let (Some(since), Some(modified)) = (headers.typed_get::<IfUnmodifiedSince>(), modified) {
         if !since.precondition_passes(modified) {
             return Some(StatusCode::PRECONDITION_FAILED);
         }
@@ -112,7 +114,7 @@ pub fn precondition(headers: &HeaderMap, etag: &str, modified: SystemTime) -> Op
         if !if_none_match.precondition_passes(&etag) {
             return Some(StatusCode::NOT_MODIFIED);
         }
-    } else if let Some(since) = headers.typed_get::<IfModifiedSince>() {
+    } else if let (Some(since), Some(modified)) = (headers.typed_get::<IfModifiedSince>(), modified) {
         if !since.is_modified(modified) {
             return Some(StatusCode::NOT_MODIFIED);
         }
@@ -136,7 +138,9 @@ pub struct Representation {
     pub data: bytes::Bytes,
     pub content_type: HeaderValue,
     pub etag: HeaderValue,
-    pub modified: SystemTime,
+    /// None when no date says when the content changed (it is then left
+    /// out, and so are the date preconditions).
+    pub modified: Option<SystemTime>,
     pub cache_control: HeaderValue,
 }
 
@@ -167,7 +171,7 @@ pub fn respond_bytes(method: &Method, headers: &HeaderMap, rep: Representation) 
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
     h.insert(header::ETAG, rep.etag);
-    if let Ok(value) = HeaderValue::from_str(&httpdate::fmt_http_date(rep.modified)) {
+    if let Some(Ok(value)) = rep.modified.map(|m| HeaderValue::from_str(&httpdate::fmt_http_date(m))) {
         h.insert(header::LAST_MODIFIED, value);
     }
     h.insert(header::CACHE_CONTROL, rep.cache_control);
@@ -322,7 +326,7 @@ mod tests {
         let ask = |name: header::HeaderName, value: &str| {
             let mut headers = HeaderMap::new();
             headers.insert(name, HeaderValue::from_str(value).unwrap());
-            precondition(&headers, "\"b\"", now)
+            precondition(&headers, "\"b\"", Some(now))
         };
         assert_eq!(ask(header::IF_MATCH, "\"a\", \"b\""), None, "strong match in a list");
         assert_eq!(ask(header::IF_MATCH, "W/\"b\""), Some(StatusCode::PRECONDITION_FAILED), "If-Match is strong");

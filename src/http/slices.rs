@@ -541,7 +541,7 @@ fn answer(method: &Method, headers: &HeaderMap, sliced: &[Sliced]) -> Response {
         }
         h
     };
-    if let Some(status) = files::precondition(headers, etag_str, modified) {
+    if let Some(status) = files::precondition(headers, etag_str, Some(modified)) {
         let mut response = Response::new(Body::empty());
         *response.status_mut() = status;
         *response.headers_mut() = common(&HeaderMap::new());

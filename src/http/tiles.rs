@@ -182,7 +182,7 @@ fn file_tile(method: &Method, headers: &HeaderMap, entry: &Arc<FileEntry>, vecto
         etag: files::Representation::content_etag(&data),
         data,
         content_type: entry.content_type.clone(),
-        modified: entry.validators.modified(),
+        modified: Some(entry.validators.modified()),
         cache_control: entry.cache_control.clone(),
     };
     match decoded {
@@ -374,42 +374,32 @@ fn mbtiles_answer(
         HeaderValue::from_str(&format!("\"{file}.{}.{}.{}{form}\"", tile.z, tile.x, tile.y)).expect("ascii")
     };
     // A WAL-mode file's mtime does not move with its commits: it says
-    // nothing of the tile, so no Last-Modified, and no 304 by date.
-    let modified = if blob.wal { std::time::SystemTime::now() } else { entry.validators.modified() };
-    let status = files::precondition(headers, etag.to_str().unwrap_or_default(), modified);
-    let len = data.len() as u64;
-    let mut response = match status {
-        Some(_) => Response::new(axum::body::Body::empty()),
-        None if method == Method::HEAD => Response::new(axum::body::Body::empty()),
-        None => {
-            let mut response = Response::new(axum::body::Body::from(data.clone()));
-            if named {
-                let while_ = ReplayWhile { epoch: app.generation_counter(), at: generation };
-                response.extensions_mut().insert(Held { entry: entry.clone(), data, while_ });
-            }
-            response
-        }
+    // nothing of the tile, so no Last-Modified, and no precondition by date.
+    let rep = files::Representation {
+        data: data.clone(),
+        content_type: HeaderValue::from_static(t.format.content_type()),
+        etag,
+        modified: (!blob.wal).then(|| entry.validators.modified()),
+        // The tileset's, prepared once per descriptor (`Root::cache_control_for`).
+        cache_control: entry.cache_control.clone(),
     };
-    *response.status_mut() = status.unwrap_or(StatusCode::OK);
+    let mut response = files::respond_bytes(method, headers, rep);
+    let ok = response.status() == StatusCode::OK;
+    let sent = ok && method == Method::GET;
+    if sent && named {
+        let while_ = ReplayWhile { epoch: app.generation_counter(), at: generation };
+        response.extensions_mut().insert(Held { entry: entry.clone(), data: data.clone(), while_ });
+    }
+    if sent {
+        entry.counters.memory.inc_by(data.len() as u64);
+    }
     let h = response.headers_mut();
-    if status.is_none() {
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(t.format.content_type()));
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-        if gzipped && !decode {
-            h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-        }
+    // Only a body is encoded: a 304 or 412 does not describe one.
+    if gzipped && !decode && ok {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
-    h.insert(header::ETAG, etag);
-    if !blob.wal {
-        h.insert(header::LAST_MODIFIED, entry.last_modified.clone());
-    }
-    // The tileset's, prepared once per descriptor (`Root::cache_control_for`).
-    h.insert(header::CACHE_CONTROL, entry.cache_control.clone());
     if gzipped {
         h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
-    }
-    if status.is_none() && method == Method::GET {
-        entry.counters.memory.inc_by(len);
     }
     response
 }
@@ -509,7 +499,7 @@ fn archive_tile(
                     etag: files::Representation::content_etag(&data),
                     data,
                     content_type: HeaderValue::from_static(t.format.content_type()),
-                    modified: entry.validators.modified(),
+                    modified: Some(entry.validators.modified()),
                     cache_control: entry.cache_control.clone(),
                 };
                 let response = identity(files::respond_bytes(method, headers, rep));
@@ -525,7 +515,8 @@ fn archive_tile(
         });
     }
     let mut response = Response::new(axum::body::Body::empty());
-    let precondition = files::precondition(headers, etag.to_str().unwrap_or_default(), entry.validators.modified());
+    let precondition =
+        files::precondition(headers, etag.to_str().unwrap_or_default(), Some(entry.validators.modified()));
     if let Some(status) = precondition {
         *response.status_mut() = status;
     } else if method != Method::HEAD {
