@@ -18,6 +18,7 @@ pub mod config;
 pub mod delivery;
 pub mod doctor;
 pub mod http;
+pub mod invalidate;
 pub mod logging;
 pub mod logline;
 pub mod mbtiles;

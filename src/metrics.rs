@@ -52,6 +52,11 @@ pub struct Metrics {
     pub tls_reloads: IntCounterVec,
     /// Log slices by time answered, by how (indexed, filtered, decompressed).
     pub log_slices: IntCounterVec,
+    /// Invalidations for the caches in front, by cache and outcome (sent,
+    /// failed: an attempt that will be retried, dropped: given up).
+    pub invalidations: IntCounterVec,
+    /// Invalidations waiting to be sent, over all caches.
+    pub invalidations_pending: IntGauge,
 }
 
 impl Metrics {
@@ -104,6 +109,12 @@ impl Metrics {
             "Requests refused by the access rules, by reason (missing, bad_token, forbidden, throttled)",
             &["reason"],
         );
+        let invalidations = vec(
+            "tessera_invalidations_total",
+            "Invalidations for the caches in front, by cache and outcome (sent, failed, dropped)",
+            &["cache", "outcome"],
+        );
+        let invalidations_pending = gauge("tessera_invalidations_pending", "Invalidations waiting to be sent");
         let tls_handshake_failures =
             vec("tessera_tls_handshake_failures_total", "TLS handshakes that failed, by reason", &["reason"]);
         let tls_reloads = vec(
@@ -118,6 +129,8 @@ impl Metrics {
         );
         Metrics {
             log_slices,
+            invalidations,
+            invalidations_pending,
             auth_refusals,
             tls_handshake_failures,
             tls_reloads,

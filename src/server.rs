@@ -85,6 +85,7 @@ fn catalog_worker(config: &Config, roots: Arc<Vec<Root>>, metrics: Arc<Metrics>)
         tiles_changed: false,
         unfinished: Default::default(),
         index_failures: Default::default(),
+        invalidator: None,
     })
 }
 
@@ -94,7 +95,11 @@ fn catalog_worker(config: &Config, roots: Arc<Vec<Root>>, metrics: Arc<Metrics>)
 pub async fn serve(config: Config, inherited: Option<std::net::TcpListener>) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let roots = Arc::new(open_roots(&config)?);
-    let worker = catalog_worker(&config, roots.clone(), metrics.clone())?;
+    let mut worker = catalog_worker(&config, roots.clone(), metrics.clone())?;
+    worker.invalidator = crate::invalidate::Invalidator::start(&config.caches, metrics.clone())?;
+    for cache in &config.caches {
+        tracing::info!(cache = %cache.url, protocol = ?cache.protocol, "telling a cache in front of every change");
+    }
     let (root_ids, ready, generation) = (worker.root_ids.clone(), worker.ready.clone(), worker.generation.clone());
     let tiles_generation = worker.tiles_generation.clone();
     let location = worker.location.clone();

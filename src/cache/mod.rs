@@ -38,7 +38,7 @@ use entry::{clock_ms, settles_ms, Samples};
 pub use entry::{read_exact_at, shrank, FileEntry, ACKNOWLEDGED_FROM};
 use memory::MemoryBudget;
 
-use crate::config::CacheSettings;
+use crate::config::{CacheSettings, EtagMode};
 use crate::metrics::{DeliveryCounters, Metrics};
 use crate::roots::{DeliveryPath, Root};
 use crate::validators::Validators;
@@ -49,6 +49,11 @@ use crate::validators::Validators;
 const SHARDS: usize = 16;
 /// Most paths remembered as written in place.
 const REWRITTEN_MAX: usize = 1 << 16;
+
+/// Under `etag = "content"`, files up to this size get an ETag hashed from
+/// their bytes when opened (once per version: tiles, metadata, small
+/// archives); larger ones keep their validators' (README says so).
+pub const CONTENT_ETAG_MAX: u64 = 1 << 20;
 
 type Shard = Mutex<ShardInner>;
 
@@ -231,7 +236,13 @@ impl DescriptorCache {
         let path = PathBuf::from(key);
         // Length and validators come from the descriptor that will be sent
         // (DESIGN.md decision 4), not from a separate stat of the path.
-        let validators = Validators::of(&file.metadata()?);
+        let (validators, etag) = match root.spec.etag {
+            EtagMode::Content => content_etag(&file)?,
+            EtagMode::Validators => {
+                let validators = Validators::of(&file.metadata()?);
+                (validators, validators.etag())
+            }
+        };
         // A file known to be written in place is copied, not sent by
         // reference, under 1 MiB: sendfile queues page references, and an
         // overwrite after the last check would change bytes still waiting in
@@ -253,7 +264,7 @@ impl DescriptorCache {
         };
         let header = |s: &str| HeaderValue::from_str(s).map_err(io::Error::other);
         Ok(FileEntry {
-            etag: header(&validators.etag())?,
+            etag: header(&etag)?,
             last_modified: header(&httpdate::fmt_http_date(validators.modified()))?,
             content_type: HeaderValue::from_static(crate::mime::content_type(&path)),
             cache_control: header(root.cache_control_for(rel))?,
@@ -347,6 +358,31 @@ impl DescriptorCache {
         self.metrics.cache_invalidations.inc_by(n as u64);
         self.metrics.cache_open_files.sub(n as i64);
     }
+}
+
+/// A file's validators and an ETag of its content (SHA-256, 128 bits in
+/// base64url), the same on every node holding the same bytes whatever its
+/// mtime. The bytes are read from the descriptor that will be sent, and
+/// read again if its validators moved meanwhile (an in-place write), so
+/// the ETag always names the version the entry serves. Files over
+/// [`CONTENT_ETAG_MAX`] keep their validators' ETag.
+fn content_etag(file: &File) -> io::Result<(Validators, String)> {
+    use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
+    use sha2::{Digest, Sha256};
+    let mut validators = Validators::of(&file.metadata()?);
+    for _ in 0..3 {
+        if validators.len > CONTENT_ETAG_MAX {
+            return Ok((validators, validators.etag()));
+        }
+        let bytes = read_exact_at(file, 0, validators.len as usize)?;
+        let now = Validators::of(&file.metadata()?);
+        if now == validators {
+            let digest = Sha256::digest(&bytes);
+            return Ok((validators, format!("\"c-{}\"", URL_SAFE_NO_PAD.encode(&digest[..16]))));
+        }
+        validators = now;
+    }
+    Err(io::Error::new(io::ErrorKind::WouldBlock, "file keeps changing while its content ETag is taken"))
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ pub use reconcile::{classify, reconcile, tile_range_bounds, Entry, ReconcileStat
 
 /// Bump when the schema changes: an older database is rebuilt, not migrated,
 /// since everything in it can be read again from the disk.
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 const DB_FILE: &str = "tessera.db";
 
 const SCHEMA: &str = "
@@ -85,7 +85,6 @@ CREATE TABLE tilesets (
     tile_count  INTEGER NOT NULL,
     fingerprint INTEGER NOT NULL,
     max_mtime_ns INTEGER NOT NULL,
-    deleted_ns  INTEGER NOT NULL DEFAULT 0,
     metadata    TEXT,
     PRIMARY KEY (root, name)
 );
@@ -101,8 +100,6 @@ CREATE TABLE logs (
     etag     TEXT NOT NULL,
     first_ms INTEGER,
     last_ms  INTEGER,
-    -- When a reconcile last saw the same file (device, inode) longer than before.
-    appended_ns INTEGER NOT NULL DEFAULT 0,
     -- `sha-256=:BASE64:` (RFC 9530) of the file with exactly these validators;
     -- computed in the background, NULL until then and after any change.
     digest   TEXT,
@@ -401,7 +398,9 @@ pub struct Tileset {
     /// Per zoom level: z, first and last column, first and last row, as stored.
     pub levels: Vec<[u32; 5]>,
     pub tile_count: u64,
-    /// The newest file's mtime, or the last deletion, whichever is later.
+    /// The newest file's mtime. (A deletion changes the fingerprint and
+    /// count, not this: the tileset's version is a function of the files
+    /// present, the same on every node that sees them.)
     pub last_change_ns: i64,
     /// Changes whenever any tile of the tileset does (see `refresh_tileset`).
     pub fingerprint: i64,
@@ -459,7 +458,8 @@ pub struct LogRecord {
     /// The first and last timestamp inside the file (Unix milliseconds).
     pub first_ms: Option<i64>,
     pub last_ms: Option<i64>,
-    /// Appended to within the last [`GROWING_WINDOW`].
+    /// Modified within the last [`GROWING_WINDOW`]: judged by its mtime,
+    /// so that every node sharing the log lists it alike.
     pub growing: bool,
     /// `sha-256=:…:` once computed for the file as it is now.
     pub digest: Option<String>,
@@ -481,7 +481,7 @@ pub struct IndexFacts {
     pub complete: bool,
 }
 
-/// A log appended to within this long is listed as growing.
+/// A log modified within this long is listed as growing.
 pub const GROWING_WINDOW: Duration = Duration::from_secs(300);
 
 /// Filter for the log listing: the logs whose time span overlaps [since, until].
@@ -501,7 +501,7 @@ pub struct LogFilter {
 pub fn tilesets(conn: &Connection, root_order: &[i64]) -> rusqlite::Result<Vec<Tileset>> {
     let mut stmt = conn.prepare_cached(
         "SELECT root, name, source, format, scheme, minzoom, maxzoom, levels, tile_count, fingerprint,
-                MAX(max_mtime_ns, deleted_ns), metadata
+                max_mtime_ns, metadata
          FROM tilesets ORDER BY name",
     )?;
     let rows = stmt.query_map([], |r| {
@@ -535,7 +535,7 @@ pub fn tilesets(conn: &Connection, root_order: &[i64]) -> rusqlite::Result<Vec<T
 /// stays put while logs come and go.
 pub fn logs(conn: &Connection, root_order: &[i64], filter: &LogFilter) -> rusqlite::Result<Vec<LogRecord>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT l.root, device, file, l.size, l.mtime_ns, etag, first_ms, last_ms, appended_ns, digest,
+        "SELECT l.root, device, file, l.size, l.mtime_ns, etag, first_ms, last_ms, l.mtime_ns, digest,
                 i.ordered, i.marks, i.indexed_to, i.complete
          FROM logs l LEFT JOIN log_index i ON i.root = l.root AND i.rel = l.rel
          WHERE (?1 IS NULL OR device = ?1)

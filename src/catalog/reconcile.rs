@@ -5,7 +5,7 @@
 //! compares `stat` results with the stored validators and reads again only
 //! what changed, so a restart over an unchanged tree reads no file content.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -28,6 +28,9 @@ pub struct ReconcileStats {
     /// Logs whose time index this reconcile left unfinished (its read
     /// budget ran out): the worker continues them a chunk at a time.
     pub unfinished: Vec<String>,
+    /// Paths (relative to the root) of the entries re-read or deleted: what
+    /// the caches in front are told (`invalidate`).
+    pub changed: Vec<String>,
 }
 
 impl ReconcileStats {
@@ -36,6 +39,7 @@ impl ReconcileStats {
         self.deleted += other.deleted;
         self.unchanged += other.unchanged;
         self.unfinished.extend(other.unfinished.iter().cloned());
+        self.changed.extend(other.changed.iter().cloned());
     }
 
     pub fn changes(&self) -> u64 {
@@ -127,8 +131,8 @@ pub fn reconcile(
     for table in tables(kind) {
         known.extend(known_rows(&tx, table, root_id, prefix)?);
     }
-    // tileset name -> whether a tile of it was deleted
-    let mut touched: BTreeMap<String, bool> = BTreeMap::new();
+    // the tilesets whose files changed
+    let mut touched: BTreeSet<String> = BTreeSet::new();
 
     let start = if prefix.is_empty() { root_path.to_path_buf() } else { root_path.join(prefix) };
     // A path through a symbolic link (an event inside a linked directory
@@ -156,12 +160,13 @@ pub fn reconcile(
                 stats.unchanged += 1;
                 continue;
             }
-            if !upsert(&tx, root_id, rel, &entry, &v, previous, root_path, &mut budget)? {
+            if !upsert(&tx, root_id, rel, &entry, &v, root_path, &mut budget)? {
                 stats.unfinished.push(rel.to_string());
             }
             stats.rereads += 1;
+            stats.changed.push(rel.to_string());
             if let Some(tileset) = entry.tileset() {
-                touched.entry(tileset.to_string()).or_insert(false);
+                touched.insert(tileset.to_string());
             }
         }
     }
@@ -175,12 +180,13 @@ pub fn reconcile(
             super::timeindex::remove(&tx, root_id, rel)?;
         }
         stats.deleted += 1;
+        stats.changed.push(rel.clone());
         if let Some(tileset) = classify(kind, rel).as_ref().and_then(Entry::tileset) {
-            touched.insert(tileset.to_string(), true);
+            touched.insert(tileset.to_string());
         }
     }
-    for (tileset, deleted) in &touched {
-        refresh_tileset(&tx, root_id, tileset, *deleted)?;
+    for tileset in &touched {
+        refresh_tileset(&tx, root_id, tileset)?;
     }
     tx.commit()?;
     Ok(stats)
@@ -229,7 +235,6 @@ fn upsert(
     rel: &str,
     entry: &Entry,
     v: &Validators,
-    previous: Option<Validators>,
     root_path: &Path,
     budget: &mut u64,
 ) -> rusqlite::Result<bool> {
@@ -304,15 +309,12 @@ fn upsert(
         }
         Entry::Log { device, file } => {
             let (first, last, finished) = log_times(conn, root_id, rel, path, v, open, budget)?;
-            // The same file, longer: it is being appended to. (The digest
-            // column is reset: it described the old validators.)
-            let appended = previous.is_some_and(|p| p.dev == v.dev && p.ino == v.ino && v.len > p.len);
-            let appended_ns = if appended { now_ns() } else { 0 };
+            // (The digest column is reset: it described the old validators.)
             conn.prepare_cached(
-                "INSERT OR REPLACE INTO logs (root, rel, device, file, size, mtime_ns, dev, ino, etag, first_ms, last_ms, appended_ns)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                "INSERT OR REPLACE INTO logs (root, rel, device, file, size, mtime_ns, dev, ino, etag, first_ms, last_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?
-            .execute(params![root_id, rel, device, file, size, mtime, dev, ino, v.etag(), first, last, appended_ns])?;
+            .execute(params![root_id, rel, device, file, size, mtime, dev, ino, v.etag(), first, last])?;
             return Ok(finished);
         }
     }
@@ -394,7 +396,7 @@ struct Summary {
 /// it has no tile files, from its PMTiles or MBTiles file. A directory wins
 /// over an archive of the same name, and PMTiles over MBTiles (the one
 /// served by byte ranges of the file).
-fn refresh_tileset(conn: &Connection, root_id: i64, tileset: &str, deleted: bool) -> rusqlite::Result<()> {
+fn refresh_tileset(conn: &Connection, root_id: i64, tileset: &str) -> rusqlite::Result<()> {
     let summary = match directory_summary(conn, root_id, tileset)? {
         Some(summary) => Some(summary),
         None => match archive_summary(conn, root_id, tileset, Source::Pmtiles)? {
@@ -408,15 +410,14 @@ fn refresh_tileset(conn: &Connection, root_id: i64, tileset: &str, deleted: bool
     };
     let minzoom = summary.levels.iter().map(|l| l[0]).min().unwrap_or(0);
     let maxzoom = summary.levels.iter().map(|l| l[0]).max().unwrap_or(0);
-    let deleted_ns = if deleted { now_ns() } else { 0 };
     conn.prepare_cached(
-        "INSERT INTO tilesets (root, name, source, format, scheme, minzoom, maxzoom, levels, tile_count, fingerprint, max_mtime_ns, deleted_ns, metadata)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+        "INSERT INTO tilesets (root, name, source, format, scheme, minzoom, maxzoom, levels, tile_count, fingerprint, max_mtime_ns, metadata)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
          ON CONFLICT (root, name) DO UPDATE SET
             source = excluded.source, format = excluded.format, scheme = excluded.scheme,
             minzoom = excluded.minzoom, maxzoom = excluded.maxzoom, levels = excluded.levels,
             tile_count = excluded.tile_count, fingerprint = excluded.fingerprint,
-            max_mtime_ns = excluded.max_mtime_ns, deleted_ns = MAX(deleted_ns, excluded.deleted_ns),
+            max_mtime_ns = excluded.max_mtime_ns,
             metadata = excluded.metadata",
     )?
     .execute(params![
@@ -431,18 +432,20 @@ fn refresh_tileset(conn: &Connection, root_id: i64, tileset: &str, deleted: bool
         summary.tile_count,
         summary.fingerprint,
         summary.max_mtime_ns,
-        deleted_ns,
         summary.metadata,
     ])?;
     Ok(())
 }
 
 /// A directory tileset from its tile rows and its `metadata.json`, if any.
-/// The fingerprint sums each tile's mtime and inode, so that replacing any
-/// tile changes it even when no mtime moves forward (`cp -p`, `rsync -t`).
+/// The fingerprint sums, per tile, its mtime and length mixed with its
+/// address, so that replacing any tile changes it even when no mtime moves
+/// forward (`cp -p`, `rsync -t`), and two tiles swapping files do too. It
+/// reads only what every node sharing the files sees alike: never an inode
+/// or device number (DESIGN.md decision 5).
 fn directory_summary(conn: &Connection, root_id: i64, tileset: &str) -> rusqlite::Result<Option<Summary>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT z, MIN(x), MAX(x), MIN(y), MAX(y), COUNT(*), MAX(mtime_ns), SUM((mtime_ns + ino) % 4294967291)
+        "SELECT z, MIN(x), MAX(x), MIN(y), MAX(y), COUNT(*), MAX(mtime_ns), SUM((((mtime_ns + size) % 4294967291) * ((x * 65599 + y * 31 + z) % 65521 + 1)) % 4294967291)
          FROM tiles WHERE root = ?1 AND tileset = ?2 GROUP BY z",
     )?;
     let rows: Vec<([u32; 5], i64, i64, i64)> = stmt
@@ -481,8 +484,8 @@ fn directory_summary(conn: &Connection, root_id: i64, tileset: &str) -> rusqlite
 
 /// An MBTiles or PMTiles tileset from the summary stored when its file was
 /// read (none if the file was refused). MBTiles rows count from the bottom
-/// (TMS), PMTiles ones from the top. A PMTiles archive's fingerprint is its
-/// length and mtime, what every node sharing the file sees alike.
+/// (TMS), PMTiles ones from the top. The fingerprint is the file's length
+/// and mtime, what every node sharing the file sees alike.
 fn archive_summary(
     conn: &Connection,
     root_id: i64,
@@ -491,11 +494,11 @@ fn archive_summary(
 ) -> rusqlite::Result<Option<Summary>> {
     let row = conn
         .prepare_cached(
-            "SELECT metadata, format, levels, tile_count, mtime_ns, ino, size FROM sources
+            "SELECT metadata, format, levels, tile_count, mtime_ns, size FROM sources
              WHERE root = ?1 AND rel = ?2 AND levels IS NOT NULL",
         )?
         .query_row(params![root_id, format!("{tileset}.{}", source.as_str())], |r| {
-            let (mtime, ino, size): (i64, i64, i64) = (r.get(4)?, r.get(5)?, r.get(6)?);
+            let (mtime, size): (i64, i64) = (r.get(4)?, r.get(5)?);
             let levels: String = r.get(2)?;
             let format: String = r.get(1)?;
             Ok(Summary {
@@ -505,7 +508,7 @@ fn archive_summary(
                 levels: serde_json::from_str(&levels).unwrap_or_default(),
                 tile_count: r.get(3)?,
                 max_mtime_ns: mtime,
-                fingerprint: mtime.wrapping_add(if source == Source::Mbtiles { ino } else { size }),
+                fingerprint: mtime.wrapping_add(size),
                 metadata: r.get(0)?,
             })
         })

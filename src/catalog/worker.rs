@@ -59,6 +59,8 @@ pub struct Worker {
     pub unfinished: BTreeSet<(usize, String)>,
     /// Failed continuations in a row, per log.
     pub index_failures: std::collections::HashMap<(usize, String), u32>,
+    /// Told of every changed path, for the caches in front (`[[caches]]`).
+    pub invalidator: Option<crate::invalidate::Invalidator>,
 }
 
 /// A time index that fails this many continuations in a row waits for its
@@ -187,6 +189,9 @@ impl Worker {
         self.metrics.catalog_changes.inc_by(stats.changes());
         self.tiles_changed |= root.kind() == crate::config::RootKind::Tiles && stats.changes() > 0;
         self.unfinished.extend(stats.unfinished.iter().map(|rel| (index, rel.clone())));
+        if let Some(invalidator) = &self.invalidator {
+            invalidator.changed(root.kind(), &stats.changed);
+        }
         Ok(stats)
     }
 

@@ -14,8 +14,8 @@ use toml::Spanned;
 
 use super::security::{parse_sha256, valid_name, valid_prefix, AccessRule, ClientAuth, Grant, TlsSettings, TokenSpec};
 use super::{
-    canonical_dir, Config, ConfigError, Delivery, DirSpec, RootKind, RootSpec, Scheme, TilesetSpec, Transport,
-    WatchMode, MAX_HEADERS,
+    canonical_dir, CacheTarget, Config, ConfigError, Delivery, DirSpec, EtagMode, InvalidationProtocol, RootKind,
+    RootSpec, Scheme, TilesetSpec, Transport, WatchMode, MAX_HEADERS,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -36,6 +36,17 @@ pub(super) struct FileConfig {
     tokens: Vec<Spanned<FileToken>>,
     #[serde(default)]
     access: Vec<Spanned<FileAccess>>,
+    #[serde(default)]
+    caches: Vec<Spanned<FileCacheTarget>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCacheTarget {
+    url: Spanned<String>,
+    protocol: Option<InvalidationProtocol>,
+    secret_header: Option<Spanned<String>>,
+    secret_file: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,6 +94,7 @@ struct FileRoot {
     poll_interval_ms: Option<Spanned<u64>>,
     cache_control: Option<Spanned<String>>,
     access: Option<Spanned<Vec<Spanned<String>>>>,
+    etag: Option<EtagMode>,
     #[serde(default)]
     directories: Vec<FileDir>,
 }
@@ -210,6 +222,13 @@ impl Config {
             }
             self.access.push(rule);
         }
+        for cache in &file.caches {
+            let target = file_cache_target(cache, base, lines, credentials)?;
+            if self.caches.iter().any(|c| c.url == target.url) {
+                return Err(lines.error(Some(cache.span()), format!("caches: `{}` is listed twice", target.url)));
+            }
+            self.caches.push(target);
+        }
         Ok(())
     }
 
@@ -324,6 +343,7 @@ fn file_root(kind: RootKind, root: &FileRoot, base: &Path, lines: &Lines<'_>) ->
         }
         spec.cache_control = cc.get_ref().clone();
     }
+    spec.etag = root.etag.unwrap_or_default();
     if let Some(access) = &root.access {
         if access.get_ref().is_empty() {
             return Err(lines.error(Some(access.span()), "access: name at least one grant"));
@@ -352,6 +372,60 @@ fn file_root(kind: RootKind, root: &FileRoot, base: &Path, lines: &Lines<'_>) ->
         spec.dirs.push(DirSpec { rel: rel.clone(), delivery: dir.delivery });
     }
     Ok(spec)
+}
+
+/// A `[[caches]]` table: a plain `http://host:port` (caches sit beside the
+/// nodes; tessera does not speak TLS to them), and a secret header read
+/// from a file (or a systemd credential), never written in the configuration.
+fn file_cache_target(
+    cache: &Spanned<FileCacheTarget>,
+    base: &Path,
+    lines: &Lines<'_>,
+    credentials: &[(String, PathBuf)],
+) -> Result<CacheTarget, ConfigError> {
+    let c = cache.get_ref();
+    let url = c.url.get_ref().trim_end_matches('/');
+    let authority = url.strip_prefix("http://").filter(|a| {
+        !a.is_empty()
+            && !a.contains(['/', '?', '#', '@', ' '])
+            && a.parse::<axum::http::uri::Authority>().is_ok_and(|auth| auth.port_u16().is_some())
+    });
+    let Some(authority) = authority else {
+        return Err(lines.error(
+            Some(c.url.span()),
+            format!("caches.url `{}` must be http://HOST:PORT, like http://127.0.0.1:6081", c.url.get_ref()),
+        ));
+    };
+    let secret = match (&c.secret_header, &c.secret_file) {
+        (None, None) => None,
+        (Some(name), Some(file)) => {
+            if axum::http::HeaderName::from_bytes(name.get_ref().as_bytes()).is_err() {
+                return Err(lines.error(Some(name.span()), "caches.secret_header is not a header name"));
+            }
+            let path = credential_path(file.get_ref(), credentials)
+                .map_err(|m| lines.error(Some(file.span()), format!("caches.secret_file: {m}")))?
+                .unwrap_or_else(|| base.join(file.get_ref()));
+            let value = std::fs::read_to_string(&path)
+                .map_err(|e| lines.error(Some(file.span()), format!("caches.secret_file {}: {e}", path.display())))?;
+            let value = value.trim().to_string();
+            if value.is_empty() || axum::http::HeaderValue::from_str(&value).is_err() {
+                return Err(lines.error(
+                    Some(file.span()),
+                    format!("caches.secret_file {}: empty, or not a header value", path.display()),
+                ));
+            }
+            Some((name.get_ref().clone(), value))
+        }
+        _ => {
+            return Err(lines.error(Some(cache.span()), "caches: secret_header and secret_file go together"));
+        }
+    };
+    Ok(CacheTarget {
+        url: url.to_string(),
+        authority: authority.to_string(),
+        protocol: c.protocol.unwrap_or(InvalidationProtocol::Ban),
+        secret,
+    })
 }
 
 fn file_tls(

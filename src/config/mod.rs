@@ -70,7 +70,7 @@ pub enum WatchMode {
     Off,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum RootKind {
     Tiles,
     Logs,
@@ -115,6 +115,46 @@ pub struct RootSpec {
     /// Who may read this root's files, on top of the path rules (`access`
     /// in its table); `None`: the path rules alone decide.
     pub access: Option<Vec<Grant>>,
+    /// What the files' ETags are made of.
+    pub etag: EtagMode,
+}
+
+/// What a file's ETag is made of (`etag` in a root's table).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EtagMode {
+    /// Modification time and length: free, and the same on every node
+    /// whose copy kept the mtimes (shared storage, `rsync -a`, `cp -p`).
+    #[default]
+    Validators,
+    /// A hash of the content, for copies that did not keep mtimes: taken
+    /// when a file up to [`crate::cache::CONTENT_ETAG_MAX`] is opened (see
+    /// README, "A fleet behind a cache").
+    Content,
+}
+
+/// An HTTP cache in front of tessera that is told what changed (`[[caches]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheTarget {
+    /// `http://host:port`, as configured (for messages and metrics).
+    pub url: String,
+    /// `host:port` to connect to.
+    pub authority: String,
+    pub protocol: InvalidationProtocol,
+    /// A header every invalidation carries (name, value), so that the
+    /// cache can tell tessera's from anyone else's.
+    pub secret: Option<(String, String)>,
+}
+
+/// How a cache is told what changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InvalidationProtocol {
+    /// `BAN /` with `X-Tessera-Ban: <regex over path and query>`: one
+    /// request for many URLs, or for a whole tileset (image/fleet/tessera.vcl).
+    Ban,
+    /// `PURGE <path>`, one request per URL (caches that key on the URL).
+    Purge,
 }
 
 /// How a tileset directory numbers its rows.
@@ -253,6 +293,8 @@ pub struct Config {
     pub access: Vec<AccessRule>,
     /// Where the configuration came from, for messages.
     pub source: Option<PathBuf>,
+    /// Caches in front, told of every change (`[[caches]]`).
+    pub caches: Vec<CacheTarget>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -294,6 +336,7 @@ impl Config {
             tokens: Vec::new(),
             access: Vec::new(),
             source: args.config.clone(),
+            caches: Vec::new(),
         };
         if let Some(path) = &args.config {
             let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -448,6 +491,7 @@ impl RootSpec {
             dirs: Vec::new(),
             tilesets: Arc::default(),
             access: None,
+            etag: EtagMode::Validators,
         }
     }
 }

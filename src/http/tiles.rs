@@ -364,8 +364,10 @@ fn mbtiles_answer(
     };
     // The validators name the content only outside WAL mode, and only for
     // a file left alone for a while (a write in place within the same mtime
-    // tick leaves them unchanged).
-    let named = !blob.wal && entry.settled();
+    // tick leaves them unchanged); under `etag = "content"` the tile's own
+    // bytes do, whatever the file's mtime on this node.
+    let by_content = app.roots[entry.root].spec.etag == crate::config::EtagMode::Content;
+    let named = !blob.wal && entry.settled() && !by_content;
     let etag = if !named {
         files::Representation::content_etag(&data)
     } else {
