@@ -3,8 +3,8 @@
 //! takes `PURGE`) which URLs a change on disk made stale, so that a cache
 //! is as fresh as tessera instead of as old as its TTL.
 //!
-//! The catalog worker hands over the paths each batch changed
-//! ([`Invalidator::changed`], which never blocks); a thread of its own
+//! The catalog worker hands over the paths each reconcile changed
+//! ([`Invalidator::changed`], which never blocks; `server` wires it); a thread of its own
 //! turns them into targets (a tile, a tileset, a log and the listings
 //! that show them), batches them per cache, sends them, and retries with
 //! backoff. Each cache has its own bounded queue: past [`MAX_PENDING`]
@@ -229,18 +229,12 @@ impl Invalidator {
     }
 
     /// Paths (relative to a root of `kind`) that a batch changed or deleted.
-    pub fn changed<'a>(&self, kind: RootKind, rels: impl IntoIterator<Item = &'a String>) {
-        let targets: Vec<Target> = rels.into_iter().flat_map(|rel| Target::of_change(kind, rel)).collect();
+    pub fn changed(&self, kind: RootKind, rels: &[String]) {
+        let targets: Vec<Target> = rels.iter().flat_map(|rel| Target::of_change(kind, rel)).collect();
         if targets.is_empty() {
             return;
         }
         self.shared.incoming.lock().extend(targets);
-        self.shared.wake.notify_one();
-    }
-
-    /// Everything under a root of `kind` may have changed (a rescan).
-    pub fn all(&self, kind: RootKind) {
-        self.shared.incoming.lock().push(Target::All(kind));
         self.shared.wake.notify_one();
     }
 }
@@ -260,18 +254,7 @@ impl Queue {
     }
 
     fn due(&self, now: Instant) -> bool {
-        !self.pending.is_empty() && self.retry_at.is_none_or_due(now)
-    }
-}
-
-/// `Option<Instant>::is_none_or` without needing Rust 1.82.
-trait DueAt {
-    fn is_none_or_due(&self, now: Instant) -> bool;
-}
-
-impl DueAt for Option<Instant> {
-    fn is_none_or_due(&self, now: Instant) -> bool {
-        self.map_or(true, |at| at <= now)
+        !self.pending.is_empty() && self.retry_at.map_or(true, |at| at <= now)
     }
 }
 
@@ -372,7 +355,8 @@ async fn send(q: &mut Queue, targets: &[Target]) -> anyhow::Result<usize> {
 
 async fn request(q: &mut Queue, method: &str, path: &str, ban: Option<&str>) -> anyhow::Result<()> {
     use http_body_util::{BodyExt, Full};
-    if q.connection.as_ref().is_none_or_closed() {
+    // A kept connection the cache closed is replaced.
+    if q.connection.as_ref().map_or(true, |s| s.is_closed()) {
         let stream = tokio::net::TcpStream::connect(&q.cache.authority).await?;
         stream.set_nodelay(true)?;
         let (sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
@@ -403,17 +387,6 @@ async fn request(q: &mut Queue, method: &str, path: &str, ban: Option<&str>) -> 
         Ok(())
     } else {
         anyhow::bail!("{method} {path}: the cache answered {status}")
-    }
-}
-
-/// A kept connection that can no longer carry requests.
-trait Closed {
-    fn is_none_or_closed(&self) -> bool;
-}
-
-impl<B> Closed for Option<&hyper::client::conn::http1::SendRequest<B>> {
-    fn is_none_or_closed(&self) -> bool {
-        self.map_or(true, |s| s.is_closed())
     }
 }
 

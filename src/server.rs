@@ -85,7 +85,7 @@ fn catalog_worker(config: &Config, roots: Arc<Vec<Root>>, metrics: Arc<Metrics>)
         tiles_changed: false,
         unfinished: Default::default(),
         index_failures: Default::default(),
-        invalidator: None,
+        on_change: None,
     })
 }
 
@@ -96,7 +96,9 @@ pub async fn serve(config: Config, inherited: Option<std::net::TcpListener>) -> 
     let metrics = Arc::new(Metrics::new());
     let roots = Arc::new(open_roots(&config)?);
     let mut worker = catalog_worker(&config, roots.clone(), metrics.clone())?;
-    worker.invalidator = crate::invalidate::Invalidator::start(&config.caches, metrics.clone())?;
+    if let Some(invalidator) = crate::invalidate::Invalidator::start(&config.caches, metrics.clone())? {
+        worker.on_change = Some(Box::new(move |kind, rels| invalidator.changed(kind, rels)));
+    }
     for cache in &config.caches {
         tracing::info!(cache = %cache.url, protocol = ?cache.protocol, "telling a cache in front of every change");
     }

@@ -173,3 +173,34 @@ fn check_rejects_bad_tileset_settings_and_public_urls() {
     let (ok, code, stderr) = check(&good);
     assert!(ok, "a good tileset config was refused ({code:?}): {stderr}");
 }
+
+/// `[[caches]]` and `etag`: a URL that is not http://HOST:PORT, a secret
+/// header without its file, an unreadable secret file, and an unknown
+/// protocol or ETag mode are each refused at their line.
+#[test]
+fn check_rejects_bad_cache_settings() {
+    let fx = Fixture::new();
+    let tiles = toml_str(&fx.tiles());
+    let cases: [(&str, usize, &[&str]); 5] = [
+        ("[[caches]]\nurl = \"https://varnish:6081\"\n", 4, &["caches.url", "http://HOST:PORT"]),
+        ("[[caches]]\nurl = \"http://varnish\"\n", 4, &["caches.url"]),
+        ("[[caches]]\nurl = \"http://127.0.0.1:6081\"\nsecret_header = \"X-Key\"\n", 3, &["secret_file"]),
+        (
+            "[[caches]]\nurl = \"http://127.0.0.1:6081\"\nsecret_header = \"X-Key\"\nsecret_file = \"nowhere\"\n",
+            6,
+            &["caches.secret_file", "nowhere"],
+        ),
+        ("[[caches]]\nurl = \"http://127.0.0.1:6081\"\nprotocol = \"xkey\"\n", 5, &["xkey", "ban"]),
+    ];
+    for (i, (table, line, needles)) in cases.iter().enumerate() {
+        let text = format!("[[tiles]]\npath = {tiles}\n{table}");
+        assert_rejected(&write_config(&fx, &format!("caches-{i}.toml"), &text), *line, needles);
+    }
+    let text = format!("[[tiles]]\npath = {tiles}\netag = \"inode\"\n");
+    assert_rejected(&write_config(&fx, "etag.toml", &text), 3, &["inode", "content"]);
+    let good = format!(
+        "[[tiles]]\npath = {tiles}\netag = \"content\"\n[[caches]]\nurl = \"http://127.0.0.1:6081\"\nprotocol = \"purge\"\n"
+    );
+    let (ok, _, stderr) = check(&write_config(&fx, "good.toml", &good));
+    assert!(ok, "{stderr}");
+}

@@ -59,9 +59,14 @@ pub struct Worker {
     pub unfinished: BTreeSet<(usize, String)>,
     /// Failed continuations in a row, per log.
     pub index_failures: std::collections::HashMap<(usize, String), u32>,
-    /// Told of every changed path, for the caches in front (`[[caches]]`).
-    pub invalidator: Option<crate::invalidate::Invalidator>,
+    /// Told the paths each reconcile changed, by root kind: the caches in
+    /// front hear of them through it (`invalidate`, wired by `server`).
+    pub on_change: Option<ChangeListener>,
 }
+
+/// What the worker calls with the paths (relative to a root of the kind)
+/// that a reconcile re-read or deleted. It must not block.
+pub type ChangeListener = Box<dyn Fn(crate::config::RootKind, &[String]) + Send>;
 
 /// A time index that fails this many continuations in a row waits for its
 /// log's next change.
@@ -189,8 +194,8 @@ impl Worker {
         self.metrics.catalog_changes.inc_by(stats.changes());
         self.tiles_changed |= root.kind() == crate::config::RootKind::Tiles && stats.changes() > 0;
         self.unfinished.extend(stats.unfinished.iter().map(|rel| (index, rel.clone())));
-        if let Some(invalidator) = &self.invalidator {
-            invalidator.changed(root.kind(), &stats.changed);
+        if let Some(listener) = self.on_change.as_ref().filter(|_| !stats.changed.is_empty()) {
+            listener(root.kind(), &stats.changed);
         }
         Ok(stats)
     }
