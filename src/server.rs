@@ -59,7 +59,10 @@ fn catalog_worker(config: &Config, roots: Arc<Vec<Root>>, metrics: Arc<Metrics>)
     let register = |conn: &rusqlite::Connection| {
         roots
             .iter()
-            .map(|r| catalog::root_id(conn, &r.kind().to_string(), r.path()))
+            .map(|r| {
+                let by_content = r.spec.etag == crate::config::EtagMode::Content;
+                catalog::root_id(conn, &r.kind().to_string(), r.path(), by_content)
+            })
             .collect::<rusqlite::Result<Vec<i64>>>()
     };
     // A database another process keeps locked past the busy timeout must

@@ -66,6 +66,53 @@ impl Validators {
     }
 }
 
+/// Under `etag = "content"`, files up to this size are tagged by their
+/// bytes (tiles, metadata, small archives); larger ones keep their
+/// validators' ETag (README, docs/FLEET.md).
+pub const CONTENT_ETAG_MAX: u64 = 1 << 20;
+
+/// What one version of a file is known by: its validators, its ETag and
+/// its share of a tileset's version (`stamp`), each from the same bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tag {
+    pub validators: Validators,
+    pub etag: String,
+    /// The mtime, or for a file tagged by content 62 bits of its hash.
+    pub stamp: i64,
+}
+
+impl Tag {
+    /// The tag of an open file: from its validators, or (`by_content`, and
+    /// up to [`CONTENT_ETAG_MAX`]) from a SHA-256 of its bytes, which are
+    /// read again if the validators moved meanwhile (an in-place write), so
+    /// the tag always names the version the descriptor holds.
+    pub fn of(file: &std::fs::File, by_content: bool) -> io::Result<Tag> {
+        use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
+        use sha2::{Digest, Sha256};
+        use std::os::unix::fs::FileExt;
+        let mut v = Validators::of(&file.metadata()?);
+        for _ in 0..3 {
+            if !by_content || v.len > CONTENT_ETAG_MAX {
+                return Ok(Tag { validators: v, etag: v.etag(), stamp: v.mtime_ns as i64 });
+            }
+            let mut bytes = vec![0; v.len as usize];
+            file.read_exact_at(&mut bytes, 0)?;
+            let now = Validators::of(&file.metadata()?);
+            if now == v {
+                let digest = Sha256::digest(&bytes);
+                let head: [u8; 8] = digest[..8].try_into().expect("8 bytes");
+                return Ok(Tag {
+                    validators: v,
+                    etag: format!("\"c-{}\"", URL_SAFE_NO_PAD.encode(&digest[..16])),
+                    stamp: (u64::from_le_bytes(head) >> 2) as i64,
+                });
+            }
+            v = now;
+        }
+        Err(io::Error::new(io::ErrorKind::WouldBlock, "file keeps changing while its content is tagged"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

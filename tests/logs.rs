@@ -71,7 +71,13 @@ fn listings_paginate_with_a_stable_cursor() {
     for key in ["url", "size", "etag", "last_change", "growing"] {
         assert!(!entry[key].is_null(), "{key} missing in {entry}");
     }
-    assert_eq!(entry["growing"], false);
+    // Written just now: growing (modified in the last 5 minutes); one
+    // left alone for an hour is not.
+    assert_eq!(entry["growing"], true);
+    let old = std::fs::File::options().append(true).open(fx.logs().join("d3/b.log")).expect("open");
+    old.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600)).expect("set mtime");
+    let b = |s: &Server| s.get_json("/logs/d3")["logs"][1]["growing"].clone();
+    assert!(poll_until(Duration::from_secs(3), || b(&server) == false), "an hour-old log listed as growing");
     for bad in ["/logs?limit=0", "/logs?limit=5000", "/logs?limit=x", "/logs?cursor=%21%21", "/logs?page=2"] {
         let r = server.get(bad);
         assert_eq!(r.status, 400, "{bad}: {}", r.text());

@@ -41,7 +41,7 @@ use memory::MemoryBudget;
 use crate::config::{CacheSettings, EtagMode};
 use crate::metrics::{DeliveryCounters, Metrics};
 use crate::roots::{DeliveryPath, Root};
-use crate::validators::Validators;
+use crate::validators::Tag;
 
 /// The cache is split in shards by key hash so that the driver's worker
 /// threads rarely wait for each other (one lock showed as `sched_yield`
@@ -49,11 +49,6 @@ use crate::validators::Validators;
 const SHARDS: usize = 16;
 /// Most paths remembered as written in place.
 const REWRITTEN_MAX: usize = 1 << 16;
-
-/// Under `etag = "content"`, files up to this size get an ETag hashed from
-/// their bytes when opened (once per version: tiles, metadata, small
-/// archives); larger ones keep their validators' (README says so).
-pub const CONTENT_ETAG_MAX: u64 = 1 << 20;
 
 type Shard = Mutex<ShardInner>;
 
@@ -236,13 +231,7 @@ impl DescriptorCache {
         let path = PathBuf::from(key);
         // Length and validators come from the descriptor that will be sent
         // (DESIGN.md decision 4), not from a separate stat of the path.
-        let (validators, etag) = match root.spec.etag {
-            EtagMode::Content => content_etag(&file)?,
-            EtagMode::Validators => {
-                let validators = Validators::of(&file.metadata()?);
-                (validators, validators.etag())
-            }
-        };
+        let Tag { validators, etag, .. } = Tag::of(&file, root.spec.etag == EtagMode::Content)?;
         // A file known to be written in place is copied, not sent by
         // reference, under 1 MiB: sendfile queues page references, and an
         // overwrite after the last check would change bytes still waiting in
@@ -360,31 +349,6 @@ impl DescriptorCache {
     }
 }
 
-/// A file's validators and an ETag of its content (SHA-256, 128 bits in
-/// base64url), the same on every node holding the same bytes whatever its
-/// mtime. The bytes are read from the descriptor that will be sent, and
-/// read again if its validators moved meanwhile (an in-place write), so
-/// the ETag always names the version the entry serves. Files over
-/// [`CONTENT_ETAG_MAX`] keep their validators' ETag.
-fn content_etag(file: &File) -> io::Result<(Validators, String)> {
-    use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
-    use sha2::{Digest, Sha256};
-    let mut validators = Validators::of(&file.metadata()?);
-    for _ in 0..3 {
-        if validators.len > CONTENT_ETAG_MAX {
-            return Ok((validators, validators.etag()));
-        }
-        let bytes = read_exact_at(file, 0, validators.len as usize)?;
-        let now = Validators::of(&file.metadata()?);
-        if now == validators {
-            let digest = Sha256::digest(&bytes);
-            return Ok((validators, format!("\"c-{}\"", URL_SAFE_NO_PAD.encode(&digest[..16]))));
-        }
-        validators = now;
-    }
-    Err(io::Error::new(io::ErrorKind::WouldBlock, "file keeps changing while its content ETag is taken"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -396,7 +360,7 @@ mod tests {
     /// A stand-in entry: the tests look only at keys and directory counts.
     fn entry() -> Arc<FileEntry> {
         let file = File::open("/proc/self/exe").unwrap();
-        let validators = Validators::of(&file.metadata().unwrap());
+        let validators = crate::validators::Validators::of(&file.metadata().unwrap());
         let metrics = Metrics::new();
         Arc::new(FileEntry {
             file,

@@ -24,14 +24,16 @@ pub use reconcile::{classify, reconcile, tile_range_bounds, Entry, ReconcileStat
 
 /// Bump when the schema changes: an older database is rebuilt, not migrated,
 /// since everything in it can be read again from the disk.
-const SCHEMA_VERSION: i64 = 7;
+const SCHEMA_VERSION: i64 = 8;
 const DB_FILE: &str = "tessera.db";
 
 const SCHEMA: &str = "
 CREATE TABLE roots (
     id    INTEGER PRIMARY KEY,
     kind  TEXT NOT NULL,
-    path  TEXT NOT NULL UNIQUE
+    path  TEXT NOT NULL UNIQUE,
+    -- What the rows' stamps were taken from: 'mtime' or 'content'.
+    stamps TEXT NOT NULL DEFAULT 'mtime'
 );
 CREATE TABLE tiles (
     root     INTEGER NOT NULL,
@@ -45,7 +47,9 @@ CREATE TABLE tiles (
     mtime_ns INTEGER NOT NULL,
     dev      INTEGER NOT NULL,
     ino      INTEGER NOT NULL,
-    etag     TEXT NOT NULL,
+    -- Its share of the tileset's version: the mtime, or a hash of the
+    -- content under etag = 'content' (validators::Tag).
+    stamp    INTEGER NOT NULL,
     PRIMARY KEY (root, rel)
 ) WITHOUT ROWID;
 CREATE INDEX tiles_by_tileset ON tiles (root, tileset, z, x, y);
@@ -63,7 +67,7 @@ CREATE TABLE sources (
     mtime_ns    INTEGER NOT NULL,
     dev         INTEGER NOT NULL,
     ino         INTEGER NOT NULL,
-    etag        TEXT NOT NULL,
+    stamp       INTEGER NOT NULL,
     metadata    TEXT,
     format      TEXT,
     levels      TEXT,
@@ -341,17 +345,31 @@ fn open_reader(location: &Location) -> anyhow::Result<Connection> {
     Ok(conn)
 }
 
-/// The database id of a root, creating its row if needed.
-pub fn root_id(conn: &Connection, kind: &str, path: &Path) -> rusqlite::Result<i64> {
+/// The database id of a root, creating its row if needed. A tiles root
+/// whose stamps changed kind (`etag` mode) has its rows dropped, so that
+/// the start-up reconcile stamps every file again.
+pub fn root_id(conn: &Connection, kind: &str, path: &Path, by_content: bool) -> rusqlite::Result<i64> {
     let path = path.to_string_lossy();
-    if let Some(id) =
-        conn.query_row("SELECT id FROM roots WHERE path = ?1", [&path], |r| r.get::<_, i64>(0)).optional()?
-    {
+    let stamps = if by_content { "content" } else { "mtime" };
+    let known = conn
+        .query_row("SELECT id, stamps FROM roots WHERE path = ?1", [&path], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })
+        .optional()?;
+    if let Some((id, was)) = known {
         // Written only when it changed: a start over an unchanged database writes nothing.
         conn.execute("UPDATE roots SET kind = ?2 WHERE id = ?1 AND kind <> ?2", params![id, kind])?;
+        if was != stamps {
+            // Stamps of the other kind would make this root's versions
+            // disagree with other nodes': its rows are read again.
+            for table in ["tiles", "sources", "tilesets"] {
+                conn.execute(&format!("DELETE FROM {table} WHERE root = ?1"), [id])?;
+            }
+            conn.execute("UPDATE roots SET stamps = ?2 WHERE id = ?1", params![id, stamps])?;
+        }
         return Ok(id);
     }
-    conn.execute("INSERT INTO roots (kind, path) VALUES (?1, ?2)", params![kind, path])?;
+    conn.execute("INSERT INTO roots (kind, path, stamps) VALUES (?1, ?2, ?3)", params![kind, path, stamps])?;
     Ok(conn.last_insert_rowid())
 }
 
@@ -437,7 +455,9 @@ impl Tileset {
     /// it (`?v=`) so that clients caching tiles for long still see changes.
     pub fn version(&self) -> String {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for v in [self.last_change_ns, self.fingerprint, self.tile_count as i64] {
+        // Not the newest mtime: under `etag = "content"` each node has its
+        // own, and the fingerprint already holds every file's stamp.
+        for v in [self.fingerprint, self.tile_count as i64] {
             for b in v.to_le_bytes() {
                 h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
             }

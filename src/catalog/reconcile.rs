@@ -117,6 +117,7 @@ pub fn reconcile(
     kind: RootKind,
     root_path: &Path,
     prefix: &str,
+    by_content: bool,
 ) -> rusqlite::Result<ReconcileStats> {
     let mut stats = ReconcileStats::default();
     // Log bytes this reconcile may read for the time index (see `timeindex::INLINE_BUDGET`).
@@ -160,7 +161,7 @@ pub fn reconcile(
                 stats.unchanged += 1;
                 continue;
             }
-            if !upsert(&tx, root_id, rel, &entry, &v, root_path, &mut budget)? {
+            if !upsert(&tx, root_id, rel, &entry, &v, root_path, by_content, &mut budget)? {
                 stats.unfinished.push(rel.to_string());
             }
             stats.rereads += 1;
@@ -236,6 +237,7 @@ fn upsert(
     entry: &Entry,
     v: &Validators,
     root_path: &Path,
+    by_content: bool,
     budget: &mut u64,
 ) -> rusqlite::Result<bool> {
     // Content is read through a descriptor opened beneath the root with no
@@ -244,13 +246,22 @@ fn upsert(
     let path = &root_path.join(rel);
     let open = || crate::roots::open_for_index(root_path, rel);
     let (size, mtime, dev, ino) = (v.len as i64, v.mtime_ns as i64, v.dev as i64, v.ino as i64);
+    // A tiles-root file's share of its tileset's version: its mtime, or
+    // under `etag = "content"` its content's, as its ETag is (an unreadable
+    // file keeps its mtime: it is not served either).
+    let stamp = match (by_content, entry) {
+        (true, Entry::Tile { .. } | Entry::Metadata { .. } | Entry::Mbtiles { .. } | Entry::Pmtiles { .. }) => {
+            open().and_then(|file| crate::validators::Tag::of(&file, true)).map_or(mtime, |t| t.stamp)
+        }
+        _ => mtime,
+    };
     match entry {
         Entry::Tile { tileset, z, x, y, ext } => {
             conn.prepare_cached(
-                "INSERT OR REPLACE INTO tiles (root, rel, tileset, z, x, y, ext, size, mtime_ns, dev, ino, etag)
+                "INSERT OR REPLACE INTO tiles (root, rel, tileset, z, x, y, ext, size, mtime_ns, dev, ino, stamp)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?
-            .execute(params![root_id, rel, tileset, z, x, y, ext, size, mtime, dev, ino, v.etag()])?;
+            .execute(params![root_id, rel, tileset, z, x, y, ext, size, mtime, dev, ino, stamp])?;
         }
         Entry::Metadata { tileset } => {
             let metadata = open().and_then(|file| read_metadata_json(file, path)).unwrap_or_else(|e| {
@@ -258,10 +269,10 @@ fn upsert(
                 None
             });
             conn.prepare_cached(
-                "INSERT OR REPLACE INTO sources (root, rel, tileset, kind, size, mtime_ns, dev, ino, etag, metadata)
+                "INSERT OR REPLACE INTO sources (root, rel, tileset, kind, size, mtime_ns, dev, ino, stamp, metadata)
                  VALUES (?1, ?2, ?3, 'metadata', ?4, ?5, ?6, ?7, ?8, ?9)",
             )?
-            .execute(params![root_id, rel, tileset, size, mtime, dev, ino, v.etag(), metadata])?;
+            .execute(params![root_id, rel, tileset, size, mtime, dev, ino, stamp, metadata])?;
         }
         Entry::Mbtiles { tileset } => {
             // SQLite opens by name: check first that the name is a file inside the root.
@@ -285,10 +296,10 @@ fn upsert(
                 None => (None, None, None, None),
             };
             conn.prepare_cached(
-                "INSERT OR REPLACE INTO sources (root, rel, tileset, kind, size, mtime_ns, dev, ino, etag, metadata, format, levels, tile_count)
+                "INSERT OR REPLACE INTO sources (root, rel, tileset, kind, size, mtime_ns, dev, ino, stamp, metadata, format, levels, tile_count)
                  VALUES (?1, ?2, ?3, 'mbtiles', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?
-            .execute(params![root_id, rel, tileset, size, mtime, dev, ino, v.etag(), metadata, format, levels, count])?;
+            .execute(params![root_id, rel, tileset, size, mtime, dev, ino, stamp, metadata, format, levels, count])?;
         }
         Entry::Pmtiles { tileset } => {
             let summary = open().map_err(crate::pmtiles::Error::Io).and_then(|file| pmtiles_summary(&file, v.len));
@@ -302,10 +313,10 @@ fn upsert(
                 }
             };
             conn.prepare_cached(
-                "INSERT OR REPLACE INTO sources (root, rel, tileset, kind, size, mtime_ns, dev, ino, etag, metadata, format, levels, tile_count)
+                "INSERT OR REPLACE INTO sources (root, rel, tileset, kind, size, mtime_ns, dev, ino, stamp, metadata, format, levels, tile_count)
                  VALUES (?1, ?2, ?3, 'pmtiles', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?
-            .execute(params![root_id, rel, tileset, size, mtime, dev, ino, v.etag(), metadata, format, levels, count])?;
+            .execute(params![root_id, rel, tileset, size, mtime, dev, ino, stamp, metadata, format, levels, count])?;
         }
         Entry::Log { device, file } => {
             let (first, last, finished) = log_times(conn, root_id, rel, path, v, open, budget)?;
@@ -438,14 +449,14 @@ fn refresh_tileset(conn: &Connection, root_id: i64, tileset: &str) -> rusqlite::
 }
 
 /// A directory tileset from its tile rows and its `metadata.json`, if any.
-/// The fingerprint sums, per tile, its mtime and length mixed with its
-/// address, so that replacing any tile changes it even when no mtime moves
+/// The fingerprint sums, per tile, its stamp (mtime, or content hash) and
+/// length mixed with its address, so that replacing any tile changes it even when no mtime moves
 /// forward (`cp -p`, `rsync -t`), and two tiles swapping files do too. It
 /// reads only what every node sharing the files sees alike: never an inode
 /// or device number (DESIGN.md decision 5).
 fn directory_summary(conn: &Connection, root_id: i64, tileset: &str) -> rusqlite::Result<Option<Summary>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT z, MIN(x), MAX(x), MIN(y), MAX(y), COUNT(*), MAX(mtime_ns), SUM((((mtime_ns + size) % 4294967291) * ((x * 65599 + y * 31 + z) % 65521 + 1)) % 4294967291)
+        "SELECT z, MIN(x), MAX(x), MIN(y), MAX(y), COUNT(*), MAX(mtime_ns), SUM((((stamp + size) % 4294967291) * ((x * 65599 + y * 31 + z) % 65521 + 1)) % 4294967291)
          FROM tiles WHERE root = ?1 AND tileset = ?2 GROUP BY z",
     )?;
     let rows: Vec<([u32; 5], i64, i64, i64)> = stmt
@@ -461,11 +472,11 @@ fn directory_summary(conn: &Connection, root_id: i64, tileset: &str) -> rusqlite
         params![root_id, tileset],
         |r| r.get(0),
     )?;
-    let meta: Option<(Option<String>, i64)> = conn
-        .prepare_cached("SELECT metadata, mtime_ns FROM sources WHERE root = ?1 AND rel = ?2")?
-        .query_row(params![root_id, format!("{tileset}/metadata.json")], |r| Ok((r.get(0)?, r.get(1)?)))
+    let meta: Option<(Option<String>, i64, i64)> = conn
+        .prepare_cached("SELECT metadata, mtime_ns, stamp FROM sources WHERE root = ?1 AND rel = ?2")?
+        .query_row(params![root_id, format!("{tileset}/metadata.json")], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
-    let (metadata, meta_mtime) = meta.unwrap_or((None, 0));
+    let (metadata, meta_mtime, meta_stamp) = meta.unwrap_or((None, 0, 0));
     let tms = metadata
         .as_deref()
         .and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok())
@@ -477,7 +488,7 @@ fn directory_summary(conn: &Connection, root_id: i64, tileset: &str) -> rusqlite
         levels: rows.iter().map(|r| r.0).collect(),
         tile_count: rows.iter().map(|r| r.1).sum(),
         max_mtime_ns: rows.iter().map(|r| r.2).max().unwrap_or(0).max(meta_mtime),
-        fingerprint: rows.iter().fold(meta_mtime, |acc, r| acc.wrapping_add(r.3)),
+        fingerprint: rows.iter().fold(meta_stamp, |acc, r| acc.wrapping_add(r.3)),
         metadata,
     }))
 }
@@ -485,7 +496,8 @@ fn directory_summary(conn: &Connection, root_id: i64, tileset: &str) -> rusqlite
 /// An MBTiles or PMTiles tileset from the summary stored when its file was
 /// read (none if the file was refused). MBTiles rows count from the bottom
 /// (TMS), PMTiles ones from the top. The fingerprint is the file's length
-/// and mtime, what every node sharing the file sees alike.
+/// and stamp (its mtime, or its content's hash), what every node sharing
+/// the file sees alike.
 fn archive_summary(
     conn: &Connection,
     root_id: i64,
@@ -494,11 +506,11 @@ fn archive_summary(
 ) -> rusqlite::Result<Option<Summary>> {
     let row = conn
         .prepare_cached(
-            "SELECT metadata, format, levels, tile_count, mtime_ns, size FROM sources
+            "SELECT metadata, format, levels, tile_count, mtime_ns, size, stamp FROM sources
              WHERE root = ?1 AND rel = ?2 AND levels IS NOT NULL",
         )?
         .query_row(params![root_id, format!("{tileset}.{}", source.as_str())], |r| {
-            let (mtime, size): (i64, i64) = (r.get(4)?, r.get(5)?);
+            let (mtime, size, stamp): (i64, i64, i64) = (r.get(4)?, r.get(5)?, r.get(6)?);
             let levels: String = r.get(2)?;
             let format: String = r.get(1)?;
             Ok(Summary {
@@ -508,7 +520,7 @@ fn archive_summary(
                 levels: serde_json::from_str(&levels).unwrap_or_default(),
                 tile_count: r.get(3)?,
                 max_mtime_ns: mtime,
-                fingerprint: mtime.wrapping_add(size),
+                fingerprint: stamp.wrapping_add(size),
                 metadata: r.get(0)?,
             })
         })

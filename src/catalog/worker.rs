@@ -190,7 +190,8 @@ impl Worker {
 
     fn reconcile(&mut self, index: usize, rel: &str) -> rusqlite::Result<ReconcileStats> {
         let root = &self.roots[index];
-        let stats = reconcile(&mut self.conn, self.root_ids[index], root.kind(), root.path(), rel)?;
+        let by_content = root.spec.etag == crate::config::EtagMode::Content;
+        let stats = reconcile(&mut self.conn, self.root_ids[index], root.kind(), root.path(), rel, by_content)?;
         self.metrics.catalog_changes.inc_by(stats.changes());
         self.tiles_changed |= root.kind() == crate::config::RootKind::Tiles && stats.changes() > 0;
         self.unfinished.extend(stats.unfinished.iter().map(|rel| (index, rel.clone())));

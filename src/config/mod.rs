@@ -128,7 +128,7 @@ pub enum EtagMode {
     #[default]
     Validators,
     /// A hash of the content, for copies that did not keep mtimes: taken
-    /// when a file up to [`crate::cache::CONTENT_ETAG_MAX`] is opened (see
+    /// when a file up to [`crate::validators::CONTENT_ETAG_MAX`] is opened (see
     /// README, "A fleet behind a cache").
     Content,
 }
