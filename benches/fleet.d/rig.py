@@ -860,8 +860,7 @@ def main():
                             "changing_tiles": len(rig.changing), "poll_interval_ms": a.poll_ms, "bound_s": a.bound,
                             "node_port": rig.node_port}
         if not supported:
-            log(f"this tessera refuses [[caches]] ({' '.join(rig.caches_refusal)}): varnish-invalidate is skipped, "
-                "node-kill runs without invalidation")
+            raise RigError(f"this tessera refuses [[caches]]: {' '.join(rig.caches_refusal)}")
         current = None  # the nodes' config: "plain" or a Varnish URL
 
         def nodes(invalidate_to):
@@ -893,9 +892,6 @@ def main():
                     results["checks"]["nginx"] = [(w, ok, d) for w, ok, d in rig.checks("nginx", "127.0.0.1", port)]
                 rig.stop("nginx")
             elif mode in ("varnish-invalidate", "node-kill"):
-                if mode == "varnish-invalidate" and not supported:
-                    results["modes"].append({"mode": mode, "skipped": "tessera refuses [[caches]]"})
-                    continue
                 # Varnish first (its port goes into the nodes' [[caches]]), then the nodes.
                 vport = free_port()
                 inv = f"http://127.0.0.1:{vport}" if supported else None
