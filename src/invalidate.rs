@@ -37,8 +37,9 @@ const TILESET_FROM: usize = 64;
 const GATHER: Duration = Duration::from_millis(20);
 /// The longest a send may take, connection included.
 const SEND_TIMEOUT: Duration = Duration::from_secs(2);
-/// Alternatives per `BAN` request, so that its header stays small.
-const BAN_ALTERNATIVES: usize = 48;
+/// The longest `X-Tessera-Ban` value: well inside Varnish's default
+/// `http_req_hdr_len` (8 KiB), whatever the names' lengths.
+const BAN_BYTES: usize = 4096;
 
 /// What a change made stale, as URL paths of this server.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -65,6 +66,10 @@ pub enum Target {
 impl Target {
     /// The targets a changed path (relative to a root of `kind`) makes stale.
     pub fn of_change(kind: RootKind, rel: &str) -> Vec<Target> {
+        // "" is the whole root (`ReconcileStats::changed` past its cap).
+        if rel.is_empty() {
+            return vec![Target::All(kind)];
+        }
         let parts: Vec<&str> = rel.split('/').collect();
         match (kind, parts.as_slice()) {
             (RootKind::Tiles, [_, _, _, _]) => match Tile::parse_rel(rel) {
@@ -78,8 +83,10 @@ impl Target {
             (RootKind::Tiles, [tileset, "metadata.json"]) => {
                 vec![Target::Tileset(tileset.to_string()), Target::Tilesets]
             }
+            // An archive, or an MBTiles file's `-wal` (its commits in WAL mode).
             (RootKind::Tiles, [file]) => {
-                match file.strip_suffix(".pmtiles").or_else(|| file.strip_suffix(".mbtiles")) {
+                let name = [".pmtiles", ".mbtiles", ".mbtiles-wal"].iter().find_map(|ext| file.strip_suffix(ext));
+                match name {
                     Some(tileset) if !tileset.is_empty() => {
                         vec![Target::Tileset(tileset.to_string()), Target::Tilesets]
                     }
@@ -163,6 +170,29 @@ fn escape(s: &str) -> String {
 pub fn ban_expression(targets: &[Target]) -> String {
     let alternatives: Vec<String> = targets.iter().map(Target::pattern).collect();
     format!("^(?:{})(\\?|$)", alternatives.join("|"))
+}
+
+/// The targets as `BAN` values of at most about [`BAN_BYTES`] each (one
+/// target goes alone whatever its length: a 255-byte name, encoded, is
+/// under 1 KiB).
+fn ban_expressions(targets: &[Target]) -> Vec<(String, usize)> {
+    let mut out = Vec::new();
+    let mut group: Vec<Target> = Vec::new();
+    let mut bytes = 0;
+    for t in targets {
+        let len = t.pattern().len() + 1;
+        if !group.is_empty() && bytes + len > BAN_BYTES - 16 {
+            out.push((ban_expression(&group), group.len()));
+            group.clear();
+            bytes = 0;
+        }
+        group.push(t.clone());
+        bytes += len;
+    }
+    if !group.is_empty() {
+        out.push((ban_expression(&group), group.len()));
+    }
+    out
 }
 
 /// Replaces many changed tiles of one tileset by the tileset itself, and
@@ -270,46 +300,56 @@ async fn run(shared: Arc<Shared>, mut queues: Vec<Queue>, metrics: Arc<Metrics>)
         tokio::time::sleep(GATHER).await;
         let incoming = std::mem::take(&mut *shared.incoming.lock());
         let now = Instant::now();
-        for q in &mut queues {
-            let label = q.cache.url.clone();
-            q.pending.extend(incoming.iter().cloned());
-            q.pending = collapse(std::mem::take(&mut q.pending));
-            if q.pending.len() > MAX_PENDING {
-                q.pending = overflow(std::mem::take(&mut q.pending));
-                tracing::warn!(cache = %label, "more changes than the queue holds: invalidating whole roots");
-            }
-            if !q.due(now) {
-                continue;
-            }
-            let targets: Vec<Target> = q.pending.iter().cloned().collect();
-            match send(q, &targets).await {
-                Ok(requests) => {
-                    metrics.invalidations.with_label_values(&[&label, "sent"]).inc_by(targets.len() as u64);
-                    if q.failures > 0 {
-                        tracing::info!(cache = %label, "cache reachable again; invalidations sent");
-                    }
-                    tracing::debug!(cache = %label, targets = targets.len(), requests, "invalidations sent");
-                    q.pending.clear();
-                    q.failures = 0;
-                    q.retry_at = None;
+        // The caches are served side by side: one that does not answer
+        // must not hold back the others' invalidations.
+        let rounds = queues.iter_mut().map(|q| q.round(&incoming, now, &metrics));
+        futures_util::future::join_all(rounds).await;
+        metrics.invalidations_pending.set(queues.iter().map(|q| q.pending.len() as i64).sum());
+    }
+}
+
+impl Queue {
+    /// Takes the new targets in, and sends what is waiting if it is due.
+    async fn round(&mut self, incoming: &[Target], now: Instant, metrics: &Metrics) {
+        let label = self.cache.url.clone();
+        self.pending.extend(incoming.iter().cloned());
+        self.pending = collapse(std::mem::take(&mut self.pending));
+        if self.pending.len() > MAX_PENDING {
+            self.pending = overflow(std::mem::take(&mut self.pending));
+            tracing::warn!(cache = %label, "more changes than the queue holds: invalidating whole roots");
+        }
+        if !self.due(now) {
+            return;
+        }
+        let targets: Vec<Target> = self.pending.iter().cloned().collect();
+        match send(self, &targets).await {
+            Ok((requests, refused)) => {
+                let sent = targets.len().saturating_sub(refused) as u64;
+                metrics.invalidations.with_label_values(&[&label, "sent"]).inc_by(sent);
+                metrics.invalidations.with_label_values(&[&label, "dropped"]).inc_by(refused as u64);
+                if self.failures > 0 {
+                    tracing::info!(cache = %label, "cache reachable again; invalidations sent");
                 }
-                Err(e) => {
-                    q.connection = None;
-                    q.failures += 1;
-                    metrics.invalidations.with_label_values(&[&label, "failed"]).inc();
-                    if q.failures == 1 {
-                        tracing::warn!(cache = %label, error = %e, pending = q.pending.len(), "cannot send invalidations; retrying");
-                    }
-                    if q.failures >= MAX_ATTEMPTS {
-                        drop_pending(q, &metrics, &format!("{} attempts failed, the last: {e}", q.failures));
-                    } else {
-                        let backoff = Duration::from_millis(100 << q.failures.min(7)).min(Duration::from_secs(10));
-                        q.retry_at = Some(Instant::now() + backoff);
-                    }
+                tracing::debug!(cache = %label, targets = targets.len(), requests, "invalidations sent");
+                self.pending.clear();
+                self.failures = 0;
+                self.retry_at = None;
+            }
+            Err(e) => {
+                self.connection = None;
+                self.failures += 1;
+                metrics.invalidations.with_label_values(&[&label, "failed"]).inc();
+                if self.failures == 1 {
+                    tracing::warn!(cache = %label, error = %e, pending = self.pending.len(), "cannot send invalidations; retrying");
+                }
+                if self.failures >= MAX_ATTEMPTS {
+                    drop_pending(self, metrics, &format!("{} attempts failed, the last: {e}", self.failures));
+                } else {
+                    let backoff = Duration::from_millis(100 << self.failures.min(7)).min(Duration::from_secs(10));
+                    self.retry_at = Some(Instant::now() + backoff);
                 }
             }
         }
-        metrics.invalidations_pending.set(queues.iter().map(|q| q.pending.len() as i64).sum());
     }
 }
 
@@ -333,27 +373,40 @@ fn drop_pending(q: &mut Queue, metrics: &Metrics, why: &str) {
     q.retry_at = None;
 }
 
-/// Sends every target to one cache; returns how many requests it took.
-async fn send(q: &mut Queue, targets: &[Target]) -> anyhow::Result<usize> {
-    let requests: Vec<(&'static str, String, Option<String>)> = match q.cache.protocol {
-        InvalidationProtocol::Ban => targets
-            .chunks(BAN_ALTERNATIVES)
-            .map(|chunk| ("BAN", "/".to_string(), Some(ban_expression(chunk))))
-            .collect(),
+/// Sends every target to one cache; returns how many requests it took and
+/// how many targets the cache refused. A request the cache refuses (4xx: a
+/// bad expression, a wrong secret) is not sent again: it is said in the
+/// journal, and the rest go on. A transport error or a 5xx fails the whole
+/// round, to be retried.
+async fn send(q: &mut Queue, targets: &[Target]) -> anyhow::Result<(usize, usize)> {
+    // (method, path, X-Tessera-Ban, targets it carries)
+    let requests: Vec<(&'static str, String, Option<String>, usize)> = match q.cache.protocol {
+        InvalidationProtocol::Ban => {
+            ban_expressions(targets).into_iter().map(|(ban, n)| ("BAN", "/".to_string(), Some(ban), n)).collect()
+        }
         InvalidationProtocol::Purge => {
             let paths: BTreeSet<String> = targets.iter().flat_map(Target::paths).collect();
-            paths.into_iter().map(|p| ("PURGE", p, None)).collect()
+            paths.into_iter().map(|p| ("PURGE", p, None, 1)).collect()
         }
     };
-    for (method, path, ban) in &requests {
-        tokio::time::timeout(SEND_TIMEOUT, request(q, method, path, ban.as_deref()))
+    let mut refused = 0;
+    for (method, path, ban, carried) in &requests {
+        let status = tokio::time::timeout(SEND_TIMEOUT, request(q, method, path, ban.as_deref()))
             .await
             .map_err(|_| anyhow::anyhow!("no answer within {SEND_TIMEOUT:?}"))??;
+        // A purge of something the cache does not hold is 404 for some caches.
+        let purged_nothing = *method == "PURGE" && status == axum::http::StatusCode::NOT_FOUND;
+        if status.is_client_error() && !purged_nothing {
+            tracing::warn!(cache = %q.cache.url, method, path, ban, %status, "the cache refused an invalidation; not sent again");
+            refused += carried;
+        } else if !status.is_success() && !purged_nothing {
+            anyhow::bail!("{method} {path}: the cache answered {status}");
+        }
     }
-    Ok(requests.len())
+    Ok((requests.len(), refused))
 }
 
-async fn request(q: &mut Queue, method: &str, path: &str, ban: Option<&str>) -> anyhow::Result<()> {
+async fn request(q: &mut Queue, method: &str, path: &str, ban: Option<&str>) -> anyhow::Result<axum::http::StatusCode> {
     use http_body_util::{BodyExt, Full};
     // A kept connection the cache closed is replaced.
     if q.connection.as_ref().map_or(true, |s| s.is_closed()) {
@@ -382,12 +435,7 @@ async fn request(q: &mut Queue, method: &str, path: &str, ban: Option<&str>) -> 
     let status = response.status();
     // Read the body, so that the connection can carry the next request.
     let _ = response.into_body().collect().await;
-    // A purge of something the cache does not hold is 404 for some caches.
-    if status.is_success() || (method == "PURGE" && status == axum::http::StatusCode::NOT_FOUND) {
-        Ok(())
-    } else {
-        anyhow::bail!("{method} {path}: the cache answered {status}")
-    }
+    Ok(status)
 }
 
 #[cfg(test)]
@@ -423,6 +471,24 @@ mod tests {
         let one = ban_expression(&[tile, Target::Tilesets]);
         assert_eq!(one, "^(?:/tiles/a\\.b/2/1/(0|3)\\.[^/?]+|/tiles/?)(\\?|$)");
         assert_eq!(Target::Tileset("my map".into()).pattern(), "/tiles/my%20map(/[^?]*|\\.json|\\.pmtiles)?");
+    }
+
+    /// Long names make more, shorter `BAN`s, each within the header limit,
+    /// and every target is in one of them.
+    #[test]
+    fn ban_values_stay_within_the_header_limit() {
+        let name = "é".repeat(120);
+        let targets: Vec<Target> = (0..60).map(|i| Target::TileJson(format!("{name}{i}"))).collect();
+        let bans = ban_expressions(&targets);
+        assert!(bans.len() > 1);
+        assert!(
+            bans.iter().all(|(b, _)| b.len() <= BAN_BYTES),
+            "{:?}",
+            bans.iter().map(|b| b.0.len()).collect::<Vec<_>>()
+        );
+        assert_eq!(bans.iter().map(|(_, n)| n).sum::<usize>(), 60);
+        assert_eq!(Target::of_change(RootKind::Tiles, ""), vec![Target::All(RootKind::Tiles)]);
+        assert_eq!(Target::of_change(RootKind::Tiles, "roads.mbtiles-wal")[0], Target::Tileset("roads".into()));
     }
 
     #[test]

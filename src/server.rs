@@ -89,6 +89,7 @@ fn catalog_worker(config: &Config, roots: Arc<Vec<Root>>, metrics: Arc<Metrics>)
         unfinished: Default::default(),
         index_failures: Default::default(),
         on_change: None,
+        changed: Default::default(),
     })
 }
 

@@ -96,7 +96,12 @@ impl Tag {
                 return Ok(Tag { validators: v, etag: v.etag(), stamp: v.mtime_ns as i64 });
             }
             let mut bytes = vec![0; v.len as usize];
-            file.read_exact_at(&mut bytes, 0)?;
+            // Shorter than its length a moment ago: truncated meanwhile,
+            // which the next look at its validators says.
+            match file.read_exact_at(&mut bytes, 0) {
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {}
+                other => other?,
+            }
             let now = Validators::of(&file.metadata()?);
             if now == v {
                 let digest = Sha256::digest(&bytes);

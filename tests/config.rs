@@ -198,6 +198,16 @@ fn check_rejects_bad_cache_settings() {
     }
     let text = format!("[[tiles]]\npath = {tiles}\netag = \"inode\"\n");
     assert_rejected(&write_config(&fx, "etag.toml", &text), 3, &["inode", "content"]);
+    let logs = toml_str(&fx.logs());
+    let text = format!("[[logs]]\npath = {logs}\netag = \"content\"\n");
+    assert_rejected(&write_config(&fx, "etag-logs.toml", &text), 2, &["tiles", "only"]);
+    let text = format!("[[tiles]]\npath = {tiles}\n[[caches]]\nurl = \"http://127.0.0.1:0\"\n");
+    assert_rejected(&write_config(&fx, "port0.toml", &text), 4, &["caches.url"]);
+    std::fs::write(fx.root().join("secret"), "s").unwrap();
+    let text = format!(
+        "[[tiles]]\npath = {tiles}\n[[caches]]\nurl = \"http://127.0.0.1:6081\"\nsecret_header = \"Host\"\nsecret_file = \"secret\"\n"
+    );
+    assert_rejected(&write_config(&fx, "host.toml", &text), 5, &["secret_header"]);
     let good = format!(
         "[[tiles]]\npath = {tiles}\netag = \"content\"\n[[caches]]\nurl = \"http://127.0.0.1:6081\"\nprotocol = \"purge\"\n"
     );

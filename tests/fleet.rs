@@ -325,6 +325,10 @@ fn changes_are_sent_to_the_caches_in_front() {
     let config = format!(
         "{CONFIG}[[caches]]\nurl = \"http://127.0.0.1:{port}\"\nprotocol = \"ban\"\nsecret_header = \"X-Tessera-Secret\"\nsecret_file = \"cache-secret\"\n"
     );
+    // An MBTiles file in WAL mode: its commits change only its `-wal`.
+    let wal = rusqlite::Connection::open(fx.tiles().join("stations.mbtiles")).unwrap();
+    wal.pragma_update(None, "journal_mode", "wal").unwrap();
+    wal.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
     let server = start(&fx, &config);
     // The first reconcile found every file new: the cache was told so.
     assert!(
@@ -335,6 +339,8 @@ fn changes_are_sent_to_the_caches_in_front() {
     );
     received.lock().unwrap().clear();
     failing.store(1, Ordering::SeqCst);
+    let version = |s: &Server| s.get_json("/tiles/world.json")["tiles"][0].as_str().unwrap().to_string();
+    let old_version = version(&server);
     let before_sent = server.metric_with("tessera_invalidations_total", &[("outcome", "sent")]).unwrap_or(0.0);
 
     let dir = fx.tiles().join("world/9/3");
@@ -347,6 +353,9 @@ fn changes_are_sent_to_the_caches_in_front() {
         "no ban for the new tile, or no retry after the 503: {:?}",
         received.lock().unwrap()
     );
+    // A cache told of the change and asking this node at once gets the
+    // new version, not the old one it would keep until its TTL.
+    assert_ne!(version(&server), old_version, "banned before the node serves the new version");
     assert!(banned("/tiles/world/9/3/7.png?v=abc"), "query variants are banned too");
     assert!(banned("/tiles/world.json") && banned("/tiles/world.json?v=1") && banned("/tiles"));
     assert!(!banned("/tiles/world/9/3/8.png") && !banned("/tiles/countries.json") && !banned("/tiles/world2.json"));
@@ -358,6 +367,17 @@ fn changes_are_sent_to_the_caches_in_front() {
     }
     assert!(server.metric_with("tessera_invalidations_total", &[("outcome", "failed")]).unwrap_or(0.0) >= 1.0);
     assert!(server.metric_with("tessera_invalidations_total", &[("outcome", "sent")]).unwrap() > before_sent);
+
+    // A commit to the WAL-mode MBTiles file: its tileset.
+    received.lock().unwrap().clear();
+    wal.execute("INSERT INTO tiles VALUES (2, 0, 0, x'89504e470d0a1a0a')", []).unwrap();
+    assert!(
+        poll_until(Duration::from_secs(10), || banned("/tiles/stations/2/0/3.png")),
+        "no ban for a WAL commit: {:?}",
+        received.lock().unwrap()
+    );
+    assert!(banned("/tiles/stations.json") && !banned("/tiles/world.json"));
+    drop(wal);
 
     // A log appended to: the file with any query, the device and the listing.
     received.lock().unwrap().clear();

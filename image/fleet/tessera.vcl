@@ -185,12 +185,14 @@ sub vcl_recv {
 }
 
 sub vcl_hash {
-    # A tile is the same whatever the Host: hashing the URL alone lets one
-    # PURGE (whose Host is the cache's address) drop what clients fetched
-    # under the public name. TileJSON names the Host in its tile URLs (unless
-    # tessera's public_url is set), so everything else keeps the Host.
+    # A tile or an archive is the same whatever the Host: hashing the URL
+    # alone lets one PURGE (whose Host is the cache's address) drop what
+    # clients fetched under the public name. TileJSON names the Host in its
+    # tile URLs (unless tessera's public_url is set), so everything else
+    # keeps the Host (BAN, the default, reaches it either way).
     hash_data(req.url);
-    if (req.url !~ "^/tiles/[^/?]+/[0-9]+/[0-9]+/[0-9]+\.[A-Za-z0-9]+(\?|$)") {
+    if (req.url !~ "^/tiles/[^/?]+/[0-9]+/[0-9]+/[0-9]+\.[A-Za-z0-9]+(\?|$)" &&
+        req.url !~ "^/tiles/[^/?]+\.pmtiles(\?|$)") {
         if (req.http.host) {
             hash_data(req.http.host);
         } else {

@@ -28,10 +28,15 @@ pub struct ReconcileStats {
     /// Logs whose time index this reconcile left unfinished (its read
     /// budget ran out): the worker continues them a chunk at a time.
     pub unfinished: Vec<String>,
-    /// Paths (relative to the root) of the entries re-read or deleted: what
-    /// the caches in front are told (`invalidate`).
+    /// Paths (relative to the root) of the entries re-read or deleted, and
+    /// of MBTiles `-wal` files written: what the caches in front are told
+    /// (`invalidate`). Past [`CHANGED_MAX`] paths it holds only "", which
+    /// stands for the whole root (a first start over a large tree).
     pub changed: Vec<String>,
 }
+
+/// Changed paths one reconcile lists one by one; more make it "the whole root".
+pub const CHANGED_MAX: usize = 10_000;
 
 impl ReconcileStats {
     pub fn add(&mut self, other: &ReconcileStats) {
@@ -39,7 +44,21 @@ impl ReconcileStats {
         self.deleted += other.deleted;
         self.unchanged += other.unchanged;
         self.unfinished.extend(other.unfinished.iter().cloned());
-        self.changed.extend(other.changed.iter().cloned());
+        for rel in &other.changed {
+            self.note_change(rel);
+        }
+    }
+
+    /// Notes a changed path, or the whole root once there are too many.
+    pub fn note_change(&mut self, rel: &str) {
+        if self.changed.first().is_some_and(String::is_empty) {
+            return;
+        }
+        if self.changed.len() >= CHANGED_MAX || rel.is_empty() {
+            self.changed = vec![String::new()];
+        } else {
+            self.changed.push(rel.to_string());
+        }
     }
 
     pub fn changes(&self) -> u64 {
@@ -153,7 +172,14 @@ pub fn reconcile(
                 continue;
             }
             let Some(rel) = item.path().strip_prefix(root_path).ok().and_then(|r| r.to_str()) else { continue };
-            let Some(entry) = classify(kind, rel) else { continue };
+            let Some(entry) = classify(kind, rel) else {
+                // An MBTiles file in WAL mode changes by its `-wal` alone:
+                // not a catalog row, but a change for the caches in front.
+                if kind == RootKind::Tiles && rel.ends_with(".mbtiles-wal") && !rel.contains('/') {
+                    stats.note_change(rel);
+                }
+                continue;
+            };
             let Ok(meta) = item.metadata() else { continue };
             let v = Validators::of(&meta);
             let previous = known.remove(rel);
@@ -165,7 +191,7 @@ pub fn reconcile(
                 stats.unfinished.push(rel.to_string());
             }
             stats.rereads += 1;
-            stats.changed.push(rel.to_string());
+            stats.note_change(rel);
             if let Some(tileset) = entry.tileset() {
                 touched.insert(tileset.to_string());
             }
@@ -181,7 +207,7 @@ pub fn reconcile(
             super::timeindex::remove(&tx, root_id, rel)?;
         }
         stats.deleted += 1;
-        stats.changed.push(rel.clone());
+        stats.note_change(rel);
         if let Some(tileset) = classify(kind, rel).as_ref().and_then(Entry::tileset) {
             touched.insert(tileset.to_string());
         }
@@ -245,16 +271,23 @@ fn upsert(
     // after the walk must not make us read outside).
     let path = &root_path.join(rel);
     let open = || crate::roots::open_for_index(root_path, rel);
-    let (size, mtime, dev, ino) = (v.len as i64, v.mtime_ns as i64, v.dev as i64, v.ino as i64);
     // A tiles-root file's share of its tileset's version: its mtime, or
-    // under `etag = "content"` its content's, as its ETag is (an unreadable
-    // file keeps its mtime: it is not served either).
-    let stamp = match (by_content, entry) {
+    // under `etag = "content"` its content's, as its ETag is, with the
+    // validators of the bytes hashed. A file that cannot be hashed now
+    // fails the reconcile, which the worker retries: stamping it by mtime
+    // would give this node a version of its own.
+    let tagged = match (by_content, entry) {
         (true, Entry::Tile { .. } | Entry::Metadata { .. } | Entry::Mbtiles { .. } | Entry::Pmtiles { .. }) => {
-            open().and_then(|file| crate::validators::Tag::of(&file, true)).map_or(mtime, |t| t.stamp)
+            let tag = open().and_then(|file| crate::validators::Tag::of(&file, true)).map_err(|e| {
+                rusqlite::Error::ToSqlConversionFailure(format!("cannot hash {}: {e}", path.display()).into())
+            })?;
+            Some(tag)
         }
-        _ => mtime,
+        _ => None,
     };
+    let v = tagged.as_ref().map_or(v, |t| &t.validators);
+    let (size, mtime, dev, ino) = (v.len as i64, v.mtime_ns as i64, v.dev as i64, v.ino as i64);
+    let stamp = tagged.as_ref().map_or(mtime, |t| t.stamp);
     match entry {
         Entry::Tile { tileset, z, x, y, ext } => {
             conn.prepare_cached(
@@ -456,7 +489,7 @@ fn refresh_tileset(conn: &Connection, root_id: i64, tileset: &str) -> rusqlite::
 /// or device number (DESIGN.md decision 5).
 fn directory_summary(conn: &Connection, root_id: i64, tileset: &str) -> rusqlite::Result<Option<Summary>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT z, MIN(x), MAX(x), MIN(y), MAX(y), COUNT(*), MAX(mtime_ns), SUM((((stamp + size) % 4294967291) * ((x * 65599 + y * 31 + z) % 65521 + 1)) % 4294967291)
+        "SELECT z, MIN(x), MAX(x), MIN(y), MAX(y), COUNT(*), MAX(mtime_ns), SUM((((stamp % 4294967291) + (size % 4294967291)) * ((x * 65599 + y * 31 + z) % 65521 + 1)) % 4294967291)
          FROM tiles WHERE root = ?1 AND tileset = ?2 GROUP BY z",
     )?;
     let rows: Vec<([u32; 5], i64, i64, i64)> = stmt

@@ -59,9 +59,12 @@ pub struct Worker {
     pub unfinished: BTreeSet<(usize, String)>,
     /// Failed continuations in a row, per log.
     pub index_failures: std::collections::HashMap<(usize, String), u32>,
-    /// Told the paths each reconcile changed, by root kind: the caches in
+    /// Told the paths each batch changed, by root kind: the caches in
     /// front hear of them through it (`invalidate`, wired by `server`).
     pub on_change: Option<ChangeListener>,
+    /// Changed paths of the batch being applied, per root index, told to
+    /// `on_change` once the generations moved.
+    pub changed: std::collections::BTreeMap<usize, super::ReconcileStats>,
 }
 
 /// What the worker calls with the paths (relative to a root of the kind)
@@ -87,6 +90,7 @@ impl Worker {
         );
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.tiles_generation.fetch_add(1, Ordering::AcqRel);
+        self.tell_changes();
         self.ready.store(true, Ordering::Release);
 
         let mut retry: BTreeSet<Job> = BTreeSet::new();
@@ -134,6 +138,18 @@ impl Worker {
             if self.tiles_changed {
                 self.tiles_generation.fetch_add(1, Ordering::AcqRel);
             }
+            self.tell_changes();
+        }
+    }
+
+    /// Tells `on_change` what the batch changed. Called only after the
+    /// generations moved: a cache told of a change that then asks this node
+    /// must get the new version (its TileJSON, its replays), not the old one
+    /// it would keep until the TTL.
+    fn tell_changes(&mut self) {
+        let Some(listener) = &self.on_change else { return };
+        for (index, stats) in std::mem::take(&mut self.changed) {
+            listener(self.roots[index].kind(), &stats.changed);
         }
     }
 
@@ -195,8 +211,11 @@ impl Worker {
         self.metrics.catalog_changes.inc_by(stats.changes());
         self.tiles_changed |= root.kind() == crate::config::RootKind::Tiles && stats.changes() > 0;
         self.unfinished.extend(stats.unfinished.iter().map(|rel| (index, rel.clone())));
-        if let Some(listener) = self.on_change.as_ref().filter(|_| !stats.changed.is_empty()) {
-            listener(root.kind(), &stats.changed);
+        if self.on_change.is_some() && !stats.changed.is_empty() {
+            let pending = self.changed.entry(index).or_default();
+            for rel in &stats.changed {
+                pending.note_change(rel);
+            }
         }
         Ok(stats)
     }

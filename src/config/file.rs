@@ -343,7 +343,13 @@ fn file_root(kind: RootKind, root: &FileRoot, base: &Path, lines: &Lines<'_>) ->
         }
         spec.cache_control = cc.get_ref().clone();
     }
-    spec.etag = root.etag.unwrap_or_default();
+    if let Some(etag) = root.etag {
+        // Logs grow: a content ETag would be taken of bytes already old.
+        if kind == RootKind::Logs && etag == EtagMode::Content {
+            return Err(lines.error(Some(root.path.span()), "etag = \"content\" applies to [[tiles]] roots only"));
+        }
+        spec.etag = etag;
+    }
     if let Some(access) = &root.access {
         if access.get_ref().is_empty() {
             return Err(lines.error(Some(access.span()), "access: name at least one grant"));
@@ -388,7 +394,8 @@ fn file_cache_target(
     let authority = url.strip_prefix("http://").filter(|a| {
         !a.is_empty()
             && !a.contains(['/', '?', '#', '@', ' '])
-            && a.parse::<axum::http::uri::Authority>().is_ok_and(|auth| auth.port_u16().is_some())
+            && a.parse::<axum::http::uri::Authority>()
+                .is_ok_and(|auth| !auth.host().is_empty() && auth.port_u16().is_some_and(|p| p != 0))
     });
     let Some(authority) = authority else {
         return Err(lines.error(
@@ -399,8 +406,16 @@ fn file_cache_target(
     let secret = match (&c.secret_header, &c.secret_file) {
         (None, None) => None,
         (Some(name), Some(file)) => {
-            if axum::http::HeaderName::from_bytes(name.get_ref().as_bytes()).is_err() {
-                return Err(lines.error(Some(name.span()), "caches.secret_header is not a header name"));
+            // Not a header the request needs for itself.
+            const RESERVED: [&str; 6] =
+                ["host", "content-length", "transfer-encoding", "connection", "user-agent", "x-tessera-ban"];
+            let valid = axum::http::HeaderName::from_bytes(name.get_ref().as_bytes())
+                .is_ok_and(|n| !RESERVED.contains(&n.as_str()));
+            if !valid {
+                return Err(lines.error(
+                    Some(name.span()),
+                    format!("caches.secret_header `{}` is not a header name of its own", name.get_ref()),
+                ));
             }
             let path = credential_path(file.get_ref(), credentials)
                 .map_err(|m| lines.error(Some(file.span()), format!("caches.secret_file: {m}")))?
