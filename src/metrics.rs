@@ -3,7 +3,9 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 /// Per-root counters of how body bytes left the process.
 #[derive(Debug, Clone)]
@@ -57,7 +59,14 @@ pub struct Metrics {
     pub invalidations: IntCounterVec,
     /// Invalidations waiting to be sent, over all caches.
     pub invalidations_pending: IntGauge,
+    /// Time from a request's dispatch to its answer's head (a replay: to
+    /// its last byte handed to the kernel), for the console's p50 and p99.
+    pub request_seconds: Histogram,
 }
+
+/// The latency histogram's bucket bounds, in seconds: 50 µs to 10 s.
+pub const LATENCY_BUCKETS: [f64; 16] =
+    [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
 impl Metrics {
     pub fn new() -> Metrics {
@@ -109,6 +118,15 @@ impl Metrics {
             "Requests refused by the access rules, by reason (missing, bad_token, forbidden, throttled)",
             &["reason"],
         );
+        let request_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "tessera_request_duration_seconds",
+                "Time from a request's dispatch to its answer (a replay: to its last byte handed to the kernel)",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("metric");
+        registry.register(Box::new(request_seconds.clone())).expect("register");
         let invalidations = vec(
             "tessera_invalidations_total",
             "Invalidations for the caches in front, by cache and outcome (sent, failed, dropped)",
@@ -129,6 +147,7 @@ impl Metrics {
         );
         Metrics {
             log_slices,
+            request_seconds,
             invalidations,
             invalidations_pending,
             auth_refusals,

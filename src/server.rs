@@ -164,6 +164,7 @@ pub async fn serve(config: Config, inherited: Option<std::net::TcpListener>) -> 
     let plain = listeners.iter().find(|l| !l.tls).map(|l| l.socket.local_addr()).transpose()?;
     let (check, tls_only) = (plain.unwrap_or(addr), plain.is_none());
     tokio::spawn(crate::systemd::supervise(ready, check, tls_only, http::Status(app.clone())));
+    tokio::spawn(http::console::sample(app.clone()));
     // The driver re-opens files of evicted replays through the same cache.
     let files = (app.cache.clone(), app.roots.clone());
     let router = http::router(app);

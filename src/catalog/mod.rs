@@ -320,6 +320,16 @@ impl Queries<'_> {
         logs(self.0, root_order, filter)
     }
 
+    /// The tiles of a directory tileset at zoom `z` (as stored: rows in the
+    /// tileset's own scheme), at most `limit` of them.
+    pub fn tiles_at(&self, root_id: i64, tileset: &str, z: u32, limit: usize) -> Result<Vec<(u32, u32)>, Error> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT DISTINCT x, y FROM tiles WHERE root = ?1 AND tileset = ?2 AND z = ?3 ORDER BY x, y LIMIT ?4",
+        )?;
+        let rows = stmt.query_map(params![root_id, tileset, z, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect()
+    }
+
     /// See [`timeindex::log_index`].
     pub fn log_index(
         &self,

@@ -298,7 +298,7 @@ impl Conn {
     async fn replay(&mut self, found: Found, head: &Head, path: Option<String>) -> io::Result<bool> {
         let Found { slice, held, head: kept, route } = found;
         let entry = &slice.entry;
-        let started = path.is_some().then(std::time::Instant::now);
+        let started = std::time::Instant::now();
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         out.extend_from_slice(&kept);
@@ -322,7 +322,8 @@ impl Conn {
         let metrics = &self.shared.metrics;
         metrics.replays.inc();
         metrics.count_request(route, StatusCode::OK.as_u16());
-        if let (Some(path), Some(started), Ok((bytes, delivery))) = (path, started, &result) {
+        metrics.request_seconds.observe(started.elapsed().as_secs_f64());
+        if let (Some(path), Ok((bytes, delivery))) = (path, &result) {
             let root = self.shared.roots.get(entry.root).map(|r| r.path());
             let elapsed = started.elapsed().as_micros() as u64;
             let (client, user) = (Some(self.peer.addr.ip()), None);

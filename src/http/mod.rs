@@ -1,6 +1,7 @@
 //! HTTP: the axum Router that produces every response (DESIGN.md decision 1),
 //! whatever transport then carries it.
 
+pub mod console;
 pub mod files;
 mod follow;
 mod guard;
@@ -63,6 +64,8 @@ pub struct App {
     /// The access rules, and the limits on wrong bearer tokens per address.
     pub policy: Arc<Policy>,
     pub limiter: Arc<Limiter>,
+    /// The last hour of figures, for the console.
+    pub history: console::History,
 }
 
 pub type AppState = Arc<App>;
@@ -142,6 +145,7 @@ impl App {
             reader: Arc::new(catalog::Reader::new(location)),
             policy: Arc::new(Policy::new(config)),
             limiter: Arc::default(),
+            history: console::History::default(),
         }
     }
 
@@ -278,6 +282,8 @@ pub fn router(app: AppState) -> Router {
         .route("/healthz", get(status::healthz))
         .route("/readyz", get(status::readyz))
         .route("/metrics", get(status::metrics))
+        .route("/console/data.json", get(console::data))
+        .route("/console/coverage/{tileset}", get(console::coverage))
         .route("/tiles", get(tiles::catalog))
         // One route for TileJSON and tiles: the handler splits the raw path
         // itself (cheaper than four extracted parameters on the hot path).

@@ -82,7 +82,8 @@ where
             let client = request.extensions().get::<Peer>().map(|p| p.addr.ip());
             (request.method().clone(), request.uri().path().to_owned(), client, Instant::now())
         });
-        ObserveFuture { inner: self.inner.call(request), matched, log, metrics: self.metrics.clone() }
+        let started = Instant::now();
+        ObserveFuture { inner: self.inner.call(request), matched, log, metrics: self.metrics.clone(), started }
     }
 }
 
@@ -93,6 +94,7 @@ pin_project! {
         matched: Option<Route>,
         log: Option<(Method, String, Option<std::net::IpAddr>, Instant)>,
         metrics: Arc<Metrics>,
+        started: Instant,
     }
 }
 
@@ -110,6 +112,7 @@ where
         response.extensions_mut().insert(route);
         let status = response.status().as_u16();
         this.metrics.count_request(route, status);
+        this.metrics.request_seconds.observe(this.started.elapsed().as_secs_f64());
         let log = this.log.take().filter(|_| response.extensions().get::<Unlogged>().is_none());
         if let Some((method, path, client, started)) = log {
             // Served by hyper (a hand-off or `transport = "hyper"`): the
