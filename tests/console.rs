@@ -50,7 +50,8 @@ fn the_console_data_holds_figures_spans_and_coverage() {
 
     let names: Vec<&str> = d["tilesets"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
     assert!(names.contains(&"world") && names.contains(&"countries"), "{names:?}");
-    let devices = d["devices"].as_array().unwrap();
+    let devices_json = server.get_json("/console/devices.json");
+    let devices = devices_json["devices"].as_array().unwrap();
     let pump = devices.iter().find(|d| d["device"] == "pump-station-7").expect("pump-station-7");
     let spans = pump["spans"].as_array().unwrap();
     assert_eq!(spans.len(), 2, "{pump}");
@@ -68,6 +69,23 @@ fn the_console_data_holds_figures_spans_and_coverage() {
     assert_eq!(server.get("/console/coverage/world?z=12").status, 404);
     assert_eq!(server.get("/console/coverage/nowhere?z=1").status, 404);
     assert_eq!(server.get("/console/coverage/world?z=x").status, 400);
+
+    // The page, its script and style come from the server itself, the
+    // plain tables inside the page for browsers without JavaScript.
+    let page = server.get("/");
+    assert_eq!(page.status, 200);
+    let html = page.text();
+    assert!(html.contains("<script src=\"/console/console.js\"") && html.contains("<div id=plain>"), "{html}");
+    assert!(html.contains("<h2>Tilesets</h2>") && html.contains("/tiles/world.json"), "the plain tables: {html}");
+    assert!(!html.contains("http://") && !html.contains("https://"), "nothing from outside the appliance");
+    for (path, kind) in [("/console/console.js", "javascript"), ("/console/console.css", "css")] {
+        let r = server.get(path);
+        assert_eq!(r.status, 200);
+        assert!(r.expect_header("content-type").contains(kind));
+        assert!(!r.text().contains("http://") && !r.text().contains("https://"), "{path} reaches outside");
+        let etag = r.expect_header("etag").to_string();
+        assert_eq!(server.request("GET", path, &[("If-None-Match", &etag)]).status, 304);
+    }
     server.stop();
 }
 
@@ -86,7 +104,8 @@ fn an_anonymous_caller_sees_only_public_data() {
     let server = fx.start_ready_with(&fx.state(), &["--config", config.to_str().unwrap()]);
     let d = server.get_json("/console/data.json");
     assert!(d["series"].is_null() && d["roots"].is_null(), "{d}");
-    assert_eq!(d["devices"].as_array().unwrap().len(), 0, "{d}");
+    let devices = server.get_json("/console/devices.json");
+    assert_eq!(devices["devices"].as_array().unwrap().len(), 0, "{devices}");
     assert!(!d["tilesets"].as_array().unwrap().is_empty());
     server.stop();
 }

@@ -1,8 +1,10 @@
-//! The operator console's data: `/console/data.json` (the last hour of
-//! figures, sampled every [`INTERVAL`] from the metrics, plus roots,
-//! tilesets and each device's log spans) and `/console/coverage/{tileset}`
-//! (which tiles exist at a zoom level). The page that draws them is served
-//! by `status::index`.
+//! The operator console: the page (`/`, with the plain tables inside for
+//! browsers without JavaScript, and its script and style, all served from
+//! here: the console works with no network beyond the appliance) and its
+//! data: `/console/data.json` (the last hour of figures, sampled every
+//! [`INTERVAL`] from the metrics, plus roots and tilesets),
+//! `/console/devices.json` (each device's log spans) and
+//! `/console/coverage/{tileset}` (which tiles exist at a zoom level).
 //!
 //! The figures are kept here, not asked of Prometheus: an appliance on an
 //! isolated network often has no Grafana, and the console must show the
@@ -25,6 +27,45 @@ use crate::access::Caller;
 use crate::catalog::Source;
 use crate::config::RootKind;
 use crate::metrics::{Metrics, LATENCY_BUCKETS};
+
+const PAGE: &str = include_str!("console/console.html");
+const SCRIPT: &str = include_str!("console/console.js");
+const STYLE: &str = include_str!("console/console.css");
+
+/// The console page around `tables` (the plain status tables, which the
+/// script hides once it has drawn the richer views).
+pub fn page(tables: &str) -> String {
+    PAGE.replacen("<!--tables-->", tables, 1)
+}
+
+/// `/console/console.js`.
+pub async fn script(headers: HeaderMap) -> Response {
+    asset(&headers, "text/javascript; charset=utf-8", SCRIPT)
+}
+
+/// `/console/console.css`.
+pub async fn style(headers: HeaderMap) -> Response {
+    asset(&headers, "text/css; charset=utf-8", STYLE)
+}
+
+/// A file built into the binary: revalidated (it changes with an update),
+/// by a strong ETag of its bytes.
+fn asset(headers: &HeaderMap, content_type: &'static str, body: &'static str) -> Response {
+    use axum::http::{header, HeaderValue};
+    let etag = super::files::Representation::content_etag(body.as_bytes());
+    let mut response = if super::files::none_match(headers, etag.to_str().unwrap_or_default()) {
+        let mut r = Response::new(axum::body::Body::empty());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
+    } else {
+        let mut r = Response::new(axum::body::Body::from(body));
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        r
+    };
+    response.headers_mut().insert(header::ETAG, etag);
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
 
 /// How often the figures are sampled.
 pub const INTERVAL: Duration = Duration::from_secs(5);
@@ -235,23 +276,25 @@ struct Data {
     #[serde(skip_serializing_if = "Option::is_none")]
     roots: Option<Vec<RootView>>,
     tilesets: Vec<TilesetView>,
+}
+
+#[derive(Serialize)]
+struct Devices {
     devices: Vec<Device>,
 }
 
-/// `/console/data.json`: what the console draws. The figures and the roots
-/// are the operator's view (whoever may read `/metrics`); tilesets and
-/// devices are those the caller may read.
+/// `/console/data.json`: what the console redraws every few seconds. The
+/// figures and the roots are the operator's view (whoever may read
+/// `/metrics`); tilesets are those the caller may read.
 pub async fn data(State(app): State<AppState>, caller: Option<Extension<Caller>>, headers: HeaderMap) -> Response {
     let caller = caller.map(|Extension(c)| c);
     let may_read = |path: &str| app.may_read(caller.as_ref(), path);
     let operator = may_read("/metrics");
-    let (tile_order, log_order) = (app.root_order(RootKind::Tiles), app.root_order(RootKind::Logs));
-    let listed = app.query(move |q| Ok((q.tilesets(&tile_order)?, q.logs(&log_order, &Default::default())?))).await;
-    let (tilesets, logs) = match listed {
-        Ok(listed) => listed,
+    let list = match app.tileset_list().await {
+        Ok(list) => list,
         Err(response) => return response,
     };
-    let tilesets = tilesets
+    let tilesets = list
         .iter()
         .filter(|t| may_read(&format!("/tiles/{}", wire::segment(&t.name))))
         .map(|t| {
@@ -269,18 +312,6 @@ pub async fn data(State(app): State<AppState>, caller: Option<Extension<Caller>>
             }
         })
         .collect();
-    let mut devices: Vec<Device> = Vec::new();
-    for l in logs.iter() {
-        let url = super::logs::url(&l.device, &l.file);
-        if !may_read(&url) {
-            continue;
-        }
-        let span = Span { file: l.file.clone(), url, first_ms: l.first_ms, last_ms: l.last_ms, size: l.size };
-        match devices.last_mut() {
-            Some(d) if d.device == l.device => d.spans.push(span),
-            _ => devices.push(Device { device: l.device.clone(), spans: vec![span] }),
-        }
-    }
     let roots = operator.then(|| {
         app.roots
             .iter()
@@ -308,9 +339,33 @@ pub async fn data(State(app): State<AppState>, caller: Option<Extension<Caller>>
         series: operator.then(|| series(&app.history)),
         roots,
         tilesets,
-        devices,
     };
     json_response(&headers, &data)
+}
+
+/// `/console/devices.json`: each device's logs as spans of time, for the
+/// timeline (the logs the caller may read). Apart from the figures: it is
+/// the largest part, and changes with the logs, not every few seconds.
+pub async fn devices(State(app): State<AppState>, caller: Option<Extension<Caller>>, headers: HeaderMap) -> Response {
+    let caller = caller.map(|Extension(c)| c);
+    let log_order = app.root_order(RootKind::Logs);
+    let logs = match app.query(move |q| q.logs(&log_order, &Default::default())).await {
+        Ok(logs) => logs,
+        Err(response) => return response,
+    };
+    let mut devices: Vec<Device> = Vec::new();
+    for l in logs.iter() {
+        let url = super::logs::url(&l.device, &l.file);
+        if !app.may_read(caller.as_ref(), &url) {
+            continue;
+        }
+        let span = Span { file: l.file.clone(), url, first_ms: l.first_ms, last_ms: l.last_ms, size: l.size };
+        match devices.last_mut() {
+            Some(d) if d.device == l.device => d.spans.push(span),
+            _ => devices.push(Device { device: l.device.clone(), spans: vec![span] }),
+        }
+    }
+    json_response(&headers, &Devices { devices })
 }
 
 #[derive(Deserialize)]

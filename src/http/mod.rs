@@ -283,6 +283,9 @@ pub fn router(app: AppState) -> Router {
         .route("/readyz", get(status::readyz))
         .route("/metrics", get(status::metrics))
         .route("/console/data.json", get(console::data))
+        .route("/console/devices.json", get(console::devices))
+        .route("/console/console.js", get(console::script))
+        .route("/console/console.css", get(console::style))
         .route("/console/coverage/{tileset}", get(console::coverage))
         .route("/tiles", get(tiles::catalog))
         // One route for TileJSON and tiles: the handler splits the raw path

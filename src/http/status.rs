@@ -36,7 +36,8 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
     text_response("text/plain; version=0.0.4; charset=utf-8", app.metrics.render())
 }
 
-/// A plain status page: roots, tilesets, devices.
+/// `/`: the console page, holding the plain status tables (roots,
+/// tilesets, logs) for browsers without JavaScript.
 pub async fn index(State(app): State<AppState>, caller: Option<Extension<Caller>>) -> Response {
     let caller = caller.map(|Extension(c)| c);
     let may_read = |path: &str| app.may_read(caller.as_ref(), path);
@@ -44,11 +45,9 @@ pub async fn index(State(app): State<AppState>, caller: Option<Extension<Caller>
     let log_order = app.root_order(RootKind::Logs);
     let listed = app.query(move |q| Ok((q.tilesets(&tile_order)?, q.logs(&log_order, &Default::default())?))).await;
     let (tilesets, logs) = listed.unwrap_or_default();
-    let mut page = String::from(
-        "<!doctype html><html><head><meta charset=utf-8><title>tessera</title>\
-         <style>body{font-family:sans-serif;margin:2em}td,th{padding:0 1em 0 0;text-align:left}</style></head><body>\
-         <h1>tessera</h1>",
-    );
+    // The plain tables, inside the console page: what a browser without
+    // JavaScript shows, and what the console's script replaces by pictures.
+    let mut page = String::new();
     let ready = if app.ready.load(Ordering::Acquire) { "ready" } else { "reconciling the catalog" };
     let _ = write!(page, "<p>{ready}; up {} s.", app.started.elapsed().as_secs());
     // Roots and metrics are the operator's view: shown to whoever may read `/metrics`.
@@ -96,8 +95,8 @@ pub async fn index(State(app): State<AppState>, caller: Option<Extension<Caller>
             l.last_ms.map(wire::rfc3339_ms).as_deref().unwrap_or("-")
         );
     }
-    page.push_str("</table></body></html>\n");
-    text_response("text/html; charset=utf-8", page)
+    page.push_str("</table>");
+    text_response("text/html; charset=utf-8", super::console::page(&page))
 }
 
 fn escape(s: &str) -> String {

@@ -5,13 +5,16 @@
   var $ = function (id) { return document.getElementById(id); };
   var W = 320, H = 96, L = 36, R = 4, T = 6, B = 14;
   var COLORS = ['#2f81f7', '#1a7f37', '#bf8700', '#cf222e', '#8250df'];
-  var POLL_MS = 5000, ROW = 18, NAMEW = 180, LOG_MAX = 2e6;
+  var POLL_MS = 5000, DEVICES_MS = 60000, ROW = 18, NAMEW = 180, LOG_MAX = 2e6;
   var data = null, devs = [], shown = [], sel = null, devKey = '', tsKey = '';
-  var fetchedAt = Date.now(), zoomOf = {}, covDone = {}, covObs = null;
+  var fetchedAt = Date.now(), namesKey = '', zoomOf = {}, covDone = {}, covObs = null;
 
-  $('plain').hidden = true;
-  $('nav').hidden = false;
-  Array.prototype.forEach.call(document.querySelectorAll('.rich'), function (s) { s.hidden = false; });
+  // The plain tables stay until the first data arrives: a console that cannot fetch still shows them.
+  function reveal() {
+    $('plain').hidden = true;
+    $('nav').hidden = false;
+    Array.prototype.forEach.call(document.querySelectorAll('.rich'), function (s) { s.hidden = false; });
+  }
 
   function esc(s) {
     return String(s).replace(/[&<>"']/g, function (c) { return '&#' + c.charCodeAt(0) + ';'; });
@@ -106,11 +109,32 @@
       if (d) out.push('<path d="' + d + '" fill=none stroke="' + c + '" stroke-width=1.2 stroke-linejoin=round><title>' + esc(lines[j].name) + '</title></path>');
     }
     svg.innerHTML = out.join('');
+    svg.hover = function (px) {
+      var i = Math.max(0, Math.min(n - 1, Math.round((px - L) / (W - L - R) * (n - 1))));
+      var xi = x(i).toFixed(1), text = hhmm(t[i]) + '  ' + lines.map(function (l) {
+        return (lines.length > 1 ? l.name + ' ' : '') + (l.v[i] == null ? '–' : o.fmt(l.v[i]));
+      }).join(', ');
+      return '<g class=cur><line x1=' + xi + ' x2=' + xi + ' y1=' + T + ' y2=' + (H - B) + '></line><text x=' + (L + 4) + ' y=' + (T + 8) + '>' + esc(text) + '</text></g>';
+    };
     k = $(id.replace('chart-', 'l-'));
     if (k && lines.length > 1) {
       k.innerHTML = lines.map(function (l, m) { return '<i style="background:' + COLORS[m % COLORS.length] + '"></i>' + esc(l.name); }).join('');
     }
   }
+
+  // A cursor over a chart reads its values at that time.
+  function unhover(svg) { var g = svg.querySelector('.cur'); if (g) svg.removeChild(g); }
+  document.querySelector('.charts').addEventListener('mousemove', function (e) {
+    var svg = e.target.closest('svg');
+    if (!svg || !svg.hover) return;
+    unhover(svg);
+    var r = svg.getBoundingClientRect();
+    svg.insertAdjacentHTML('beforeend', svg.hover((e.clientX - r.left) / r.width * W));
+  });
+  document.querySelector('.charts').addEventListener('mouseout', function (e) {
+    var svg = e.target.closest('svg');
+    if (svg && !svg.contains(e.relatedTarget)) unhover(svg);
+  });
 
   function drawLive(s) {
     var t = s.t_ms.slice(1), big = function (id, text) { $('v-' + id).textContent = text; };
@@ -151,13 +175,18 @@
     var lo = Infinity, hi = data.now_ms;
     devs.forEach(function (d) {
       d.lc = d.device.toLowerCase();
-      d.spans.sort(function (a, b) { return a.first_ms - b.first_ms; });
-      d.spans.forEach(function (s) { if (s.first_ms < lo) lo = s.first_ms; if (s.last_ms > hi) hi = s.last_ms; });
+      d.spans.forEach(function (s) {
+        s.a = s.first_ms != null ? s.first_ms : s.last_ms;
+        s.b = s.last_ms != null ? s.last_ms : s.a;
+      });
+      d.timed = d.spans.filter(function (s) { return s.a != null; }).sort(function (a, b) { return a.a - b.a; });
+      d.timed.forEach(function (s) { if (s.a < lo) lo = s.a; if (s.b > hi) hi = s.b; });
     });
     if (lo === Infinity) lo = hi - 864e5;
     var padd = (hi - lo) * 0.01 || 36e5;
     tl.t0 = lo - padd; tl.t1 = hi + padd;
-    $('dev-list').innerHTML = devs.map(function (d) { return '<option value="' + esc(d.device) + '">'; }).join('');
+    var names = devs.map(function (d) { return '<option value="' + esc(d.device) + '">'; }).join('');
+    if (names !== namesKey) $('dev-list').innerHTML = namesKey = names;
     filter();
   }
   function filter() {
@@ -176,9 +205,10 @@
     return out;
   }
   function drawAxis() {
-    tl.w = $('timeline').clientWidth || 800;
+    tl.w = $('tl-body').clientWidth || 800;
     var svg = $('tl-axis'), out = [], nx = tx(data.now_ms);
     svg.setAttribute('viewBox', '0 0 ' + tl.w + ' 22');
+    svg.setAttribute('width', tl.w);
     svg.setAttribute('height', 22);
     ticks().forEach(function (ms) {
       out.push('<line class=grid x1=' + tx(ms) + ' x2=' + tx(ms) + ' y1=14 y2=22></line><text x=' + tx(ms) + ' y=11 text-anchor=middle>' + esc(day(ms)) + '</text>');
@@ -198,15 +228,15 @@
     for (var i = first; i < end; i++) {
       var d = shown[i], y = (i - first) * ROW, prev = null;
       out.push('<g data-i=' + i + (sel === d.device ? ' class=sel' : '') + '><rect class=bg x=0 y=' + y + ' width=' + tl.w + ' height=' + ROW + ' fill=transparent></rect>' +
-        '<text x=4 y=' + (y + 13) + '>' + esc(d.device.length > 26 ? d.device.slice(0, 25) + '…' : d.device) + '<title>' + esc(d.device) + '</title></text>');
-      d.spans.forEach(function (s, k) {
-        if (prev && s.first_ms - prev.last_ms > 36e5) {
-          out.push('<rect class=gap x=' + tx(prev.last_ms).toFixed(1) + ' y=' + (y + 3) + ' width=' + (tx(s.first_ms) - tx(prev.last_ms)).toFixed(1) +
-            ' height=' + (ROW - 6) + '><title>gap: ' + esc(stamp(prev.last_ms) + ' – ' + stamp(s.first_ms)) + '</title></rect>');
+        '<text tabindex=0 x=4 y=' + (y + 13) + '>' + esc(d.device.length > 26 ? d.device.slice(0, 25) + '…' : d.device) + '<title>' + esc(d.device) + '</title></text>');
+      d.timed.forEach(function (s, k) {
+        if (prev && s.a - prev.b > 36e5) {
+          out.push('<rect class=gap x=' + tx(prev.b).toFixed(1) + ' y=' + (y + 3) + ' width=' + (tx(s.a) - tx(prev.b)).toFixed(1) +
+            ' height=' + (ROW - 6) + '><title>gap: ' + esc(stamp(prev.b) + ' – ' + stamp(s.a)) + '</title></rect>');
         }
-        var x0 = tx(s.first_ms);
-        out.push('<rect class=bar data-s=' + k + ' x=' + x0.toFixed(1) + ' y=' + (y + 4) + ' width=' + Math.max(1, tx(s.last_ms) - x0).toFixed(1) +
-          ' height=' + (ROW - 8) + '><title>' + esc(s.file + ': ' + stamp(s.first_ms) + ' – ' + stamp(s.last_ms) + ', ' + si(s.size, 'B')) + '</title></rect>');
+        var x0 = tx(s.a);
+        out.push('<rect class=bar data-s=' + k + ' x=' + x0.toFixed(1) + ' y=' + (y + 4) + ' width=' + Math.max(1, tx(s.b) - x0).toFixed(1) +
+          ' height=' + (ROW - 8) + '><title>' + esc(s.file + ': ' + stamp(s.a) + ' – ' + stamp(s.b) + ', ' + si(s.size, 'B')) + '</title></rect>');
         prev = s;
       });
       out.push('</g>');
@@ -222,15 +252,18 @@
     requestAnimationFrame(function () { rowsQueued = false; drawRows(); });
   });
   $('dev-filter').addEventListener('input', function () { $('tl-body').scrollTop = 0; filter(); });
+  $('tl-rows').addEventListener('keydown', function (e) {
+    if (e.key === 'Enter') e.target.dispatchEvent(new MouseEvent('click', { bubbles: true }));
+  });
   $('tl-rows').addEventListener('click', function (e) {
     var g = e.target.closest('[data-i]');
     if (!g) return;
     var d = shown[+g.getAttribute('data-i')], k = e.target.getAttribute('data-s');
-    var s = k != null ? d.spans[+k] : null, end = d.spans.length ? d.spans[d.spans.length - 1].last_ms : data.now_ms;
+    var s = k != null ? d.timed[+k] : null, end = d.timed.length ? d.timed[d.timed.length - 1].b : data.now_ms;
     end = Math.min(Math.ceil((end + 1) / 6e4) * 6e4, data.now_ms);
     sel = d.device;
     drawRows();
-    openLog(d.device, s ? Math.floor(s.first_ms / 1000) * 1000 : end - 36e5, s ? Math.ceil((s.last_ms + 1) / 1000) * 1000 : end);
+    openLog(d.device, s ? Math.floor(s.a / 1000) * 1000 : end - 36e5, s ? Math.ceil((s.b + 1) / 1000) * 1000 : end);
   });
   window.addEventListener('resize', function () { if (data) { drawAxis(); drawRows(); } });
 
@@ -310,46 +343,50 @@
     $('ts-count').textContent = list.length;
     if (covObs) covObs.disconnect();
     covDone = {};
-    $('ts-table').tBodies[0].innerHTML = list.map(function (t) {
+    $('ts-grid').innerHTML = list.map(function (t) {
       var z = zoomOf[t.name], opts = '';
       if (z == null || z < t.minzoom || z > t.maxzoom) z = zoomOf[t.name] = Math.max(t.minzoom, Math.min(t.maxzoom, 4));
       for (var i = t.minzoom; i <= t.maxzoom; i++) opts += '<option' + (i === z ? ' selected' : '') + '>' + i + '</option>';
       var when = Date.parse(t.last_change);
-      return '<tr><td><a href="' + esc(t.preview) + '">' + esc(t.name) + '</a> <small><a href="' + esc(t.tilejson) + '">TileJSON</a></small>' +
-        '<td>' + esc(t.source) + ' ' + esc(t.format) + '<td>' + t.minzoom + '–' + t.maxzoom + '<td class=n>' + Number(t.tile_count).toLocaleString() +
-        '<td title="' + esc(t.last_change || '') + '">' + (when ? ago(when) : '–') +
-        '<td><div class=cov><svg id="coverage-' + esc(t.name) + '" data-name="' + esc(t.name) + '" viewBox="0 0 1 1"></svg>' +
-        '<span><label>z <select data-name="' + esc(t.name) + '">' + opts + '</select></label><br><small></small></span></div></tr>';
+      return '<div class=ts><svg id="coverage-' + esc(t.name) + '" data-name="' + esc(t.name) + '" viewBox="0 0 1 1"></svg><div>' +
+        '<a href="' + esc(t.preview) + '"><b>' + esc(t.name) + '</b></a> <small><a href="' + esc(t.tilejson) + '">TileJSON</a></small><br>' +
+        esc(t.source) + ' ' + esc(t.format) + ' · z' + t.minzoom + '–' + t.maxzoom + '<br>' + Number(t.tile_count).toLocaleString() + ' tiles · ' +
+        '<span title="' + esc(t.last_change || '') + '">' + (when ? 'changed ' + ago(when) : '') + '</span><br>' +
+        '<label>coverage at z <select data-name="' + esc(t.name) + '">' + opts + '</select></label> <small></small></div></div>';
     }).join('');
     covObs = 'IntersectionObserver' in window ? new IntersectionObserver(function (es) {
       es.forEach(function (e) { if (e.isIntersecting) { covObs.unobserve(e.target); coverage(e.target); } });
     }, { rootMargin: '200px' }) : null;
-    Array.prototype.forEach.call(document.querySelectorAll('#ts-table svg'), function (s) { covObs ? covObs.observe(s) : coverage(s); });
+    Array.prototype.forEach.call(document.querySelectorAll('#ts-grid svg'), function (s) { covObs ? covObs.observe(s) : coverage(s); });
   }
   function coverage(svg) {
-    var name = svg.getAttribute('data-name'), z = zoomOf[name], info = svg.parentNode.querySelector('small');
+    var name = svg.getAttribute('data-name'), z = zoomOf[name], info = svg.parentNode.querySelector('small:last-child');
     info.textContent = 'loading…';
     fetch('/console/coverage/' + encodeURIComponent(name) + '?z=' + z).then(function (r) {
-      if (!r.ok) throw new Error(r.status);
-      return r.json();
+      return r.json().catch(function () { return {}; }).then(function (j) {
+        if (!r.ok) throw new Error(j.error || 'HTTP ' + r.status);
+        return j;
+      });
     }).then(function (c) {
       if (zoomOf[name] !== c.z) return;
       var w = c.x1 - c.x0 + 1, h = c.y1 - c.y0 + 1, d = [];
       if (!(w > 0 && h > 0)) { svg.innerHTML = ''; info.textContent = 'no tiles at z' + c.z; return; }
       c.tiles.forEach(function (p) { d.push('M' + (p[0] - c.x0) + ' ' + (p[1] - c.y0) + 'h1v1h-1z'); });
-      var S = Math.max(w, h);
-      svg.setAttribute('viewBox', (w - S) / 2 + ' ' + (h - S) / 2 + ' ' + S + ' ' + S);
+      // Small zooms show the whole world around the extent; larger ones the extent alone.
+      var world = 1 << c.z, S = world <= 32 ? world : Math.max(w, h);
+      svg.setAttribute('viewBox', world <= 32 ? -c.x0 + ' ' + -c.y0 + ' ' + S + ' ' + S : (w - S) / 2 + ' ' + (h - S) / 2 + ' ' + S + ' ' + S);
       svg.setAttribute('data-tiles', c.tiles.length);
-      svg.innerHTML = '<rect class=ext width=' + w + ' height=' + h + '></rect><path shape-rendering=crispEdges d="' + d.join('') + '"></path><title>z' + c.z + ': ' + c.tiles.length + ' tiles in x ' + c.x0 + '–' + c.x1 + ', y ' + c.y0 + '–' + c.y1 + '</title>';
-      info.textContent = c.tiles.length.toLocaleString() + ' of ' + (w * h).toLocaleString() + (c.truncated ? ' (truncated)' : '');
+      svg.innerHTML = '<rect class="ext' + (c.extent_only ? ' only' : '') + '" width=' + w + ' height=' + h + '></rect><path shape-rendering=crispEdges d="' + d.join('') + '"></path><title>z' + c.z + ': ' + c.tiles.length + ' tiles in x ' + c.x0 + '–' + c.x1 + ', y ' + c.y0 + '–' + c.y1 + '</title>';
+      info.textContent = c.extent_only ? w + '×' + h + ' extent (archive)' :
+        c.tiles.length.toLocaleString() + ' of ' + (w * h).toLocaleString() + (c.truncated ? ' (first ones)' : '');
       info.className = c.truncated ? 'warn' : '';
-    }).catch(function (e) { info.textContent = 'coverage: ' + e.message; });
+    }).catch(function (e) { svg.innerHTML = ''; info.textContent = e.message; });
   }
-  $('ts-table').addEventListener('change', function (e) {
+  $('ts-grid').addEventListener('change', function (e) {
     var name = e.target.getAttribute('data-name');
     if (!name) return;
     zoomOf[name] = +e.target.value;
-    coverage(e.target.closest('tr').querySelector('svg'));
+    coverage(e.target.closest('.ts').querySelector('svg'));
   });
 
   function drawRoots(d) {
@@ -359,19 +396,20 @@
       return '<tr><td>' + esc(r.kind) + '<td>' + esc(r.path) + '<td>' + esc(r.fs) + (r.shared ? ' (shared)' : '') + '<td>' + esc(r.delivery) +
         '<td>' + esc(r.why || '') + '<td>' + esc(r.watcher) + '<td class="n' + (r.unwatched_dirs ? ' warn' : '') + '">' + (r.unwatched_dirs || 0);
     }).join('');
-    $('doctor').innerHTML = (d.doctor || []).map(function (l) { return '<li>' + esc(l); }).join('') || '<li>no findings';
+    $('doctor-h').hidden = $('doctor').hidden = !d.doctor;
+    $('doctor').innerHTML = !d.doctor ? '' : d.doctor.map(function (l) { return '<li>' + esc(l); }).join('') || '<li>no findings';
   }
 
   function state(text, bad) { var s = $('state'); s.textContent = text; s.className = bad ? 'bad' : ''; }
   function update(d) {
+    if (!data) reveal();
     data = d;
     var up = d.up_s, u = up < 3600 ? Math.floor(up / 60) + ' min' : up < 172800 ? Math.floor(up / 3600) + ' h ' + Math.floor(up % 3600 / 60) + ' min' : Math.floor(up / 86400) + ' d';
     state((d.ready ? 'ready' : 'reconciling the catalog') + ' · up ' + u + ' · updated ' + hhmm(d.now_ms) + ':' + pad(new Date(d.now_ms).getSeconds()), !d.ready);
     $('live').hidden = !d.series;
     if (d.series) drawLive(d.series);
     drawRoots(d);
-    var dk = JSON.stringify(d.devices || []);
-    if (dk !== devKey) { devKey = dk; setDevices(d.devices || []); } else { drawAxis(); drawRows(); }
+    if (devKey) { drawAxis(); drawRows(); }
     var tk = JSON.stringify(d.tilesets || []);
     if (tk !== tsKey) { tsKey = tk; drawTilesets(d.tilesets || []); }
   }
@@ -383,5 +421,19 @@
       state('data.json failed at ' + hhmm(Date.now()) + ': ' + e.message, true);
     }).then(function () { setTimeout(poll, POLL_MS); });
   }
+  // The devices' spans change with the logs, not every few seconds, and
+  // are the largest part: read once a minute (a 304 while unchanged).
+  function pollDevices() {
+    fetch('/console/devices.json', { cache: 'no-cache' }).then(function (r) {
+      if (!r.ok) throw new Error('HTTP ' + r.status);
+      return r.json();
+    }).then(function (d) {
+      var dk = JSON.stringify(d.devices || []);
+      if (dk !== devKey) { devKey = dk; setDevices(d.devices || []); }
+    }).catch(function (e) {
+      state('devices.json failed at ' + hhmm(Date.now()) + ': ' + e.message, true);
+    }).then(function () { setTimeout(pollDevices, DEVICES_MS); });
+  }
   poll();
+  pollDevices();
 })();
