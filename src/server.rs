@@ -165,6 +165,13 @@ pub async fn serve(config: Config, inherited: Option<std::net::TcpListener>) -> 
     let (check, tls_only) = (plain.unwrap_or(addr), plain.is_none());
     tokio::spawn(crate::systemd::supervise(ready, check, tls_only, http::Status(app.clone())));
     tokio::spawn(http::console::sample(app.clone()));
+    // The doctor's findings for the console: once, off the executor (it
+    // walks every root and probes sendfile).
+    let (doctor_config, doctor_app) = (config.clone(), app.clone());
+    tokio::task::spawn_blocking(move || {
+        let report = crate::doctor::report(&doctor_config, &doctor_app.roots);
+        *doctor_app.doctor.lock() = report.lines().map(str::to_string).collect();
+    });
     // The driver re-opens files of evicted replays through the same cache.
     let files = (app.cache.clone(), app.roots.clone());
     let router = http::router(app);

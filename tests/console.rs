@@ -59,6 +59,15 @@ fn the_console_data_holds_figures_spans_and_coverage() {
     let roots = d["roots"].as_array().unwrap();
     assert!(roots.iter().any(|r| r["kind"] == "tiles" && r["delivery"] == "sendfile" && r["watcher"] == "inotify"));
 
+    // The doctor's findings, taken once after start, for the roots view.
+    assert!(
+        poll_until(Duration::from_secs(10), || data()["doctor"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|l| l.as_str().is_some_and(|l| l.contains("probe ok"))))),
+        "no doctor findings: {}",
+        data()
+    );
+
     // The metrics carry the histogram the quantiles come from.
     assert!(server.metric("tessera_request_duration_seconds_count").unwrap() >= 201.0);
 
@@ -103,7 +112,7 @@ fn an_anonymous_caller_sees_only_public_data() {
     .unwrap();
     let server = fx.start_ready_with(&fx.state(), &["--config", config.to_str().unwrap()]);
     let d = server.get_json("/console/data.json");
-    assert!(d["series"].is_null() && d["roots"].is_null(), "{d}");
+    assert!(d["series"].is_null() && d["roots"].is_null() && d["doctor"].is_null(), "{d}");
     let devices = server.get_json("/console/devices.json");
     assert_eq!(devices["devices"].as_array().unwrap().len(), 0, "{devices}");
     assert!(!d["tilesets"].as_array().unwrap().is_empty());

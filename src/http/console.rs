@@ -275,6 +275,9 @@ struct Data {
     series: Option<Series>,
     #[serde(skip_serializing_if = "Option::is_none")]
     roots: Option<Vec<RootView>>,
+    /// `tessera doctor`'s findings (once taken, after start).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    doctor: Option<Vec<String>>,
     tilesets: Vec<TilesetView>,
 }
 
@@ -338,6 +341,7 @@ pub async fn data(State(app): State<AppState>, caller: Option<Extension<Caller>>
         interval_s: INTERVAL.as_secs(),
         series: operator.then(|| series(&app.history)),
         roots,
+        doctor: operator.then(|| app.doctor.lock().clone()).filter(|d| !d.is_empty()),
         tilesets,
     };
     json_response(&headers, &data)

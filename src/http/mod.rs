@@ -66,6 +66,9 @@ pub struct App {
     pub limiter: Arc<Limiter>,
     /// The last hour of figures, for the console.
     pub history: console::History,
+    /// `tessera doctor`'s report, line by line, taken once after start
+    /// (by `server`: it walks the roots), for the console's roots view.
+    pub doctor: Mutex<Vec<String>>,
 }
 
 pub type AppState = Arc<App>;
@@ -146,6 +149,7 @@ impl App {
             policy: Arc::new(Policy::new(config)),
             limiter: Arc::default(),
             history: console::History::default(),
+            doctor: Mutex::new(Vec::new()),
         }
     }
 
