@@ -35,13 +35,19 @@ try {
   await page.goto(base + "/");
   // The figures need two samples (5 s apart) and the load's requests.
   const charts = ["requests", "bytes", "status", "latency", "connections", "cache", "changes"];
+  // A line: a path of several points, none of them NaN.
   const drawn = (ids) =>
-    ids.every((c) => [...document.querySelectorAll(`#chart-${c} path`)].some((p) => (p.getAttribute("d") || "").length > 10));
+    ids.every((c) => {
+      const paths = [...document.querySelectorAll(`#chart-${c} path`)].map((p) => p.getAttribute("d") || "");
+      return paths.some((d) => d.length > 10) && paths.every((d) => !d.includes("NaN"));
+    });
   await page.waitForFunction(drawn, charts, { timeout: 30000 }).catch(() => {});
   for (const c of charts) {
     const ok = await page.evaluate(drawn, [c]);
     check(`chart ${c} draws a line`, ok);
   }
+  const rate = await page.evaluate(() => parseFloat(document.getElementById("v-requests").textContent));
+  check("the request rate under load is above zero", rate > 0, rate);
   check("the plain tables are replaced", await page.evaluate(() => document.getElementById("plain").hidden));
   await page.screenshot({ path: `${outdir}/console.png` });
 
@@ -49,12 +55,18 @@ try {
   await page.waitForFunction(rows, null, { timeout: 10000 }).catch(() => {});
   await page.fill("#dev-filter", "pump-station");
   await page.waitForTimeout(300);
-  const timeline = await page.evaluate(() => ({
-    rows: document.querySelectorAll("#timeline g[data-i]").length,
-    bars: document.querySelectorAll("#timeline rect.bar").length,
-    gaps: document.querySelectorAll("#timeline rect.gap").length,
-  }));
-  check("the timeline draws rows and bars", timeline.rows >= 2 && timeline.bars >= 4, JSON.stringify(timeline));
+  const timeline = await page.evaluate(() => {
+    const bars = [...document.querySelectorAll("#timeline rect.bar")];
+    const size = (r, a) => parseFloat(r.getAttribute(a));
+    return {
+      rows: document.querySelectorAll("#timeline g[data-i]").length,
+      bars: bars.length,
+      placed: bars.every((r) => Number.isFinite(size(r, "x")) && size(r, "width") >= 1),
+      wide: bars.filter((r) => size(r, "width") > 3).length,
+      gaps: document.querySelectorAll("#timeline rect.gap").length,
+    };
+  });
+  check("the timeline draws rows and bars", timeline.rows >= 2 && timeline.bars >= 4 && timeline.placed && timeline.wide >= 2, JSON.stringify(timeline));
   check("the quiet day of pump-station-gap shows as a gap", timeline.gaps >= 1, JSON.stringify(timeline));
   await page.locator("#devices").screenshot({ path: `${outdir}/timeline.png` });
 
@@ -80,6 +92,16 @@ try {
   await page.locator("#logs").scrollIntoViewIfNeeded();
   await page.locator("#logs").screenshot({ path: `${outdir}/logview.png` });
   check("no script error", errors.length === 0, errors.join("; "));
+  check("the page reports no failed fetch", !(await page.evaluate(() => document.getElementById("state").classList.contains("bad"))),
+    await page.evaluate(() => document.getElementById("state").textContent));
+  // A device and a tileset named like markup: shown as text, never run.
+  await page.fill("#dev-filter", "img");
+  await page.waitForTimeout(300);
+  const hostile = await page.evaluate(() => ({
+    pwned: window.pwned,
+    shown: document.getElementById("timeline").textContent.includes("<img src=x"),
+  }));
+  check("names are text, not markup", hostile.pwned === undefined && hostile.shown, JSON.stringify(hostile));
   await ctx.close();
 
   // Without JavaScript: the plain tables.

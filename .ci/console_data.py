@@ -40,6 +40,11 @@ for back in (3, 2, 0):
     name = time.strftime("%Y-%m-%d", time.gmtime(day0)) + ".jsonl"
     day_log(os.path.join(small, "logs", "pump-station-gap", name), day0, 600, "pump-station-gap")
 
+# A device and a tileset named like markup (names come from the disk).
+hostile = "<img src=x onerror=window.pwned=1>\"'&"
+day_log(os.path.join(small, "logs", hostile, "today.jsonl"), today, 3600, "hostile")
+tile(os.path.join(small, "tiles", hostile, "0", "0", "0.png"), b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+
 large = os.path.join(out, "large")
 png = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
 for i in range(100):

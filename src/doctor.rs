@@ -20,14 +20,16 @@ use crate::watch::limit::{self, WatchLimit};
 const PROBE_SEARCH: usize = 10_000;
 
 /// The report, as text for people. Problems are marked `warning:`.
-pub fn report(config: &Config, roots: &[Root]) -> String {
+/// `probe`: try a sendfile of a file of each area (`tessera doctor`; the
+/// console's copy, taken inside the server, leaves the files alone).
+pub fn report(config: &Config, roots: &[Root], probe: bool) -> String {
     let mut out = String::new();
     let (soft, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap_or((0, 0));
     let mut inotify_dirs = 0u64;
     for root in roots {
         let _ = writeln!(out, "{} root {}", root.kind(), root.path().display());
         for area in &root.areas {
-            describe_area(&mut out, root, area);
+            describe_area(&mut out, root, area, probe);
         }
         let dirs = count_dirs(root.path());
         let watcher = match root.watcher {
@@ -115,7 +117,7 @@ fn describe_security(out: &mut String, config: &Config) {
     }
 }
 
-fn describe_area(out: &mut String, root: &Root, area: &Area) {
+fn describe_area(out: &mut String, root: &Root, area: &Area, live: bool) {
     let indent = if area.rel.as_os_str().is_empty() {
         "  "
     } else {
@@ -126,7 +128,9 @@ fn describe_area(out: &mut String, root: &Root, area: &Area) {
     let (name, magic) = (&area.storage.fs_name, area.storage.fs_type);
     let _ = writeln!(out, "{indent}filesystem   {name} (f_type 0x{magic:x}), {storage}");
     let _ = writeln!(out, "{indent}delivery     {} ({})", area.delivery.as_str(), area.reason);
-    let _ = writeln!(out, "{indent}sendfile     {}", probe(root, area));
+    if live {
+        let _ = writeln!(out, "{indent}sendfile     {}", probe(root, area));
+    }
 }
 
 /// Sends up to 64 KiB of the first file found in the area (not in a deeper

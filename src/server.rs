@@ -166,10 +166,10 @@ pub async fn serve(config: Config, inherited: Option<std::net::TcpListener>) -> 
     tokio::spawn(crate::systemd::supervise(ready, check, tls_only, http::Status(app.clone())));
     tokio::spawn(http::console::sample(app.clone()));
     // The doctor's findings for the console: once, off the executor (it
-    // walks every root and probes sendfile).
+    // walks every root; no sendfile probe, which would touch the files).
     let (doctor_config, doctor_app) = (config.clone(), app.clone());
     tokio::task::spawn_blocking(move || {
-        let report = crate::doctor::report(&doctor_config, &doctor_app.roots);
+        let report = crate::doctor::report(&doctor_config, &doctor_app.roots, false);
         *doctor_app.doctor.lock() = report.lines().map(str::to_string).collect();
     });
     // The driver re-opens files of evicted replays through the same cache.
@@ -480,7 +480,7 @@ pub fn token(args: &crate::config::TokenArgs) -> Result<String, String> {
 /// `tessera doctor`: the report of [`crate::doctor`].
 pub fn doctor(config: &Config) -> anyhow::Result<String> {
     let roots = open_roots(config)?;
-    Ok(crate::doctor::report(config, &roots))
+    Ok(crate::doctor::report(config, &roots, true))
 }
 
 /// `tessera check`: the configuration loads, every root opens, and the state

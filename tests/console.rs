@@ -61,9 +61,9 @@ fn the_console_data_holds_figures_spans_and_coverage() {
 
     // The doctor's findings, taken once after start, for the roots view.
     assert!(
-        poll_until(Duration::from_secs(10), || data()["doctor"]
-            .as_array()
-            .is_some_and(|d| d.iter().any(|l| l.as_str().is_some_and(|l| l.contains("probe ok"))))),
+        poll_until(Duration::from_secs(10), || data()["doctor"].as_array().is_some_and(|d| d
+            .iter()
+            .any(|l| l.as_str().is_some_and(|l| l.contains("delivery") && l.contains("sendfile"))))),
         "no doctor findings: {}",
         data()
     );
@@ -107,7 +107,8 @@ fn an_anonymous_caller_sees_only_public_data() {
     let config = fx.root().join("tessera.toml");
     std::fs::write(
         &config,
-        "[[tokens]]\nname = \"ops\"\nsha256 = \"2efbbb4e7ac9c6e451cf0b398323a6935332608297f7deb1d4212610aa6427fb\"\nroles = [\"metrics\", \"logs\"]\n",
+        "[[tokens]]\nname = \"ops\"\nsha256 = \"2efbbb4e7ac9c6e451cf0b398323a6935332608297f7deb1d4212610aa6427fb\"\nroles = [\"metrics\", \"logs\"]\n\
+         [[access]]\nprefix = \"/tiles/world/3\"\nallow = [\"authenticated\"]\n",
     )
     .unwrap();
     let server = fx.start_ready_with(&fx.state(), &["--config", config.to_str().unwrap()]);
@@ -116,5 +117,11 @@ fn an_anonymous_caller_sees_only_public_data() {
     let devices = server.get_json("/console/devices.json");
     assert_eq!(devices["devices"].as_array().unwrap().len(), 0, "{devices}");
     assert!(!d["tilesets"].as_array().unwrap().is_empty());
+    // A zoom level closed by a rule is closed to the coverage too.
+    assert_eq!(server.get("/console/coverage/world?z=2").status, 200);
+    assert_eq!(server.get("/console/coverage/world?z=3").status, 404);
+    // Per-caller answers: no shared cache may keep them.
+    let cc = server.get("/console/data.json").header("cache-control").unwrap_or_default().to_string();
+    assert!(cc.contains("private"), "{cc}");
     server.stop();
 }

@@ -231,7 +231,20 @@ impl DescriptorCache {
         let path = PathBuf::from(key);
         // Length and validators come from the descriptor that will be sent
         // (DESIGN.md decision 4), not from a separate stat of the path.
-        let Tag { validators, etag, .. } = Tag::of(&file, root.spec.etag == EtagMode::Content)?;
+        // A log on local storage also gets samples of its bytes for the
+        // final check (shared storage has none: see `holds_snapshot`); a
+        // file rewritten in place can shrink between the two looks, which
+        // are then taken again.
+        let samples = root.kind() == crate::config::RootKind::Logs && cacheable;
+        let mut attempts = 0;
+        let (Tag { validators, etag, .. }, appended_to) = loop {
+            let tag = Tag::of(&file, root.spec.etag == EtagMode::Content)?;
+            match samples.then(|| Samples::take(&file, tag.validators.len)).transpose() {
+                Ok(taken) => break (tag, taken),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && attempts < 3 => attempts += 1,
+                Err(e) => return Err(e),
+            }
+        };
         // A file known to be written in place is copied, not sent by
         // reference, under 1 MiB: sendfile queues page references, and an
         // overwrite after the last check would change bytes still waiting in
@@ -245,11 +258,6 @@ impl DescriptorCache {
                 DeliveryPath::Buffered
             }
             delivery => delivery,
-        };
-        // Shared storage has no final check (see `holds_snapshot`).
-        let appended_to = match root.kind() == crate::config::RootKind::Logs && cacheable {
-            true => Some(Samples::take(&file, validators.len)?),
-            false => None,
         };
         let header = |s: &str| HeaderValue::from_str(s).map_err(io::Error::other);
         Ok(FileEntry {

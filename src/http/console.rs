@@ -111,6 +111,8 @@ impl History {
 /// Samples the metrics every [`INTERVAL`] for as long as the server runs.
 pub async fn sample(app: AppState) {
     let mut ticks = tokio::time::interval(INTERVAL);
+    // After a stall, one sample, not a burst of them a moment apart.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         ticks.tick().await;
         app.history.push(take(&app.metrics));
@@ -163,7 +165,8 @@ fn now_ms() -> i64 {
 /// The `q` quantile (0..1) of the requests between two samples, in ms, by
 /// linear interpolation inside the bucket it falls in; None without requests.
 fn quantile(before: &[u64], after: &[u64], q: f64) -> Option<f64> {
-    let delta: Vec<u64> = after.iter().zip(before.iter().chain(std::iter::repeat(&0))).map(|(a, b)| a - b).collect();
+    let delta: Vec<u64> =
+        after.iter().zip(before.iter().chain(std::iter::repeat(&0))).map(|(a, b)| a.saturating_sub(*b)).collect();
     let total = *delta.last()?;
     if total == 0 {
         return None;
@@ -299,7 +302,7 @@ pub async fn data(State(app): State<AppState>, caller: Option<Extension<Caller>>
     };
     let tilesets = list
         .iter()
-        .filter(|t| may_read(&format!("/tiles/{}", wire::segment(&t.name))))
+        .filter(|t| may_read(&super::tileset_path(&t.name)))
         .map(|t| {
             let url = wire::segment(&t.name);
             TilesetView {
@@ -401,7 +404,7 @@ pub async fn coverage(
     headers: HeaderMap,
 ) -> Response {
     let caller = caller.map(|Extension(c)| c);
-    if !app.may_read(caller.as_ref(), &format!("/tiles/{}", wire::segment(&name))) {
+    if !app.may_read(caller.as_ref(), &super::tileset_path(&name)) {
         return error(StatusCode::NOT_FOUND, "no such tileset");
     }
     let list = match app.tileset_list().await {
@@ -412,6 +415,10 @@ pub async fn coverage(
         return error(StatusCode::NOT_FOUND, "no such tileset");
     };
     let z = query.z.unwrap_or(t.minzoom.max(t.maxzoom.min(4)));
+    // A rule may close a zoom level (`/tiles/{name}/{z}`) of an open tileset.
+    if !app.may_read(caller.as_ref(), &format!("/tiles/{}/{z}", wire::segment(&name))) {
+        return error(StatusCode::NOT_FOUND, "no such tileset");
+    }
     let Some(&[_, x0, x1, y0, y1]) = t.levels.iter().find(|l| l[0] == z) else {
         return error(StatusCode::NOT_FOUND, "the tileset has no tiles at this zoom");
     };

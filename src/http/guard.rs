@@ -114,13 +114,14 @@ fn unauthorized(error_code: Option<&str>) -> Response {
     response
 }
 
-/// The pages whose content depends on the caller: `/`, `/tiles`, `/logs`
-/// and `/logs/{device}`.
+/// The pages whose content depends on the caller: `/`, `/tiles`, `/logs`,
+/// `/logs/{device}` and the console's data.
 fn lists(target: &Target) -> bool {
     match target.segments() {
         [] => true,
         [one] => one == "tiles" || one == "logs",
-        [logs, _] => logs == "logs",
+        [logs, _] => logs == "logs" || logs == "console",
+        [console, ..] if console == "console" => true,
         _ => false,
     }
 }

@@ -331,6 +331,13 @@ pub fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
+/// The path whose access rules decide whether a tileset is listed: its
+/// TileJSON's, which the rules read as exactly `/tiles/{name}` (a name
+/// ending in `.json` included).
+fn tileset_path(name: &str) -> String {
+    format!("/tiles/{}.json", wire::segment(name))
+}
+
 /// The base URL clients reached us by, from the Host header when it is sane.
 fn base_url(headers: &HeaderMap) -> String {
     let host = headers

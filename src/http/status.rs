@@ -13,6 +13,9 @@ use crate::access::Caller;
 use crate::config::RootKind;
 use crate::delivery::Unlogged;
 
+/// Logs listed in the page's plain table.
+const PLAIN_LOGS: usize = 500;
+
 pub async fn healthz(headers: HeaderMap) -> Response {
     let mut response = text_response("text/plain; charset=utf-8", "ok\n");
     // The watchdog's own check is not a client: kept out of the access log.
@@ -73,7 +76,7 @@ pub async fn index(State(app): State<AppState>, caller: Option<Extension<Caller>
     page.push_str(
         "</table><h2>Tilesets</h2><table><tr><th>name (preview)<th>source<th>format<th>zoom<th>tiles<th>TileJSON</tr>",
     );
-    for t in tilesets.iter().filter(|t| may_read(&format!("/tiles/{}", wire::segment(&t.name)))) {
+    for t in tilesets.iter().filter(|t| may_read(&super::tileset_path(&t.name))) {
         let name = escape(&t.name);
         let url = wire::segment(&t.name);
         let _ = write!(
@@ -83,7 +86,14 @@ pub async fn index(State(app): State<AppState>, caller: Option<Extension<Caller>
         );
     }
     page.push_str("</table><h2>Logs</h2><table><tr><th>device<th>file<th>size<th>first<th>last</tr>");
-    for l in logs.iter().filter(|l| may_read(&super::logs::url(&l.device, &l.file))) {
+    // The first rows only: with many thousands of logs the page would be
+    // megabytes before its script could run; `/logs` pages through all.
+    let readable = logs.iter().filter(|l| may_read(&super::logs::url(&l.device, &l.file)));
+    for (shown, l) in readable.enumerate() {
+        if shown == PLAIN_LOGS {
+            let _ = write!(page, "<tr><td colspan=5>… more in <a href=/logs>/logs</a></tr>");
+            break;
+        }
         let _ = write!(
             page,
             "<tr><td>{}<td><a href=\"{}\">{}</a><td>{}<td>{}<td>{}</tr>",
@@ -96,7 +106,18 @@ pub async fn index(State(app): State<AppState>, caller: Option<Extension<Caller>
         );
     }
     page.push_str("</table>");
-    text_response("text/html; charset=utf-8", super::console::page(&page))
+    let mut response = text_response("text/html; charset=utf-8", super::console::page(&page));
+    // The page runs only tessera's own script: nothing else may run in it,
+    // frame it, or be taken for another type.
+    let headers = response.headers_mut();
+    headers.insert(
+        "content-security-policy",
+        axum::http::HeaderValue::from_static(
+            "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'",
+        ),
+    );
+    headers.insert("x-content-type-options", axum::http::HeaderValue::from_static("nosniff"));
+    response
 }
 
 fn escape(s: &str) -> String {

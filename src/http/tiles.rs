@@ -638,7 +638,7 @@ pub async fn catalog(State(app): State<AppState>, caller: Option<Extension<Calle
     let base = app.base_url(&headers);
     let list: Vec<serde_json::Value> = tilesets
         .iter()
-        .filter(|t| app.may_read(caller.as_ref(), &format!("/tiles/{}", wire::segment(&t.name))))
+        .filter(|t| app.may_read(caller.as_ref(), &super::tileset_path(&t.name)))
         .map(|t| {
             let scheme = stored_scheme(Some(t), app.tilesets.get(&t.name));
             let id = wire::segment(&t.name);

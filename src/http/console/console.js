@@ -7,7 +7,8 @@
   var COLORS = ['#2f81f7', '#1a7f37', '#bf8700', '#cf222e', '#8250df'];
   var POLL_MS = 5000, DEVICES_MS = 60000, ROW = 18, NAMEW = 180, LOG_MAX = 2e6;
   var data = null, devs = [], shown = [], sel = null, devKey = '', tsKey = '';
-  var fetchedAt = Date.now(), namesKey = '', zoomOf = {}, covDone = {}, covObs = null;
+  var fetchedAt = Date.now(), namesKey = '', zoomOf = Object.create(null), covDone = Object.create(null), covObs = null;
+  var devicesStarted = false;
 
   // The plain tables stay until the first data arrives: a console that cannot fetch still shows them.
   function reveal() {
@@ -417,7 +418,12 @@
     fetch('/console/data.json', { cache: 'no-store' }).then(function (r) {
       if (!r.ok) throw new Error('HTTP ' + r.status);
       return r.json();
-    }).then(function (d) { fetchedAt = Date.now(); update(d); }).catch(function (e) {
+    }).then(function (d) {
+      fetchedAt = Date.now();
+      update(d);
+      // The timeline is drawn against the figures' clock: devices after them.
+      if (!devicesStarted) { devicesStarted = true; pollDevices(); }
+    }).catch(function (e) {
       state('data.json failed at ' + hhmm(Date.now()) + ': ' + e.message, true);
     }).then(function () { setTimeout(poll, POLL_MS); });
   }
@@ -429,11 +435,10 @@
       return r.json();
     }).then(function (d) {
       var dk = JSON.stringify(d.devices || []);
-      if (dk !== devKey) { devKey = dk; setDevices(d.devices || []); }
+      if (dk !== devKey) { setDevices(d.devices || []); devKey = dk; }
     }).catch(function (e) {
       state('devices.json failed at ' + hhmm(Date.now()) + ': ' + e.message, true);
     }).then(function () { setTimeout(pollDevices, DEVICES_MS); });
   }
   poll();
-  pollDevices();
 })();
