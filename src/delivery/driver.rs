@@ -307,6 +307,11 @@ impl Conn {
         with_http_date(|date| out.extend_from_slice(date.as_bytes()));
         out.extend_from_slice(b"\r\n");
         finish_head(&mut out, head.keep_alive, head.version);
+        // Counted before the bytes leave: a client that reads `/metrics`
+        // once it has its answer finds the answer counted.
+        let metrics = &self.shared.metrics;
+        metrics.replays.inc();
+        metrics.count_request(route, StatusCode::OK.as_u16());
         let result = if head.method == Method::HEAD {
             self.write(&out).await.map(|()| (0, "none"))
         } else {
@@ -320,8 +325,6 @@ impl Conn {
         };
         self.out = out;
         let metrics = &self.shared.metrics;
-        metrics.replays.inc();
-        metrics.count_request(route, StatusCode::OK.as_u16());
         metrics.request_seconds.observe(started.elapsed().as_secs_f64());
         if let (Some(path), Ok((bytes, delivery))) = (path, &result) {
             let root = self.shared.roots.get(entry.root).map(|r| r.path());
