@@ -8,19 +8,10 @@ use std::time::Duration;
 
 use common::*;
 
-fn sample_data(fx: &Fixture) {
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    for (from, to) in [(repo.join("tiles"), fx.tiles()), (repo.join("logs"), fx.logs())] {
-        let status =
-            std::process::Command::new("cp").arg("-R").arg(format!("{}/.", from.display())).arg(&to).status().unwrap();
-        assert!(status.success());
-    }
-}
-
 #[test]
 fn the_console_data_holds_figures_spans_and_coverage() {
     let fx = Fixture::new();
-    sample_data(&fx);
+    fx.copy_samples();
     let server = fx.start_ready();
     for _ in 0..200 {
         assert_eq!(server.get("/tiles/world/1/0/0.png").status, 200);
@@ -103,7 +94,7 @@ fn the_console_data_holds_figures_spans_and_coverage() {
 #[test]
 fn an_anonymous_caller_sees_only_public_data() {
     let fx = Fixture::new();
-    sample_data(&fx);
+    fx.copy_samples();
     let config = fx.root().join("tessera.toml");
     std::fs::write(
         &config,

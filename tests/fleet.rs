@@ -19,11 +19,7 @@ use common::*;
 /// Copies the repository's sample tiles and logs into `fx`, plus an
 /// MBTiles tileset, dated an hour back (settled, as deployed data is).
 fn sample_data(fx: &Fixture) {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for (from, to) in [(repo.join("tiles"), fx.tiles()), (repo.join("logs"), fx.logs())] {
-        let status = Command::new("cp").arg("-R").arg(format!("{}/.", from.display())).arg(&to).status().unwrap();
-        assert!(status.success(), "cp {}", from.display());
-    }
+    fx.copy_samples();
     let conn = rusqlite::Connection::open(fx.tiles().join("stations.mbtiles")).expect("create mbtiles");
     conn.execute_batch(
         "CREATE TABLE metadata (name TEXT, value TEXT);

@@ -40,31 +40,12 @@ pub fn page(tables: &str) -> String {
 
 /// `/console/console.js`.
 pub async fn script(headers: HeaderMap) -> Response {
-    asset(&headers, "text/javascript; charset=utf-8", SCRIPT)
+    super::revalidated(&headers, "text/javascript; charset=utf-8", SCRIPT)
 }
 
 /// `/console/console.css`.
 pub async fn style(headers: HeaderMap) -> Response {
-    asset(&headers, "text/css; charset=utf-8", STYLE)
-}
-
-/// A file built into the binary: revalidated (it changes with an update),
-/// by a strong ETag of its bytes.
-fn asset(headers: &HeaderMap, content_type: &'static str, body: &'static str) -> Response {
-    use axum::http::{header, HeaderValue};
-    let etag = super::files::Representation::content_etag(body.as_bytes());
-    let mut response = if super::files::none_match(headers, etag.to_str().unwrap_or_default()) {
-        let mut r = Response::new(axum::body::Body::empty());
-        *r.status_mut() = StatusCode::NOT_MODIFIED;
-        r
-    } else {
-        let mut r = Response::new(axum::body::Body::from(body));
-        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-        r
-    };
-    response.headers_mut().insert(header::ETAG, etag);
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    response
+    super::revalidated(&headers, "text/css; charset=utf-8", STYLE)
 }
 
 /// How often the figures are sampled.

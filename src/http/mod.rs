@@ -353,18 +353,24 @@ fn base_url(headers: &HeaderMap) -> String {
 /// If-None-Match and gets a 304 while nothing changed (httplint warned of
 /// `no-cache` without a validator).
 fn json_response<T: serde::Serialize>(headers: &HeaderMap, value: &T) -> Response {
-    let body = match serde_json::to_vec(value) {
-        Ok(body) => body,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &format!("cannot encode JSON: {e}")),
-    };
-    let etag = files::Representation::content_etag(&body);
+    match serde_json::to_vec(value) {
+        Ok(body) => revalidated(headers, "application/json", body),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("cannot encode JSON: {e}")),
+    }
+}
+
+/// Bytes made here (a JSON document, a file built into the binary) as a
+/// `no-cache` answer with a strong ETag of their content: a 304 for a
+/// client that has them already.
+fn revalidated(headers: &HeaderMap, content_type: &'static str, body: impl AsRef<[u8]> + Into<Body>) -> Response {
+    let etag = files::Representation::content_etag(body.as_ref());
     let mut response = if files::none_match(headers, etag.to_str().unwrap_or_default()) {
         let mut response = Response::new(Body::empty());
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         response
     } else {
-        let mut response = Response::new(Body::from(body));
-        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let mut response = Response::new(body.into());
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         response
     };
     response.headers_mut().insert(header::ETAG, etag);

@@ -120,6 +120,15 @@ impl Fixture {
         self.dir.path().join("logs")
     }
 
+    /// Copies the repository's sample `tiles/` and `logs/` into this fixture.
+    pub fn copy_samples(&self) {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        for (from, to) in [(repo.join("tiles"), self.tiles()), (repo.join("logs"), self.logs())] {
+            let status = Command::new("cp").arg("-R").arg(format!("{}/.", from.display())).arg(&to).status();
+            assert!(status.is_ok_and(|s| s.success()), "cp {}", from.display());
+        }
+    }
+
     pub fn state(&self) -> PathBuf {
         self.dir.path().join("state")
     }
