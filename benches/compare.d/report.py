@@ -57,8 +57,23 @@ def suite(words, server):
 
 
 def mean(data, server, metric):
+    """The median over the rounds (the mean of two), the figure every table shows."""
     vals = data.get(server, {}).get(metric)
-    return statistics.fmean(vals) if vals else None
+    return statistics.median(vals) if vals else None
+
+
+def spread(data, server, metric, digits=0):
+    """The rounds' lowest and highest value, as "lo–hi"."""
+    vals = data.get(server, {}).get(metric)
+    if not vals:
+        return "–"
+    return f"{num(min(vals), digits)}–{num(max(vals), digits)}"
+
+
+def round_ratios(data, a, b, metric):
+    """a's value over b's, round by round (rounds are run in turns, so round i of each belongs together)."""
+    va, vb = data.get(a, {}).get(metric, []), data.get(b, {}).get(metric, [])
+    return [x / y for x, y in zip(va, vb) if y]
 
 
 def num(v, digits=0):
@@ -93,29 +108,35 @@ def render(data, words, meta):
     for c in meta.get("configs", []):
         w(f"  - {c}")
     w("")
-    w("| server | tiles req/s | tiles p99 ms | log MB/s | server CPU s/GB | stale >50 ms / responses | worst stale ms | RSS MiB |")
-    w("|---|---|---|---|---|---|---|---|")
+    w("| server | tiles req/s | tiles p99 ms | server CPU µs per tile | log MB/s, curl | log MB/s, wrk | server CPU s/GB, curl | server CPU s/GB, wrk | stale >50 ms / responses | worst stale ms | RSS MiB |")
+    w("|---|---|---|---|---|---|---|---|---|---|---|")
     for s in plain:
         rps, p99 = mean(data, s, "tiles_rps"), mean(data, s, "tiles_p99_ms")
+        tcpu = mean(data, s, "tiles_cpu_us")
         mbps, cpu = mean(data, s, "log_mbps"), mean(data, s, "log_cpu_s_per_gb")
+        wmbps, wcpu = mean(data, s, "log_wrk_mbps"), mean(data, s, "log_wrk_cpu_s_per_gb")
         stale, total = mean(data, s, "fresh_stale50"), mean(data, s, "fresh_total")
         worst = max(data[s].get("fresh_worst_ms", [None]) or [None], key=lambda x: -1 if x is None else x)
         rss = mean(data, s, "rss_mib")
         stale_cell = "–" if stale is None else f"{num(stale)} / {num(total)}{ratio(stale, ng('fresh_stale50'))}"
         w(
             f"| {LABEL[s]} | {num(rps)}{ratio(rps, ng('tiles_rps'))} | {num(p99, 2)}{ratio(p99, ng('tiles_p99_ms'))}"
-            f" | {num(mbps)}{ratio(mbps, ng('log_mbps'))} | {num(cpu, 3)}{ratio(cpu, ng('log_cpu_s_per_gb'))}"
+            f" | {num(tcpu, 2)}{ratio(tcpu, ng('tiles_cpu_us'))}"
+            f" | {num(mbps)}{ratio(mbps, ng('log_mbps'))} | {num(wmbps)}{ratio(wmbps, ng('log_wrk_mbps'))}"
+            f" | {num(cpu, 3)}{ratio(cpu, ng('log_cpu_s_per_gb'))} | {num(wcpu, 3)}{ratio(wcpu, ng('log_wrk_cpu_s_per_gb'))}"
             f" | {stale_cell} | {num(worst, 1)}{ratio(worst, max(data.get('nginx', {}).get('fresh_worst_ms', [0])))}"
             f" | {num(rss)}{ratio(rss, ng('rss_mib'))} |"
         )
     lo = mean(data, "iperf3", "loopback_mbps")
-    w(f"| loopback limit (iperf3, one stream) | – | – | {num(lo)}{ratio(lo, ng('log_mbps'))} | – | – | – | – |")
+    w(f"| loopback limit (iperf3, one stream) | – | – | – | {num(lo)}{ratio(lo, ng('log_mbps'))} | {num(lo)}{ratio(lo, ng('log_wrk_mbps'))} | – | – | – | – | – |")
     w("")
     w(
-        "Each figure is the mean of the rounds (servers measured in turns, A B … A B …); `(x×)` is the ratio to"
-        " nginx in the same run. MB = 10^6 bytes, GB = 10^9 bytes. Tiles: wrk, 1 thread, 64 keep-alive connections,"
-        " uniformly random URLs over the pyramid, after a sequential warm-up pass. Log: one connection, the whole log"
-        " with curl, server CPU = utime+stime of all the server's processes (its process group) around the downloads."
+        "Each figure is the median of the rounds (servers measured in turns, A B … A B …; with two rounds, their"
+        " mean); `(x×)` is the ratio to nginx in the same run. MB = 10^6 bytes, GB = 10^9 bytes. Tiles: wrk, 1"
+        " thread, 64 keep-alive connections, uniformly random URLs over the pyramid, after a sequential warm-up pass;"
+        " server CPU per tile = utime+stime of all the server's processes (its process group) over the wrk run,"
+        " divided by the responses. Log: one connection; curl downloads the whole log, then wrk asks for it again"
+        " and again; server CPU = utime+stime of all the server's processes around the downloads."
         " Stale: responses carrying a version superseded (by atomic rename) more than 50 ms before the request was"
         " sent; worst stale = the largest such age (any age, max over rounds). RSS: VmRSS of all the server's"
         " processes after the tiles run."
@@ -145,7 +166,7 @@ def render(data, words, meta):
         )
     errs = []
     for s in servers:
-        for m, what in [("tiles_non2xx", "tiles answered with a status other than 2xx/3xx (not counted in req/s)"),
+        for m, what in [("log_wrk_errors", "wrk log downloads with errors"), ("tiles_non2xx", "tiles answered with a status other than 2xx/3xx (not counted in req/s)"),
                         ("tiles_sockerr", "wrk socket errors or timeouts"), ("tiles_warm_short", "warm-up did not cover every tile"),
                         ("fresh_errors", "prober connection errors"), ("fresh_non200", "prober non-200 answers"),
                         ("fresh_corrupt", "prober bodies not matching their version"), ("log_short", "log downloads short or not 200")]:
@@ -159,6 +180,10 @@ def render(data, words, meta):
         for e in errs:
             w(f"- {e}")
     w("")
+    w("### Goals (issue 21: efficiency)")
+    w("")
+    w(efficiency_goals(data))
+    w("")
     w("### Goals (issue 4)")
     w("")
     w(goals(data))
@@ -170,14 +195,16 @@ def render(data, words, meta):
         w("")
     w("Per-round values:")
     w("")
-    metrics = ["tiles_rps", "tiles_p99_ms", "log_mbps", "log_cpu_s_per_gb", "fresh_stale50", "fresh_total", "fresh_worst_ms", "rss_mib"]
+    metrics = ["tiles_rps", "tiles_p99_ms", "tiles_cpu_us", "log_mbps", "log_wrk_mbps", "log_cpu_s_per_gb", "log_wrk_cpu_s_per_gb",
+               "fresh_stale50", "fresh_total", "fresh_worst_ms", "rss_mib"]
     w("| server | " + " | ".join(metrics) + " |")
     w("|---|" + "---|" * len(metrics))
     for s in servers:
         cells = []
         for m in metrics:
             vals = data[s].get(m, [])
-            cells.append(" / ".join(num(v, 2 if m in ("tiles_p99_ms", "log_cpu_s_per_gb") else 0) for v in vals) or "–")
+            digits = 2 if m in ("tiles_p99_ms", "tiles_cpu_us", "log_cpu_s_per_gb", "log_wrk_cpu_s_per_gb") else 0
+            cells.append(" / ".join(num(v, digits) for v in vals) or "–")
         w(f"| {s} | " + " | ".join(cells) + " |")
     if "iperf3" in data:
         w(f"| iperf3 loopback_mbps | {' / '.join(num(v) for v in data['iperf3']['loopback_mbps'])} |" + " |" * (len(metrics) - 1))
@@ -223,6 +250,52 @@ def goals(data):
             limit = budget + 64
             worst = max(vals)
             lines.append(f"- [{'x' if worst <= limit else ' '}] RSS <= cache budget + 64 MiB, {s}: {mark(worst <= limit)} ({worst:.0f} MiB, limit {budget:.0f} + 64 = {limit:.0f} MiB)")
+    return "\n".join(lines)
+
+
+def efficiency_goals(data):
+    """Issue 21's goals: medians over the rounds, with the spread of the round-by-round ratios."""
+    t = "tessera-sendfile"
+    lines = []
+
+    def line(ok, text):
+        lines.append(f"- [{'x' if ok else ' '}] {text}: {'met' if ok else '**NOT met**'}")
+
+    def rr(a, b, metric):
+        r = round_ratios(data, a, b, metric)
+        return f"rounds {min(r):.2f}–{max(r):.2f}×" if r else "no rounds"
+
+    if mean(data, t, "tiles_cpu_us") is not None and mean(data, "nginx", "tiles_cpu_us") is not None:
+        c, cn = mean(data, t, "tiles_cpu_us"), mean(data, "nginx", "tiles_cpu_us")
+        line(c <= 0.75 * cn, f"Server CPU per tile <= 0.75× nginx's ({c / cn:.2f}×: {c:.2f} µs, spread"
+             f" {spread(data, t, 'tiles_cpu_us', 2)}, against {cn:.2f} µs, {spread(data, 'nginx', 'tiles_cpu_us', 2)};"
+             f" {rr(t, 'nginx', 'tiles_cpu_us')})")
+        p, pn = mean(data, t, "tiles_p99_ms"), mean(data, "nginx", "tiles_p99_ms")
+        line(p <= pn, f"Tiles p99 <= nginx's ({p:.2f} ms, {spread(data, t, 'tiles_p99_ms', 2)}, against {pn:.2f} ms,"
+             f" {spread(data, 'nginx', 'tiles_p99_ms', 2)})")
+    else:
+        lines.append("- [ ] Tiles: not measured in this run (needs nginx and tessera-sendfile)")
+    vals = data.get(t, {}).get("fresh_stale50")
+    if vals is not None:
+        line(sum(vals) == 0, f"Zero stale responses ({num(sum(vals))} stale >50 ms of {num(sum(data[t]['fresh_total']))})")
+    lo = mean(data, "iperf3", "loopback_mbps")
+    for client, mb, cpu in (("curl", "log_mbps", "log_cpu_s_per_gb"), ("wrk", "log_wrk_mbps", "log_wrk_cpu_s_per_gb")):
+        v = mean(data, t, mb)
+        if v is None:
+            lines.append(f"- [ ] Large file with {client}: not measured in this run")
+            continue
+        if lo:
+            line(v >= 0.9 * lo, f"Large file ({client}) >= 0.9× iperf3's one stream ({v / lo:.2f}×: {num(v)} MB/s,"
+                 f" {spread(data, t, mb)}, against {num(lo)}, {spread(data, 'iperf3', 'loopback_mbps')})")
+        vl = mean(data, "lighttpd", mb)
+        if vl is None:
+            lines.append(f"- [ ] Large file ({client}) against lighttpd: not measured in this run (needs lighttpd)")
+            continue
+        line(v >= vl, f"Large file ({client}) >= lighttpd's MB/s ({v / vl:.2f}×: {num(v)} against {num(vl)},"
+             f" {spread(data, 'lighttpd', mb)}; {rr(t, 'lighttpd', mb)})")
+        c, cl = mean(data, t, cpu), mean(data, "lighttpd", cpu)
+        line(c <= 0.9 * cl, f"Large file ({client}) CPU per GB <= 0.9× lighttpd's ({c / cl:.2f}×: {c:.3f} s/GB,"
+             f" {spread(data, t, cpu, 3)}, against {cl:.3f}, {spread(data, 'lighttpd', cpu, 3)}; {rr(t, 'lighttpd', cpu)})")
     return "\n".join(lines)
 
 

@@ -238,7 +238,7 @@ impl Default for HttpSettings {
             head_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(30),
-            sendfile_chunk: 4 * 1024 * 1024,
+            sendfile_chunk: 256 * 1024,
             workers: 0,
             public_url: None,
             max_followers: 256,

@@ -7,6 +7,13 @@
 //! so one fast reader cannot starve the other connections of its worker
 //! thread. Linux moves at most 0x7ffff000 bytes a call anyway, so a loop is
 //! needed for large files regardless; offsets are 64-bit (`sendfile64`).
+//!
+//! Large bodies are not corked (`TCP_CORK`, nginx's `tcp_nopush`). Corked,
+//! the kernel holds partial segments until an ACK pulls them out, and on
+//! loopback that transmit, with the receive processing it triggers, runs
+//! in the client's context: one curl over one connection moved 1.6-1.7 GB/s
+//! at 0.48-0.55 s of curl CPU per GB corked, 2.6-2.9 GB/s at 0.25 uncorked
+//! (docs/BENCHMARKS.md, "Efficiency").
 
 use std::fs::File;
 use std::io;
@@ -75,9 +82,8 @@ pub async fn send_head_and_file(
     timeout: Duration,
 ) -> Result<(), SendError> {
     let (offset, len) = (slice.offset, slice.len);
-    let cork = (len >= CORK_FROM).then(|| Cork::new(stream));
     send_all(stream, head, len > 0, timeout).await?;
-    let mut body = Body { stream, slice, off: offset as libc::off64_t, chunk, timeout };
+    let mut body = Body { stream, slice, off: offset as libc::off64_t, chunk, timeout, sent: head.len() as u64 };
     let end = offset + len;
     // Large bodies hold their last byte back until the file is known
     // unchanged after the rest went out (see `finish`). Small ones go in one
@@ -98,9 +104,6 @@ pub async fn send_head_and_file(
         body.send_to(end - 2).await?;
         let request = progress::AckRequest::arm(stream);
         body.send_to(end - 1).await?;
-        // Uncorked before the drain: a corked partial segment would sit in
-        // the queue that the drain waits to see empty.
-        drop(cork);
         progress::acknowledged(stream, request, timeout).await?;
     }
     finish(stream, slice, timeout).await?;
@@ -115,15 +118,23 @@ struct Body<'a> {
     off: libc::off64_t,
     chunk: u64,
     timeout: Duration,
+    /// Bytes of the response (head included) gone into the socket.
+    sent: u64,
 }
 
 impl Body<'_> {
     /// Sends the slice's file up to offset `end`, at most `chunk` bytes a
-    /// call, yielding between full chunks.
+    /// call, yielding between full chunks. Calls end where the response
+    /// reaches a multiple of `chunk` (the first one is shortened by the
+    /// head), as lighttpd's do: with 256 KiB calls, one curl over loopback
+    /// took 4.1-4.2 GB/s at 0.24 s of server CPU per GB, against 2.7-3.0
+    /// GB/s at 0.35 for the same calls shifted by the head, and 3.4 GB/s at
+    /// 0.29 for aligned 1 MiB calls (docs/BENCHMARKS.md, "Efficiency").
     async fn send_to(&mut self, end: u64) -> Result<(), SendError> {
         let (stream, file) = (self.stream, &self.slice.entry.file);
         while (self.off as u64) < end {
-            let want = (end - self.off as u64).min(self.chunk) as usize;
+            let to_boundary = self.chunk - self.sent % self.chunk;
+            let want = (end - self.off as u64).min(to_boundary) as usize;
             let result = stream.try_io(Interest::WRITABLE, || {
                 nix::sys::sendfile::sendfile64(stream.as_fd(), file.as_fd(), Some(&mut self.off), want)
                     .map_err(io::Error::from)
@@ -131,6 +142,7 @@ impl Body<'_> {
             match result {
                 Ok(0) => return Err(SendError::Shrank),
                 Ok(n) => {
+                    self.sent += n as u64;
                     self.slice.entry.counters.sendfile.inc_by(n as u64);
                     if n == want && (self.off as u64) < end {
                         // A full chunk went out: let the other connections run.
@@ -144,32 +156,6 @@ impl Body<'_> {
             }
         }
         Ok(())
-    }
-}
-
-/// Bodies at least this long go out corked (see [`Cork`]).
-const CORK_FROM: u64 = 1 << 20;
-
-/// `TCP_CORK` for the length of one large body, nginx's `tcp_nopush`: the
-/// kernel then sends only full segments until the cork is pulled. Without
-/// it the log row moved about a fifth less on this machine's loopback, for
-/// nginx too (`tcp_nopush off`: 1,880-1,970 MB/s against 2,190-2,580).
-/// Tiles (one sendfile call each) rely on the head's `MSG_MORE` instead:
-/// two `setsockopt` calls would cost more than they save. Dropping the
-/// guard pulls the cork, on every way out (errors and the buffered
-/// fallback included), so nothing stays held for the kernel's 200 ms.
-struct Cork<'a>(&'a TcpStream);
-
-impl<'a> Cork<'a> {
-    fn new(stream: &'a TcpStream) -> Self {
-        let _ = socket2::SockRef::from(stream).set_tcp_cork(true);
-        Cork(stream)
-    }
-}
-
-impl Drop for Cork<'_> {
-    fn drop(&mut self) {
-        let _ = socket2::SockRef::from(self.0).set_tcp_cork(false);
     }
 }
 
