@@ -108,8 +108,8 @@ def render(data, words, meta):
     for c in meta.get("configs", []):
         w(f"  - {c}")
     w("")
-    w("| server | tiles req/s | tiles p99 ms | server CPU µs per tile | log MB/s, curl | log MB/s, wrk | server CPU s/GB, curl | server CPU s/GB, wrk | stale >50 ms / responses | worst stale ms | RSS MiB |")
-    w("|---|---|---|---|---|---|---|---|---|---|---|")
+    w("| server | tiles req/s | tiles p99 ms | server CPU µs per tile | log MB/s, curl | log MB/s, wrk | server CPU s/GB, curl | server CPU s/GB, wrk | client CPU s/GB, curl / wrk | stale >50 ms / responses | worst stale ms | RSS MiB |")
+    w("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for s in plain:
         rps, p99 = mean(data, s, "tiles_rps"), mean(data, s, "tiles_p99_ms")
         tcpu = mean(data, s, "tiles_cpu_us")
@@ -124,11 +124,12 @@ def render(data, words, meta):
             f" | {num(tcpu, 2)}{ratio(tcpu, ng('tiles_cpu_us'))}"
             f" | {num(mbps)}{ratio(mbps, ng('log_mbps'))} | {num(wmbps)}{ratio(wmbps, ng('log_wrk_mbps'))}"
             f" | {num(cpu, 3)}{ratio(cpu, ng('log_cpu_s_per_gb'))} | {num(wcpu, 3)}{ratio(wcpu, ng('log_wrk_cpu_s_per_gb'))}"
+            f" | {num(mean(data, s, 'log_client_cpu_s_per_gb'), 3)} / {num(mean(data, s, 'log_wrk_client_cpu_s_per_gb'), 3)}"
             f" | {stale_cell} | {num(worst, 1)}{ratio(worst, max(data.get('nginx', {}).get('fresh_worst_ms', [0])))}"
             f" | {num(rss)}{ratio(rss, ng('rss_mib'))} |"
         )
     lo = mean(data, "iperf3", "loopback_mbps")
-    w(f"| loopback limit (iperf3, one stream) | – | – | – | {num(lo)}{ratio(lo, ng('log_mbps'))} | {num(lo)}{ratio(lo, ng('log_wrk_mbps'))} | – | – | – | – | – |")
+    w(f"| loopback limit (iperf3, one stream) | – | – | – | {num(lo)}{ratio(lo, ng('log_mbps'))} | {num(lo)}{ratio(lo, ng('log_wrk_mbps'))} | – | – | – | – | – | – |")
     w("")
     w(
         "Each figure is the median of the rounds (servers measured in turns, A B … A B …; with two rounds, their"
@@ -136,7 +137,9 @@ def render(data, words, meta):
         " thread, 64 keep-alive connections, uniformly random URLs over the pyramid, after a sequential warm-up pass;"
         " server CPU per tile = utime+stime of all the server's processes (its process group) over the wrk run,"
         " divided by the responses. Log: one connection; curl downloads the whole log, then wrk asks for it again"
-        " and again; server CPU = utime+stime of all the server's processes around the downloads."
+        " and again; server CPU = utime+stime of all the server's processes around the downloads, client CPU = the"
+        " client's own (bash `time`). On loopback the receive processing runs partly in the sender's context and"
+        " partly in the receiver's, so the two CPU columns move against each other: read their sum."
         " Stale: responses carrying a version superseded (by atomic rename) more than 50 ms before the request was"
         " sent; worst stale = the largest such age (any age, max over rounds). RSS: VmRSS of all the server's"
         " processes after the tiles run."
@@ -196,14 +199,14 @@ def render(data, words, meta):
     w("Per-round values:")
     w("")
     metrics = ["tiles_rps", "tiles_p99_ms", "tiles_cpu_us", "log_mbps", "log_wrk_mbps", "log_cpu_s_per_gb", "log_wrk_cpu_s_per_gb",
-               "fresh_stale50", "fresh_total", "fresh_worst_ms", "rss_mib"]
+               "log_client_cpu_s_per_gb", "log_wrk_client_cpu_s_per_gb", "fresh_stale50", "fresh_total", "fresh_worst_ms", "rss_mib"]
     w("| server | " + " | ".join(metrics) + " |")
     w("|---|" + "---|" * len(metrics))
     for s in servers:
         cells = []
         for m in metrics:
             vals = data[s].get(m, [])
-            digits = 2 if m in ("tiles_p99_ms", "tiles_cpu_us", "log_cpu_s_per_gb", "log_wrk_cpu_s_per_gb") else 0
+            digits = 2 if m in ("tiles_p99_ms", "tiles_cpu_us") or m.endswith("_s_per_gb") else 0
             cells.append(" / ".join(num(v, digits) for v in vals) or "–")
         w(f"| {s} | " + " | ".join(cells) + " |")
     if "iperf3" in data:
@@ -296,6 +299,11 @@ def efficiency_goals(data):
         c, cl = mean(data, t, cpu), mean(data, "lighttpd", cpu)
         line(c <= 0.9 * cl, f"Large file ({client}) CPU per GB <= 0.9× lighttpd's ({c / cl:.2f}×: {c:.3f} s/GB,"
              f" {spread(data, t, cpu, 3)}, against {cl:.3f}, {spread(data, 'lighttpd', cpu, 3)}; {rr(t, 'lighttpd', cpu)})")
+        own = "log_client_cpu_s_per_gb" if client == "curl" else "log_wrk_client_cpu_s_per_gb"
+        k, kl = mean(data, t, own), mean(data, "lighttpd", own)
+        if k is not None and kl is not None:
+            lines.append(f"  - with the client's own CPU, server + {client}: tessera {c + k:.3f} s/GB, lighttpd {cl + kl:.3f}"
+                         f" ({(c + k) / (cl + kl):.2f}×)")
     return "\n".join(lines)
 
 
