@@ -14,7 +14,6 @@ pub mod access;
 pub mod archive;
 pub mod cache;
 pub mod catalog;
-pub mod caught_up;
 pub mod config;
 pub mod delivery;
 pub mod doctor;

@@ -16,7 +16,6 @@ use nix::errno::Errno;
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::Mode;
 
-use crate::caught_up::CaughtUp;
 use crate::config::{Delivery, RootKind, RootSpec, WatchMode};
 
 /// statfs `f_type` values of shared storage (DESIGN.md decision 2): other
@@ -111,9 +110,6 @@ pub struct Root {
     /// `O_PATH` descriptor of the root directory: every open is relative to
     /// it, and so are the cache's path checks (`FileEntry::fresh`).
     dir: Arc<OwnedFd>,
-    /// Whether the root's inotify watcher has applied every change so far:
-    /// while it has, cached entries skip their own path check.
-    pub caught_up: Arc<CaughtUp>,
 }
 
 impl Root {
@@ -139,7 +135,7 @@ impl Root {
             WatchMode::Auto if storage.shared => WatcherKind::Poll,
             WatchMode::Auto => WatcherKind::Inotify,
         };
-        Ok(Root { index, first_of_kind: true, spec, storage, delivery, watcher, areas, dir, caught_up: Arc::default() })
+        Ok(Root { index, first_of_kind: true, spec, storage, delivery, watcher, areas, dir })
     }
 
     /// The area a relative path falls in: the deepest configured
@@ -182,13 +178,6 @@ impl Root {
     /// Opens a regular file at `rel` (already split into safe segments by
     /// the HTTP layer) without ever leaving the root.
     pub fn open_file(&self, rel: &str) -> io::Result<File> {
-        self.open_file_resolved(rel).map(|(file, _)| file)
-    }
-
-    /// [`Self::open_file`], and whether a symbolic link was followed on the
-    /// way: then the file's own path is not `rel`, and events for it name
-    /// another path (the descriptor cache checks such entries by `stat`).
-    pub fn open_file_resolved(&self, rel: &str) -> io::Result<(File, bool)> {
         // O_NONBLOCK: opening a FIFO planted in a root must not hang a worker.
         let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK;
         let beneath = ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS;
@@ -197,7 +186,7 @@ impl Root {
         // checked, so the /proc check can be skipped (one syscall less).
         let plain = OpenHow::new().flags(flags).resolve(beneath | ResolveFlag::RESOLVE_NO_SYMLINKS);
         match openat2(self.dir.as_fd(), rel, plain) {
-            Ok(fd) => return regular(File::from(fd)).map(|file| (file, false)),
+            Ok(fd) => return regular(File::from(fd)),
             Err(Errno::ELOOP) => {} // a symlink on the way: resolve it, then check where it led
             Err(Errno::ENOSYS) => {}
             Err(Errno::EXDEV) => return Err(denied()),
@@ -219,7 +208,7 @@ impl Root {
         };
         let file = regular(File::from(fd))?;
         self.confirm_inside(&file)?;
-        Ok((file, true))
+        Ok(file)
     }
 
     /// Reads back where the descriptor really points and refuses anything

@@ -26,7 +26,6 @@ use axum::http::HeaderValue;
 use bytes::Bytes;
 
 use super::memory::{charge, MemoryBudget};
-use crate::caught_up::CaughtUp;
 use crate::metrics::DeliveryCounters;
 use crate::roots::DeliveryPath;
 use crate::validators::Validators;
@@ -74,9 +73,6 @@ pub struct FileEntry {
     /// as these bytes of it are unchanged (see [`Self::holds_snapshot`]).
     pub(super) appended_to: Option<Samples>,
     pub(super) revalidate_after_ms: u64,
-    /// The root's watcher, when it can vouch for every entry at once
-    /// (see `watch::caught_up`); `None` for entries that are not cached.
-    pub(super) caught_up: Option<Arc<CaughtUp>>,
     /// When, on [`clock_ms`], the file will have gone unmodified for
     /// [`SETTLE`]; 0 if it had when opened, or if it is not on local
     /// storage. See [`Self::settled`].
@@ -118,13 +114,6 @@ impl FileEntry {
         }
         let now = clock_ms();
         if now.saturating_sub(self.checked_ms.load(Ordering::Relaxed)) < self.revalidate_after_ms {
-            return Currency::Recent;
-        }
-        // The watcher applied every change made up to a moment in the
-        // window, and this entry is still cached: no change took it out.
-        // Recent, not Confirmed: the descriptor's own `fstat` still runs,
-        // for writes inotify does not report (through a shared mapping).
-        if self.caught_up.as_ref().is_some_and(|c| c.confirmed(now, self.revalidate_after_ms)) {
             return Currency::Recent;
         }
         let rel = self.path.as_os_str().as_bytes().get(self.rel_at..).unwrap_or_default();

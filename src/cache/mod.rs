@@ -16,9 +16,6 @@
 //! or a lost event, cannot keep an old file served for longer. That `stat`
 //! walks the path from the root's own descriptor, as the open did, not from
 //! `/`: a few path components instead of a dozen on every request.
-//! On a root whose inotify watcher was seen caught up within that time
-//! (`watch::caught_up`), the watcher vouches for every entry still cached
-//! and the path is not walked at all.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -203,8 +200,8 @@ impl DescriptorCache {
         }
         self.metrics.cache_misses.inc();
         let epoch = self.epoch.load(Ordering::SeqCst);
-        let (file, linked) = root.open_file_resolved(rel)?;
-        let entry = Arc::new(self.entry(root, rel, &key, file, cacheable, linked)?);
+        let file = root.open_file(rel)?;
+        let entry = Arc::new(self.entry(root, rel, &key, file, cacheable)?);
         if cacheable {
             let mut shard = self.shard(&key).lock();
             if self.epoch.load(Ordering::SeqCst) == epoch {
@@ -230,15 +227,7 @@ impl DescriptorCache {
         None
     }
 
-    fn entry(
-        &self,
-        root: &Root,
-        rel: &str,
-        key: &str,
-        file: File,
-        cacheable: bool,
-        linked: bool,
-    ) -> io::Result<FileEntry> {
+    fn entry(&self, root: &Root, rel: &str, key: &str, file: File, cacheable: bool) -> io::Result<FileEntry> {
         let path = PathBuf::from(key);
         // Length and validators come from the descriptor that will be sent
         // (DESIGN.md decision 4), not from a separate stat of the path.
@@ -294,10 +283,6 @@ impl DescriptorCache {
             local: cacheable,
             appended_to,
             revalidate_after_ms: self.revalidate_after.as_millis() as u64,
-            // Reached through a symbolic link, the file's events name its
-            // target's path, not this entry's: only its own `stat` sees a
-            // replaced target.
-            caught_up: (cacheable && !linked).then(|| root.caught_up.clone()),
             settles_ms: if cacheable { settles_ms(validators.mtime_ns) } else { 0 },
         })
     }
@@ -408,7 +393,6 @@ mod tests {
             local: true,
             appended_to: None,
             revalidate_after_ms: 0,
-            caught_up: None,
             settles_ms: 0,
         })
     }

@@ -36,7 +36,6 @@ use prometheus::IntGauge;
 use super::limit::WatchLimit;
 use super::poll::{self, Change, Polled};
 use super::Sink;
-use crate::caught_up::CaughtUp;
 use crate::names::is_hidden_name;
 use crate::roots::Root;
 
@@ -102,13 +101,9 @@ pub fn start(root: &Root, sink: Sink, gauge: IntGauge) -> io::Result<Running> {
         polled: Polled::default(),
         gauge,
         polling: false,
-        caught_up: root.caught_up.clone(),
     };
     tree.add_tree(tree.root.clone());
     tree.note_polled();
-    // From here every change is either in the queue or reported by a
-    // listing; the cache may trust an empty queue.
-    tree.caught_up.attach(tree.inotify.as_fd())?;
     tracing::debug!(
         root = %tree.root.display(),
         watched = tree.by_path.len(),
@@ -137,8 +132,6 @@ struct Tree {
     gauge: IntGauge,
     /// Polling began and has not ended (one warning when it begins).
     polling: bool,
-    /// Told when events are being applied (see `caught_up`).
-    caught_up: Arc<CaughtUp>,
 }
 
 /// The kernel refused a watch for want of watches (or of kernel memory):
@@ -165,13 +158,7 @@ fn subdirs(dir: &Path) -> Vec<PathBuf> {
 }
 
 impl Tree {
-    fn run(self, stop: &EventFd) {
-        let caught_up = self.caught_up.clone();
-        self.watch_until(stop);
-        caught_up.stopped();
-    }
-
-    fn watch_until(mut self, stop: &EventFd) {
+    fn run(mut self, stop: &EventFd) {
         let mut buffer = vec![0u8; 64 * 1024];
         let mut next_round = Instant::now() + self.interval;
         loop {
@@ -200,9 +187,7 @@ impl Tree {
                 return;
             }
             if events {
-                self.caught_up.begin();
                 self.read_events(&mut buffer);
-                self.caught_up.end();
             }
             if self.polled.is_empty() {
                 next_round = Instant::now() + self.interval;
@@ -452,9 +437,6 @@ impl Tree {
     fn note_polled(&mut self) {
         let polled = self.polled.len();
         self.gauge.set(polled as i64);
-        if polled > 0 {
-            self.caught_up.partial();
-        }
         if polled > 0 && !self.polling {
             self.polling = true;
             let needed = (self.by_path.len() + polled) as u64;
