@@ -94,8 +94,8 @@ fn tile_replaced_by_rename_is_served_new() {
 
 /// A tile reached through a symbolic link inside the root: replacing the
 /// link's target by rename names the target's path in the watcher's event,
-/// not the link's, so the cached entry of the link must find out by its own
-/// path check; the watcher's word for every entry at once does not cover it.
+/// not the link's, so the cached entry of the link finds out only by its own
+/// path check (the `stat` of `FileEntry::fresh`, which follows the link).
 #[test]
 fn tile_behind_a_symlink_follows_its_replaced_target() {
     let fx = Fixture::new();

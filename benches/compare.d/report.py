@@ -56,7 +56,7 @@ def suite(words, server):
     return f"{parts[0]} {parts[1]}" + (f" ({', '.join(groups)})" if groups else "")
 
 
-def mean(data, server, metric):
+def median(data, server, metric):
     """The median over the rounds (the mean of two), the figure every table shows."""
     vals = data.get(server, {}).get(metric)
     return statistics.median(vals) if vals else None
@@ -92,7 +92,7 @@ def render(data, words, meta):
     servers = [s for s in ORDER if s in data]
     plain = [s for s in PLAIN if s in data]
     tls = [s for s in TLS if s in data]
-    ng = lambda m: mean(data, "nginx", m)  # noqa: E731
+    ng = lambda m: median(data, "nginx", m)  # noqa: E731
     out = []
     w = out.append
     w("## Latest run of `benches/compare`")
@@ -111,24 +111,24 @@ def render(data, words, meta):
     w("| server | tiles req/s | tiles p99 ms | server CPU µs per tile | log MB/s, curl | log MB/s, wrk | server CPU s/GB, curl | server CPU s/GB, wrk | client CPU s/GB, curl / wrk | stale >50 ms / responses | worst stale ms | RSS MiB |")
     w("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for s in plain:
-        rps, p99 = mean(data, s, "tiles_rps"), mean(data, s, "tiles_p99_ms")
-        tcpu = mean(data, s, "tiles_cpu_us")
-        mbps, cpu = mean(data, s, "log_mbps"), mean(data, s, "log_cpu_s_per_gb")
-        wmbps, wcpu = mean(data, s, "log_wrk_mbps"), mean(data, s, "log_wrk_cpu_s_per_gb")
-        stale, total = mean(data, s, "fresh_stale50"), mean(data, s, "fresh_total")
+        rps, p99 = median(data, s, "tiles_rps"), median(data, s, "tiles_p99_ms")
+        tcpu = median(data, s, "tiles_cpu_us")
+        mbps, cpu = median(data, s, "log_mbps"), median(data, s, "log_cpu_s_per_gb")
+        wmbps, wcpu = median(data, s, "log_wrk_mbps"), median(data, s, "log_wrk_cpu_s_per_gb")
+        stale, total = median(data, s, "fresh_stale50"), median(data, s, "fresh_total")
         worst = max(data[s].get("fresh_worst_ms", [None]) or [None], key=lambda x: -1 if x is None else x)
-        rss = mean(data, s, "rss_mib")
+        rss = median(data, s, "rss_mib")
         stale_cell = "–" if stale is None else f"{num(stale)} / {num(total)}{ratio(stale, ng('fresh_stale50'))}"
         w(
             f"| {LABEL[s]} | {num(rps)}{ratio(rps, ng('tiles_rps'))} | {num(p99, 2)}{ratio(p99, ng('tiles_p99_ms'))}"
             f" | {num(tcpu, 2)}{ratio(tcpu, ng('tiles_cpu_us'))}"
             f" | {num(mbps)}{ratio(mbps, ng('log_mbps'))} | {num(wmbps)}{ratio(wmbps, ng('log_wrk_mbps'))}"
             f" | {num(cpu, 3)}{ratio(cpu, ng('log_cpu_s_per_gb'))} | {num(wcpu, 3)}{ratio(wcpu, ng('log_wrk_cpu_s_per_gb'))}"
-            f" | {num(mean(data, s, 'log_client_cpu_s_per_gb'), 3)} / {num(mean(data, s, 'log_wrk_client_cpu_s_per_gb'), 3)}"
+            f" | {num(median(data, s, 'log_client_cpu_s_per_gb'), 3)} / {num(median(data, s, 'log_wrk_client_cpu_s_per_gb'), 3)}"
             f" | {stale_cell} | {num(worst, 1)}{ratio(worst, max(data.get('nginx', {}).get('fresh_worst_ms', [0])))}"
             f" | {num(rss)}{ratio(rss, ng('rss_mib'))} |"
         )
-    lo = mean(data, "iperf3", "loopback_mbps")
+    lo = median(data, "iperf3", "loopback_mbps")
     w(f"| loopback limit (iperf3, one stream) | – | – | – | {num(lo)}{ratio(lo, ng('log_mbps'))} | {num(lo)}{ratio(lo, ng('log_wrk_mbps'))} | – | – | – | – | – | – |")
     w("")
     w(
@@ -145,16 +145,16 @@ def render(data, words, meta):
         " processes after the tiles run."
     )
     if tls:
-        nt = lambda m: mean(data, "nginx-tls", m)  # noqa: E731
+        nt = lambda m: median(data, "nginx-tls", m)  # noqa: E731
         w("")
         w("TLS, the same servers over HTTPS (ratios to nginx TLS in the same run):")
         w("")
         w("| server | negotiated (openssl s_client) | tiles req/s | tiles p99 ms | log MB/s | server CPU s/GB | RSS MiB |")
         w("|---|---|---|---|---|---|---|")
         for s in tls:
-            rps, p99 = mean(data, s, "tiles_rps"), mean(data, s, "tiles_p99_ms")
-            mbps, cpu = mean(data, s, "log_mbps"), mean(data, s, "log_cpu_s_per_gb")
-            rss = mean(data, s, "rss_mib")
+            rps, p99 = median(data, s, "tiles_rps"), median(data, s, "tiles_p99_ms")
+            mbps, cpu = median(data, s, "log_mbps"), median(data, s, "log_cpu_s_per_gb")
+            rss = median(data, s, "rss_mib")
             w(
                 f"| {LABEL[s]} | {suite(words, s)} | {num(rps)}{ratio(rps, nt('tiles_rps'))} | {num(p99, 2)}{ratio(p99, nt('tiles_p99_ms'))}"
                 f" | {num(mbps)}{ratio(mbps, nt('log_mbps'))} | {num(cpu, 3)}{ratio(cpu, nt('log_cpu_s_per_gb'))}"
@@ -222,22 +222,22 @@ def goals(data):
         return "met" if ok else "**NOT met**"
 
     def have(*pairs):
-        return all(mean(data, s, m) is not None for s, m in pairs)
+        return all(median(data, s, m) is not None for s, m in pairs)
 
     if have((t, "tiles_rps"), ("nginx", "tiles_rps")):
-        r = mean(data, t, "tiles_rps") / mean(data, "nginx", "tiles_rps")
-        p, pn = mean(data, t, "tiles_p99_ms"), mean(data, "nginx", "tiles_p99_ms")
-        lines.append(f"- [{'x' if r >= 1.3 else ' '}] Tiles req/s >= 1.3× nginx: {mark(r >= 1.3)} ({r:.2f}×, {num(mean(data, t, 'tiles_rps'))} vs {num(mean(data, 'nginx', 'tiles_rps'))})")
+        r = median(data, t, "tiles_rps") / median(data, "nginx", "tiles_rps")
+        p, pn = median(data, t, "tiles_p99_ms"), median(data, "nginx", "tiles_p99_ms")
+        lines.append(f"- [{'x' if r >= 1.3 else ' '}] Tiles req/s >= 1.3× nginx: {mark(r >= 1.3)} ({r:.2f}×, {num(median(data, t, 'tiles_rps'))} vs {num(median(data, 'nginx', 'tiles_rps'))})")
         lines.append(f"- [{'x' if p <= pn else ' '}] Tiles p99 <= nginx's: {mark(p <= pn)} ({p:.2f} ms vs {pn:.2f} ms)")
     else:
         lines.append("- [ ] Tiles: not measured in this run (needs nginx and tessera-sendfile)")
     if have((t, "log_mbps"), ("nginx", "log_mbps")):
-        r = mean(data, t, "log_mbps") / mean(data, "nginx", "log_mbps")
-        lines.append(f"- [{'x' if r >= 1.2 else ' '}] Log MB/s >= 1.2× nginx: {mark(r >= 1.2)} ({r:.2f}×, {num(mean(data, t, 'log_mbps'))} vs {num(mean(data, 'nginx', 'log_mbps'))} MB/s)")
+        r = median(data, t, "log_mbps") / median(data, "nginx", "log_mbps")
+        lines.append(f"- [{'x' if r >= 1.2 else ' '}] Log MB/s >= 1.2× nginx: {mark(r >= 1.2)} ({r:.2f}×, {num(median(data, t, 'log_mbps'))} vs {num(median(data, 'nginx', 'log_mbps'))} MB/s)")
     else:
         lines.append("- [ ] Log MB/s: not measured in this run (needs nginx and tessera-sendfile)")
     if have((t, "log_cpu_s_per_gb"), ("lighttpd", "log_cpu_s_per_gb")):
-        c, cl = mean(data, t, "log_cpu_s_per_gb"), mean(data, "lighttpd", "log_cpu_s_per_gb")
+        c, cl = median(data, t, "log_cpu_s_per_gb"), median(data, "lighttpd", "log_cpu_s_per_gb")
         lines.append(f"- [{'x' if c <= cl else ' '}] Log CPU/GB <= lighttpd's: {mark(c <= cl)} ({c:.3f} vs {cl:.3f} s/GB)")
     else:
         lines.append("- [ ] Log CPU/GB: not measured in this run (needs lighttpd and tessera-sendfile)")
@@ -268,12 +268,12 @@ def efficiency_goals(data):
         r = round_ratios(data, a, b, metric)
         return f"rounds {min(r):.2f}–{max(r):.2f}×" if r else "no rounds"
 
-    if mean(data, t, "tiles_cpu_us") is not None and mean(data, "nginx", "tiles_cpu_us") is not None:
-        c, cn = mean(data, t, "tiles_cpu_us"), mean(data, "nginx", "tiles_cpu_us")
+    if median(data, t, "tiles_cpu_us") is not None and median(data, "nginx", "tiles_cpu_us") is not None:
+        c, cn = median(data, t, "tiles_cpu_us"), median(data, "nginx", "tiles_cpu_us")
         line(c <= 0.75 * cn, f"Server CPU per tile <= 0.75× nginx's ({c / cn:.2f}×: {c:.2f} µs, spread"
              f" {spread(data, t, 'tiles_cpu_us', 2)}, against {cn:.2f} µs, {spread(data, 'nginx', 'tiles_cpu_us', 2)};"
              f" {rr(t, 'nginx', 'tiles_cpu_us')})")
-        p, pn = mean(data, t, "tiles_p99_ms"), mean(data, "nginx", "tiles_p99_ms")
+        p, pn = median(data, t, "tiles_p99_ms"), median(data, "nginx", "tiles_p99_ms")
         line(p <= pn, f"Tiles p99 <= nginx's ({p:.2f} ms, {spread(data, t, 'tiles_p99_ms', 2)}, against {pn:.2f} ms,"
              f" {spread(data, 'nginx', 'tiles_p99_ms', 2)})")
     else:
@@ -281,26 +281,26 @@ def efficiency_goals(data):
     vals = data.get(t, {}).get("fresh_stale50")
     if vals is not None:
         line(sum(vals) == 0, f"Zero stale responses ({num(sum(vals))} stale >50 ms of {num(sum(data[t]['fresh_total']))})")
-    lo = mean(data, "iperf3", "loopback_mbps")
+    lo = median(data, "iperf3", "loopback_mbps")
     for client, mb, cpu in (("curl", "log_mbps", "log_cpu_s_per_gb"), ("wrk", "log_wrk_mbps", "log_wrk_cpu_s_per_gb")):
-        v = mean(data, t, mb)
+        v = median(data, t, mb)
         if v is None:
             lines.append(f"- [ ] Large file with {client}: not measured in this run")
             continue
         if lo:
             line(v >= 0.9 * lo, f"Large file ({client}) >= 0.9× iperf3's one stream ({v / lo:.2f}×: {num(v)} MB/s,"
                  f" {spread(data, t, mb)}, against {num(lo)}, {spread(data, 'iperf3', 'loopback_mbps')})")
-        vl = mean(data, "lighttpd", mb)
+        vl = median(data, "lighttpd", mb)
         if vl is None:
             lines.append(f"- [ ] Large file ({client}) against lighttpd: not measured in this run (needs lighttpd)")
             continue
         line(v >= vl, f"Large file ({client}) >= lighttpd's MB/s ({v / vl:.2f}×: {num(v)} against {num(vl)},"
              f" {spread(data, 'lighttpd', mb)}; {rr(t, 'lighttpd', mb)})")
-        c, cl = mean(data, t, cpu), mean(data, "lighttpd", cpu)
+        c, cl = median(data, t, cpu), median(data, "lighttpd", cpu)
         line(c <= 0.9 * cl, f"Large file ({client}) CPU per GB <= 0.9× lighttpd's ({c / cl:.2f}×: {c:.3f} s/GB,"
              f" {spread(data, t, cpu, 3)}, against {cl:.3f}, {spread(data, 'lighttpd', cpu, 3)}; {rr(t, 'lighttpd', cpu)})")
         own = "log_client_cpu_s_per_gb" if client == "curl" else "log_wrk_client_cpu_s_per_gb"
-        k, kl = mean(data, t, own), mean(data, "lighttpd", own)
+        k, kl = median(data, t, own), median(data, "lighttpd", own)
         if k is not None and kl is not None:
             lines.append(f"  - with the client's own CPU, server + {client}: tessera {c + k:.3f} s/GB, lighttpd {cl + kl:.3f}"
                          f" ({(c + k) / (cl + kl):.2f}×)")
@@ -310,11 +310,11 @@ def efficiency_goals(data):
 def tls_goals(data):
     t, n = "tessera-tls", "nginx-tls"
     lines = []
-    if mean(data, t, "log_mbps") is not None and mean(data, n, "log_mbps") is not None:
-        v, vn = mean(data, t, "log_mbps"), mean(data, n, "log_mbps")
+    if median(data, t, "log_mbps") is not None and median(data, n, "log_mbps") is not None:
+        v, vn = median(data, t, "log_mbps"), median(data, n, "log_mbps")
         ok = v >= vn
         lines.append(f"- [{'x' if ok else ' '}] TLS log MB/s >= nginx TLS's: {'met' if ok else '**NOT met**'} ({v / vn:.2f}×, {num(v)} vs {num(vn)} MB/s)")
-        c, cn = mean(data, t, "log_cpu_s_per_gb"), mean(data, n, "log_cpu_s_per_gb")
+        c, cn = median(data, t, "log_cpu_s_per_gb"), median(data, n, "log_cpu_s_per_gb")
         ok = c <= cn
         lines.append(f"- [{'x' if ok else ' '}] TLS log CPU/GB <= nginx TLS's: {'met' if ok else '**NOT met**'} ({c / cn:.2f}×, {c:.3f} vs {cn:.3f} s/GB)")
     else:
