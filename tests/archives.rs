@@ -308,7 +308,9 @@ fn second_version(python: &OsString, work: &Path) -> (PathBuf, Vec<u8>, Vec<u8>)
 /// An archive replaced by rename is served new within the freshness bound
 /// (also after the driver replayed the old answer); one rewritten in place
 /// is served new too, and no answer ever pairs one version's ETag with
-/// another version's bytes.
+/// another version's bytes. An answer whose file is truncated under it after
+/// its head went out ends short of its Content-Length, which is the one
+/// honest outcome left at that point.
 #[test]
 fn replaced_and_rewritten_archives_are_served_new_and_never_mixed() {
     let Some(python) = python() else { return };
@@ -323,9 +325,9 @@ fn replaced_and_rewritten_archives_are_served_new_and_never_mixed() {
     let old_000 = std::fs::read(repo().join("tiles/world/0/0/0.png")).expect("tile");
     let server = fx.start_ready();
     let mut client = KeepAlive::new(server.addr, "localhost");
-    let mut get = |target: &str| client.exchange("GET", target, &[]).expect("answer");
+    let mut ask = |target: &str| client.exchange("GET", target, &[]);
     for _ in 0..5 {
-        assert_eq!(get("/tiles/base/3/3/3.png").body, old_333);
+        assert_eq!(ask("/tiles/base/3/3/3.png").expect("answer").body, old_333);
     }
 
     // By rename, as a pipeline publishes a new build.
@@ -334,11 +336,11 @@ fn replaced_and_rewritten_archives_are_served_new_and_never_mixed() {
     std::fs::rename(&tmp, &archive).expect("rename");
     let started = Instant::now();
     assert!(
-        poll_until(Duration::from_secs(2), || get("/tiles/base/3/3/3.png").body == new_333),
+        poll_until(Duration::from_secs(2), || ask("/tiles/base/3/3/3.png").expect("answer").body == new_333),
         "the renamed archive is served"
     );
     eprintln!("served new {:?} after the rename", started.elapsed());
-    assert_eq!(get("/tiles/base/0/0/0.png").body, new_000);
+    assert_eq!(ask("/tiles/base/0/0/0.png").expect("answer").body, new_000);
 
     // In place, while a client keeps asking: each ETag names one content.
     let mut seen: HashMap<String, Vec<u8>> = HashMap::new();
@@ -356,9 +358,20 @@ fn replaced_and_rewritten_archives_are_served_new_and_never_mixed() {
     };
     let deadline = Instant::now() + Duration::from_secs(4);
     let mut settled = false;
+    let mut early_closes = 0;
     while Instant::now() < deadline {
         for target in ["/tiles/base/3/3/3.png", "/tiles/base/0/0/0.png"] {
-            let r = get(target);
+            let r = match ask(target) {
+                Ok(r) => r,
+                // Truncated under a sendfile that had sent the head: the
+                // connection ends short of Content-Length, which the client
+                // sees as a failed answer, never as a whole wrong one.
+                Err(Failure::EarlyClose { status: 200, .. }) => {
+                    early_closes += 1;
+                    continue;
+                }
+                Err(other) => panic!("{target}: {other:?}"),
+            };
             if r.status != 200 {
                 assert!([404, 503].contains(&r.status), "{target}: {}", r.status);
                 continue;
@@ -370,13 +383,14 @@ fn replaced_and_rewritten_archives_are_served_new_and_never_mixed() {
                 assert_eq!(before, r.body, "{target}: ETag {etag} with two contents");
             }
         }
-        if writer.is_finished() && get("/tiles/base/3/3/3.png").body == old_333 {
+        if writer.is_finished() && ask("/tiles/base/3/3/3.png").expect("answer").body == old_333 {
             settled = true;
             break;
         }
     }
     writer.join().expect("writer");
+    eprintln!("{early_closes} answers cut short while the archive was rewritten in place");
     assert!(settled, "the archive rewritten in place is served as written");
-    assert_eq!(get("/tiles/base/0/0/0.png").body, old_000);
+    assert_eq!(ask("/tiles/base/0/0/0.png").expect("answer").body, old_000);
     assert_eq!(server.get("/healthz").status, 200);
 }
