@@ -239,6 +239,67 @@ fn new_tileset_directory_is_indexed() {
     assert!(tileset(&listing, "world").is_some(), "world disappeared");
 }
 
+/// Waits until `/tiles` lists `name` with `count` tiles; the last listing
+/// entry seen otherwise.
+fn wait_for_count(server: &Server, name: &str, count: u64) -> Result<(), Value> {
+    let mut last = Value::Null;
+    if poll_until(WATCH_DEADLINE, || {
+        last = tileset(&server.get_json("/tiles"), name).cloned().unwrap_or(Value::Null);
+        last["tile_count"] == count
+    }) {
+        Ok(())
+    } else {
+        Err(last)
+    }
+}
+
+/// A directory renamed over an empty one, and two directories swapped with
+/// RENAME_EXCHANGE, stay watched under their new names: tiles written into
+/// them afterwards reach the catalog (the listing's tile counts), which has
+/// no per-request check to fall back on.
+#[test]
+fn directories_moved_over_others_stay_watched() {
+    let fx = Fixture::new();
+    setup(&fx);
+    let tiles = fx.tiles();
+    for (name, z) in [("east", 1), ("west", 2)] {
+        write_file(&tiles.join(format!("{name}/{z}/0/0.png")), &tile_bytes(z, 300));
+    }
+    fs::create_dir_all(tiles.join("east/3")).unwrap();
+    let server = fx.start_ready();
+    wait_for_count(&server, "east", 1).expect("east at start");
+
+    // A zoom level prepared under a hidden name, renamed over the empty one.
+    write_file(&tiles.join(".z3/0/0.png"), &tile_bytes(30, 300));
+    fs::rename(tiles.join(".z3"), tiles.join("east/3")).unwrap();
+    wait_for_count(&server, "east", 2).expect("east with zoom 3 renamed in");
+    write_file(&tiles.join("east/3/0/1.png"), &tile_bytes(31, 300));
+    if let Err(last) = wait_for_count(&server, "east", 3) {
+        panic!("a tile written into the directory renamed over another is never indexed: {last}");
+    }
+
+    // The two tilesets swapped in one step.
+    nix::fcntl::renameat2(
+        nix::fcntl::AT_FDCWD,
+        &tiles.join("east"),
+        nix::fcntl::AT_FDCWD,
+        &tiles.join("west"),
+        nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+    )
+    .expect("renameat2 RENAME_EXCHANGE");
+    wait_for_count(&server, "west", 3).expect("west after the exchange");
+    wait_for_count(&server, "east", 1).expect("east after the exchange");
+    for name in ["east", "west"] {
+        write_file(&tiles.join(format!("{name}/4/0/0.png")), &tile_bytes(40, 300));
+    }
+    for (name, count) in [("east", 2), ("west", 4)] {
+        if let Err(last) = wait_for_count(&server, name, count) {
+            panic!("{name}: a tile written after RENAME_EXCHANGE is never indexed: {last}");
+        }
+    }
+    assert_eq!(server.get("/tiles/west/4/0/0.png").body, tile_bytes(40, 300));
+}
+
 /// The driver replays the Router's answer to a repeated plain GET of a file;
 /// a replay must end the moment the file changes, by rename or in place. One
 /// keep-alive connection keeps every request on one worker thread (replays

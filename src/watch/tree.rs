@@ -17,7 +17,7 @@
 //! symbolic links are never followed (`IN_DONT_FOLLOW`, `IN_ONLYDIR`, and
 //! listings that `lstat`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::io;
 use std::ops::Bound;
@@ -101,6 +101,7 @@ pub fn start(root: &Root, sink: Sink, gauge: IntGauge) -> io::Result<Running> {
         polled: Polled::default(),
         gauge,
         polling: false,
+        moved: BTreeSet::new(),
     };
     tree.add_tree(tree.root.clone());
     tree.note_polled();
@@ -132,6 +133,9 @@ struct Tree {
     gauge: IntGauge,
     /// Polling began and has not ended (one warning when it begins).
     polling: bool,
+    /// Directory names a move touched in the batch of events being read;
+    /// see [`Tree::settle_moves`].
+    moved: BTreeSet<PathBuf>,
 }
 
 /// The kernel refused a watch for want of watches (or of kernel memory):
@@ -203,7 +207,10 @@ impl Tree {
         loop {
             let events = match self.inotify.read_events(buffer) {
                 Ok(events) => events,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.settle_moves();
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     tracing::warn!(root = %self.root.display(), error = %e, "watcher error; rescanning");
@@ -243,10 +250,37 @@ impl Tree {
         if !mask.contains(EventMask::ISDIR) || is_hidden_name(name) {
             return;
         }
-        if mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) {
+        if mask.intersects(EventMask::MOVED_FROM | EventMask::MOVED_TO) {
+            self.moved.insert(path);
+        } else if mask.contains(EventMask::CREATE) {
             self.new_dir(path);
-        } else if mask.intersects(EventMask::DELETE | EventMask::MOVED_FROM) {
+        } else if mask.contains(EventMask::DELETE) {
             self.forget(&path);
+        }
+        self.note_polled();
+    }
+
+    /// Settles the directory moves of the batch just read, once the queue is
+    /// empty. A watch follows its directory, not its name, and a move is
+    /// several events (`MOVED_FROM`, `MOVED_TO`, then `IGNORED` for a
+    /// directory renamed over; two pairs for a `RENAME_EXCHANGE`), so names
+    /// mapped event by event can end on the wrong watch or on none. Each
+    /// name a move touched is forgotten with everything below it and, if a
+    /// directory is there now, watched again down its tree and queued, so
+    /// the catalog reconciles it whole (events of the batch that named the
+    /// old places are covered by that).
+    fn settle_moves(&mut self) {
+        if self.moved.is_empty() {
+            return;
+        }
+        let moved = std::mem::take(&mut self.moved);
+        for path in &moved {
+            self.forget(path);
+        }
+        for path in moved {
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+                self.new_dir(path);
+            }
         }
         self.note_polled();
     }
